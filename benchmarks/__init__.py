@@ -1,0 +1,1 @@
+"""Evaluation harness: round trips, calibration-free speed figures, comparisons."""

@@ -1,0 +1,4 @@
+"""provmark: keyed text watermarks and provenance."""
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

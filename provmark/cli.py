@@ -1,0 +1,185 @@
+"""The ``provmark`` command line: a thin layer over the library (keys, embed, detect)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from provmark.errors import InvalidTextError, ProvmarkError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+class _Group(click.Group):
+    """Turns provmark's typed errors into one-line ``Error: ...`` messages (exit 1), never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ProvmarkError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _quiet_libraries():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def model_option(func):
+    return click.option(
+        "--model",
+        "model_path",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Local Hugging Face causal LM folder (default: the embedded SmolLM2-135M-Instruct).",
+    )(func)
+
+
+def key_option(func):
+    return click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Key file (JSON).")(func)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
+@click.version_option(package_name="provmark")
+def cli():
+    """Keyed text watermarks: create keys, embed watermarks while generating, detect them."""
+
+
+@cli.group(cls=_Group)
+def keys():
+    """Create watermark keys."""
+
+
+@keys.command("create")
+@click.option("--scheme", required=True, help="Watermark scheme (kgw).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write the key file.")
+@click.option("--gamma", type=float, default=None, help="kgw: green fraction k/S (default 0.25).")
+@click.option("--delta", type=float, default=None, help="Bias added to preferred logits (default 2.0).")
+@click.option("--context-width", type=int, default=None, help="Tokens of context that seed the colouring (default 2).")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def keys_create(scheme, out_path, gamma, delta, context_width, force):
+    """Create a key (a fresh 32-byte secret plus the scheme's parameters) and write it to --out.
+
+    The file is written readable by its owner only. Detection needs this file.
+
+    Example:
+
+        provmark keys create --scheme kgw --gamma 0.25 --delta 2 --out key.json
+    """
+    from provmark.watermark.keys import create_key, save_key
+
+    params = {name: value for name, value in (("gamma", gamma), ("delta", delta), ("context_width", context_width)) if value is not None}
+    key = create_key(scheme, params)
+    save_key(key, out_path, overwrite=force)
+    click.echo(f"created {key.scheme} key {key.key_id} in {out_path}")
+
+
+@cli.command()
+@key_option
+@click.option("--prompt", required=True, help="Prompt to continue.")
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=200, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
+@click.option("--chat/--no-chat", default=None, help="Apply the model's chat template (default: when it has one).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON with the text and the settings.")
+@model_option
+def embed(key_path, prompt, max_new_tokens, temperature, seed, chat, as_json, model_path):
+    """Generate a watermarked continuation of --prompt and print it.
+
+    A progress bar runs on stderr; the text alone goes to stdout.
+
+    Example:
+
+        provmark embed --key key.json --prompt "Write a story about a lighthouse." --seed 1
+    """
+    from provmark.watermark.hook import generate
+    from provmark.watermark.keys import load_key
+    from provmark.watermark.models import load_model
+
+    if not prompt.strip():
+        raise InvalidTextError("prompt is empty; give some text to continue")
+    key = load_key(key_path)
+    _quiet_libraries()
+    loaded = load_model(model_path)
+    (generation,) = generate(
+        loaded.model,
+        loaded.tokenizer,
+        [prompt],
+        key,
+        chat=chat,
+        seed=seed,
+        progress=True,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+    )
+    if as_json:
+        payload = {
+            "text": generation.text,
+            "num_tokens": len(generation.token_ids),
+            "key_id": key.key_id,
+            "scheme": key.scheme,
+            "model": loaded.name,
+            "prompt": prompt,
+            "settings": {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "chat": chat},
+        }
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        click.echo(generation.text)
+
+
+def _read_text(source) -> str:
+    data = source.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidTextError(f"input is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+
+
+@cli.command()
+@key_option
+@click.argument("file", type=click.File("rb"))
+@click.option("--alpha", type=float, default=1e-3, show_default=True, help="Significance level of the verdict.")
+@click.option("--min-tokens", type=click.IntRange(1), default=10, show_default=True, help="Refuse texts with fewer scorable tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print the detection result as JSON.")
+@model_option
+def detect(key_path, file, alpha, min_tokens, as_json, model_path):
+    """Test FILE (or - for stdin) for the key's watermark.
+
+    Prints the verdict, the p-value (also as log10, which stays readable far below 1e-308) and
+    the number of tokens scored. The tokenizer must be the generating model's (--model).
+
+    Example:
+
+        provmark detect --key key.json story.txt
+    """
+    from provmark.detector import detect_text
+    from provmark.watermark.keys import load_key
+    from provmark.watermark.models import load_tokenizer
+
+    text = _read_text(file)
+    if not text.strip():
+        raise InvalidTextError("text is empty; give the text to check")
+    key = load_key(key_path)
+    _quiet_libraries()
+    tokenizer = load_tokenizer(model_path)
+    result = detect_text(key, text, tokenizer, alpha=alpha, min_tokens=min_tokens)
+    if as_json:
+        click.echo(result.to_json(indent=2))
+        return
+    verdict = "watermarked" if result.is_watermarked else "not watermarked"
+    click.echo(f"{verdict} (alpha {result.alpha:g})")
+    click.echo(f"p-value: {result.p_value:.3g}  log10 p: {result.log10_p_value:.2f}")
+    click.echo(f"tokens scored: {result.num_scored_tokens}  score (z): {result.score:.2f}")
+    click.echo(f"scheme: {result.scheme}  key: {result.key_id}")
+
+
+def main():  # console-script entry point
+    cli(prog_name="provmark")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Decoding and statistical tests: one detector per scheme, one result schema."""
+
+from __future__ import annotations
+
+from provmark.detector.base import DEFAULT_ALPHA, Detector
+from provmark.detector.kgw import KGWDetector
+from provmark.detector.result import DetectionResult
+from provmark.errors import InvalidTextError, UnknownSchemeError
+from provmark.watermark.keys import WatermarkKey
+
+__all__ = ["DEFAULT_ALPHA", "DetectionResult", "Detector", "KGWDetector", "create_detector", "detect_text"]
+
+DETECTORS: dict[str, type[Detector]] = {"kgw": KGWDetector}
+
+
+def create_detector(key: WatermarkKey, *, alpha: float = DEFAULT_ALPHA) -> Detector:
+    """The detector for the key's scheme."""
+    try:
+        detector_class = DETECTORS[key.scheme]
+    except KeyError:
+        raise UnknownSchemeError(f"no detector for scheme {key.scheme!r}; known: {', '.join(sorted(DETECTORS))}") from None
+    return detector_class(key, alpha=alpha)
+
+
+def detect_text(key: WatermarkKey, text: str, tokenizer, *, alpha: float = DEFAULT_ALPHA, min_tokens: int = 0) -> DetectionResult:
+    """Tokenise ``text`` (no special tokens added) and detect the key's watermark in it.
+
+    Raises ``InvalidTextError`` for empty or whitespace-only text, and when fewer than
+    ``min_tokens`` tokens could be scored.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidTextError("text is empty; give the text to check")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    result = create_detector(key, alpha=alpha).detect(ids)
+    if result.num_scored_tokens < max(min_tokens, 1):
+        raise InvalidTextError(
+            f"text too short to score: {result.num_scored_tokens} scorable tokens, need at least {max(min_tokens, 1)}"
+        )
+    return result

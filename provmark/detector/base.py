@@ -1,0 +1,114 @@
+"""The detector template: context construction, deduplication, aggregation and the decision.
+
+Each scheme supplies ``_score_tokens`` (per-token evidence from (context, token) pairs) and
+``_aggregate_scores`` (per-text score and exact log p-value). The base class owns everything
+that must be the same for every scheme: which tokens are scored, that repeated pairs count once,
+and how the result is reported.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+
+import torch
+
+from provmark.detector.result import DetectionResult
+from provmark.detector.stats import LN10, p_value_from_log
+from provmark.errors import ParameterError
+from provmark.watermark.keys import WatermarkKey
+
+__all__ = ["Detector", "DEFAULT_ALPHA"]
+
+DEFAULT_ALPHA = 1e-3
+
+
+def _as_ids(ids) -> torch.Tensor:
+    tensor = torch.as_tensor(ids if ids is not None else [], dtype=torch.int64).flatten()
+    if tensor.numel() and int(tensor.min()) < 0:
+        raise ParameterError("token ids must be non-negative")
+    return tensor
+
+
+class Detector(abc.ABC):
+    """Scores token ids against one key. Subclasses implement ``_score_tokens`` and
+    ``_aggregate_scores``; an empty or too-short text gets p = 1 and is not watermarked."""
+
+    def __init__(self, key: WatermarkKey, *, alpha: float = DEFAULT_ALPHA):
+        if not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+            raise ParameterError(f"alpha must lie in (0, 1), got {alpha!r}; 1e-3 is the default")
+        self.key = key
+        self.alpha = float(alpha)
+        self.context_width = key.config.context_width
+
+    def scored_pairs(self, sequences: Sequence, prompts: Sequence | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (context, token) pairs that carry evidence, for every sequence.
+
+        Token t of a sequence is scored when it has h tokens of context before it, taken from
+        the prompt where the prompt is given; prompt tokens themselves are never scored.
+        Each context is scored once, at its first occurrence: generation biased only that step
+        (later steps with the same context are left plain, see ``kernels.repeated_context``),
+        and a repeated (context, token) pair is the same draw of the PRF, so counting it again
+        would add dependent evidence and make the p-value anti-conservative. Scoring first
+        occurrences only therefore counts every (context, token) pair at most once and drops
+        the tokens that generation never biased.
+
+        Returns:
+            (pairs int64 (N, h + 1) with the context first and the token last,
+             sequence index int64 (N,)), in sequence order.
+        """
+        h = self.context_width
+        rows = []
+        for index, ids in enumerate(sequences):
+            prompt = _as_ids(prompts[index] if prompts is not None else None)
+            full = torch.cat([prompt, _as_ids(ids)])
+            first = max(prompt.numel(), h)
+            if full.numel() <= first:
+                continue
+            windows = full.unfold(0, h + 1, 1)[first - h :]
+            rows.append(torch.cat([torch.full((windows.shape[0], 1), index, dtype=torch.int64), windows], dim=1))
+        if not rows:
+            return torch.empty((0, h + 1), dtype=torch.int64), torch.empty(0, dtype=torch.int64)
+        rows = torch.cat(rows)
+        _, group = torch.unique(rows[:, :-1], dim=0, return_inverse=True)  # (sequence, context)
+        position = torch.arange(rows.shape[0])
+        first_seen = torch.full((int(group.max()) + 1,), rows.shape[0], dtype=torch.int64)
+        first_seen = first_seen.scatter_reduce(0, group, position, reduce="amin")
+        keep = torch.sort(first_seen).values
+        return rows[keep, 1:], rows[keep, 0]
+
+    def detect(self, token_ids, *, prompt_ids=None) -> DetectionResult:
+        """Detect the watermark in one sequence of token ids (the prompt, if given, is context only)."""
+        return self.detect_batch([token_ids], prompt_ids=None if prompt_ids is None else [prompt_ids])[0]
+
+    def detect_batch(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list[DetectionResult]:
+        """Detect the watermark in many sequences at once (vectorised over all their tokens)."""
+        if prompt_ids is not None and len(prompt_ids) != len(sequences):
+            raise ParameterError(f"got {len(prompt_ids)} prompts for {len(sequences)} sequences")
+        pairs, seq_index = self.scored_pairs(sequences, prompt_ids)
+        token_scores = self._score_tokens(pairs[:, :-1], pairs[:, -1])
+        counts = torch.bincount(seq_index, minlength=len(sequences)).tolist()
+        aggregates = self._aggregate_scores(token_scores, seq_index, len(sequences))
+        return [self._result(score, log_p, n) for (score, log_p), n in zip(aggregates, counts)]
+
+    def _result(self, score: float, log_p: float, num_scored: int) -> DetectionResult:
+        return DetectionResult(
+            scheme=self.key.scheme,
+            key_id=self.key.key_id,
+            prf_version=self.key.prf_version,
+            is_watermarked=num_scored > 0 and math.exp(log_p) <= self.alpha,
+            p_value=p_value_from_log(log_p),
+            log10_p_value=log_p / LN10,
+            score=score,
+            num_scored_tokens=num_scored,
+            alpha=self.alpha,
+        )
+
+    @abc.abstractmethod
+    def _score_tokens(self, contexts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-pair evidence for contexts int64 (N, h) and tokens int64 (N,)."""
+
+    @abc.abstractmethod
+    def _aggregate_scores(self, token_scores: torch.Tensor, seq_index: torch.Tensor, num_sequences: int) -> list[tuple[float, float]]:
+        """(score, natural-log p-value) of each sequence; a sequence with no pairs gets (0, 0)."""

@@ -1,0 +1,57 @@
+"""What every generation-time scheme provides: a frozen config and per-row step parameters."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
+
+import torch
+
+from provmark.kernels.prf import split_key
+
+if TYPE_CHECKING:
+    from provmark.watermark.keys import WatermarkKey
+
+__all__ = ["SchemeConfig", "StepParams", "Watermarker"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchemeConfig:
+    """Base of the per-scheme configs; subclasses validate every field in ``__post_init__``."""
+
+    scheme: ClassVar[str]
+    supports_payload: ClassVar[bool] = False
+    context_width: int
+
+    def to_params(self) -> dict:
+        """The config's fields as a JSON-ready dict (what a key file stores under ``params``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class StepParams(NamedTuple):
+    """Per-row inputs of ``kernels.shard_bias`` for one generation step (all (B,) but keys (B, 2))."""
+
+    keys: torch.Tensor
+    salts: torch.Tensor
+    shard_counts: torch.Tensor
+    preferred: torch.Tensor
+    deltas: torch.Tensor
+
+
+class Watermarker(abc.ABC):
+    """Turns a key (and a payload per row, for multi-bit schemes) into shard-bias parameters."""
+
+    def __init__(self, key: WatermarkKey):
+        self.key = key
+        self.config = key.config
+        self.context_width = key.config.context_width
+        self._shard_key = split_key(key.subkey("shard"))
+
+    def key_words(self, batch: int, device: torch.device | str) -> torch.Tensor:
+        """int64 (B, 2) copy of the (low, high) words of the colouring sub-key for every row."""
+        return torch.tensor([self._shard_key], dtype=torch.int64, device=device).expand(batch, 2)
+
+    @abc.abstractmethod
+    def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
+        """Parameters of each row for one step, given contexts int64 (B, h) and the row payloads."""

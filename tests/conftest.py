@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny random Llama for fast hook tests and the real embedded model (slow)."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The embedded model's tokenizer (converts the GGUF file on first use, then cached)."""
+    from provmark.watermark.models import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A 1-layer random Llama over SmolLM2's 49152-token vocabulary: near-uniform next tokens."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=2, bos_token_id=1, eos_token_id=2)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The embedded SmolLM2-135M-Instruct."""
+    from provmark.watermark.models import load_model
+
+    return load_model()

@@ -1,0 +1,110 @@
+"""Generate, check or stage the PRF v1 golden vectors (tests/goldens/prf_v1.json).
+
+    python -m tests.goldens.generate             # write prf_v1.json (only for a new PRF version)
+    python -m tests.goldens.generate --check     # exit 1 if the code no longer reproduces the file
+    python -m tests.goldens.generate --candidate # write prf_v1.candidate.json to compare by hand
+
+See README.md beside this file: never regenerate to make a failing test pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from provmark.kernels.prf import PRF_VERSION, context_seeds, fastrange, mix32, split_key, token_words
+from provmark.kernels.shard_bias import preferred_mask
+from provmark.watermark.keys import derive_subkey
+
+SCHEMA_VERSION = 1
+HERE = Path(__file__).parent
+GOLDEN = HERE / "prf_v1.json"
+
+# Keys chosen to exercise both 32-bit words: small, at 2**32, above 2**63 and all ones.
+KEYS = [0, 42, 2**32, 2**32 + 1, 2**63 + 12345, 2**64 - 1]
+MIX_INPUTS = [0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xDEADBEEF, 0xFFFFFFFF]
+CONTEXTS = [[], [0], [1], [49151], [17, 4242], [3, 1, 4, 1, 5]]
+SALTS = [0, 1, 0xFFFFFFFF]
+TOKENS = [0, 1, 2, 3, 1000, 49151, 128255, 2**31 - 1]
+SHARD_CASES = [  # (key, salt, context, shard count, preferred mask, vocab size)
+    (42, 0, [7], 4, 0b1, 37),
+    (2**63 + 12345, 3, [5, 6], 32, 0xF0F0F0F0, 53),
+    (2**64 - 1, 0xFFFFFFFF, [1, 2, 3], 64, (1 << 64) - 1 - 1, 41),
+]
+
+
+def _tensor(values):
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def compute() -> dict:
+    """Every vector the golden file pins, computed with the current code."""
+    seeds = []
+    for key in KEYS:
+        for salt in SALTS:
+            for context in CONTEXTS:
+                words = _tensor([split_key(key)])
+                seed = int(context_seeds(words, _tensor([salt]), _tensor([context]).reshape(1, len(context)))[0])
+                seeds.append({"key": str(key), "salt": salt, "context": context, "seed": seed})
+    words = []
+    for seed in (0, 1, seeds[7]["seed"], 0xFFFFFFFF):
+        row = token_words(_tensor([seed]), _tensor(TOKENS)).tolist()
+        words.append({"seed": seed, "tokens": TOKENS, "words": row,
+                      "shards_s4": fastrange(_tensor(row), 4).tolist(), "shards_s37": fastrange(_tensor(row), 37).tolist()})
+    masks = []
+    for key, salt, context, shards, preferred, vocab in SHARD_CASES:
+        pref = preferred - (1 << 64) if preferred >= 1 << 63 else preferred  # stored as a signed int64 word
+        mask = preferred_mask(_tensor([split_key(key)]), _tensor([salt]), _tensor([context]), _tensor([shards]),
+                              _tensor([pref]), vocab)
+        masks.append({"key": str(key), "salt": salt, "context": context, "shard_count": shards,
+                      "preferred": str(preferred), "vocab_size": vocab, "mask": "".join("1" if b else "0" for b in mask[0].tolist())})
+    subkeys = [{"secret": secret.hex(), "scheme": "kgw", "purpose": purpose,
+                "subkey": str(derive_subkey(secret, PRF_VERSION, "kgw", purpose))}
+               for secret in (bytes(32), bytes(range(32))) for purpose in ("shard", "position")]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "prf_version": PRF_VERSION,
+        "mix32": [{"x": x, "mix32": int(mix32(_tensor([x]))[0])} for x in MIX_INPUTS],
+        "context_seeds": seeds,
+        "token_words": words,
+        "preferred_masks": masks,
+        "subkeys": subkeys,
+    }
+
+
+def environment() -> dict:
+    """Where the file was generated; recorded for humans, never compared."""
+    return {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()}
+
+
+def comparable(data: dict) -> dict:
+    return {k: v for k, v in data.items() if k != "environment"}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--check", action="store_true", help="compare the code with the committed file")
+    group.add_argument("--candidate", action="store_true", help="write prf_v1.candidate.json instead")
+    args = parser.parse_args(argv)
+    data = compute()
+    if args.check:
+        committed = json.loads(GOLDEN.read_text())
+        if comparable(committed) != data:
+            print(f"{GOLDEN} differs from what the code computes", file=sys.stderr)
+            return 1
+        print(f"{GOLDEN.name}: ok")
+        return 0
+    target = HERE / "prf_v1.candidate.json" if args.candidate else GOLDEN
+    target.write_text(json.dumps({**data, "environment": environment()}, indent=1) + "\n")
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

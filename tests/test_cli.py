@@ -1,0 +1,120 @@
+"""The command line through click's CliRunner: exit codes, output and one-line errors."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from provmark.cli import cli
+from provmark.watermark.keys import load_key
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def key_path(tmp_path, runner):
+    path = tmp_path / "key.json"
+    result = runner.invoke(cli, ["keys", "create", "--scheme", "kgw", "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def _error_line(result):
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_keys_create_writes_a_loadable_key_and_says_where(runner, tmp_path):
+    path = tmp_path / "k.json"
+    result = runner.invoke(cli, ["keys", "create", "--scheme", "kgw", "--gamma", "0.5", "--delta", "3", "--out", str(path)])
+    key = load_key(path)
+    assert result.exit_code == 0
+    assert result.output == f"created kgw key {key.key_id} in {path}\n"
+    assert (key.config.gamma, key.config.delta, key.config.context_width) == (0.5, 3.0, 2)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--scheme", "nope"], "Error: unknown scheme 'nope'; known schemes: kgw"),
+        (["--scheme", "kgw", "--gamma", "2"], "Error: gamma must be a number in (0, 1), got 2.0; 0.25 is the paper's default"),
+        (["--scheme", "kgw", "--context-width", "0"], "Error: context_width must be an integer in [1, 16], got 0; 2 is the default"),
+    ],
+)
+def test_keys_create_refuses_bad_schemes_and_parameters(runner, tmp_path, args, message):
+    result = runner.invoke(cli, ["keys", "create", *args, "--out", str(tmp_path / "k.json")])
+    assert _error_line(result) == message
+    assert result.exit_code == 1
+
+
+def test_keys_create_does_not_overwrite_without_force(runner, key_path):
+    result = runner.invoke(cli, ["keys", "create", "--scheme", "kgw", "--out", str(key_path)])
+    assert "exists; choose another path or pass --force" in _error_line(result)
+    assert runner.invoke(cli, ["keys", "create", "--scheme", "kgw", "--out", str(key_path), "--force"]).exit_code == 0
+
+
+def test_detect_refuses_a_missing_key_file(runner, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("some text here")
+    result = runner.invoke(cli, ["detect", "--key", str(tmp_path / "absent.json"), str(text)])
+    assert _error_line(result) == f"Error: key file not found: {tmp_path / 'absent.json'}"
+
+
+def test_detect_refuses_a_malformed_key_file(runner, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "provmark-key/1", "scheme": "kgw"}')
+    text = tmp_path / "t.txt"
+    text.write_text("some text here")
+    result = runner.invoke(cli, ["detect", "--key", str(bad), str(text)])
+    assert _error_line(result) == f"Error: {bad}: key file lacks field(s): params, prf_version, secret"
+
+
+@pytest.mark.parametrize("content", [b"", b"   \n\t  \n"])
+def test_detect_refuses_empty_text(runner, key_path, content):
+    result = runner.invoke(cli, ["detect", "--key", str(key_path), "-"], input=content)
+    assert _error_line(result) == "Error: text is empty; give the text to check"
+
+
+def test_detect_refuses_bytes_that_are_not_utf8(runner, key_path):
+    result = runner.invoke(cli, ["detect", "--key", str(key_path), "-"], input=b"caf\xe9 au lait")
+    assert _error_line(result) == "Error: input is not UTF-8 text (byte 0xe9 at offset 3)"
+
+
+def test_embed_refuses_an_empty_prompt(runner, key_path):
+    result = runner.invoke(cli, ["embed", "--key", str(key_path), "--prompt", "  "])
+    assert _error_line(result) == "Error: prompt is empty; give some text to continue"
+
+
+@pytest.mark.parametrize("command", [[], ["keys"], ["keys", "create"], ["embed"], ["detect"]])
+def test_every_command_has_help_with_h(runner, command):
+    result = runner.invoke(cli, [*command, "-h"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+@pytest.mark.slow
+def test_detect_refuses_text_too_short_to_score(runner, key_path, tokenizer):
+    result = runner.invoke(cli, ["detect", "--key", str(key_path), "-"], input="Hello there.")
+    assert _error_line(result).startswith("Error: text too short to score:")
+
+
+@pytest.mark.slow
+def test_embed_then_detect_with_the_embedded_model(runner, key_path, tmp_path, real_model):
+    result = runner.invoke(cli, ["embed", "--key", str(key_path), "--prompt", "Describe a thunderstorm over the sea.",
+                                 "--max-new-tokens", "120", "--seed", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["key_id"] == load_key(key_path).key_id and payload["settings"]["seed"] == 3
+    text = tmp_path / "out.txt"
+    text.write_text(payload["text"])
+    detected = runner.invoke(cli, ["detect", "--key", str(key_path), str(text), "--json"])
+    assert detected.exit_code == 0, detected.output
+    result = json.loads(detected.stdout)
+    assert result["is_watermarked"] and result["p_value"] < 1e-3 and result["num_scored_tokens"] >= 50
+    human = runner.invoke(cli, ["detect", "--key", str(key_path), str(text)])
+    assert human.stdout.splitlines()[0] == "watermarked (alpha 0.001)"
