@@ -19,7 +19,8 @@ import torch
 
 from provmark.kernels.prf import PRF_VERSION, context_seeds, fastrange, mix32, split_key, token_words
 from provmark.kernels.shard_bias import preferred_mask
-from provmark.watermark.keys import derive_subkey
+from provmark.detector import create_detector
+from provmark.watermark.keys import create_key, derive_subkey
 
 SCHEMA_VERSION = 1
 HERE = Path(__file__).parent
@@ -31,6 +32,8 @@ MIX_INPUTS = [0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xDEADBEEF, 0xFFFFFFFF]
 CONTEXTS = [[], [0], [1], [49151], [17, 4242], [3, 1, 4, 1, 5]]
 SALTS = [0, 1, 0xFFFFFFFF]
 TOKENS = [0, 1, 2, 3, 1000, 49151, 128255, 2**31 - 1]
+KGW_CASES = [{}, {"gamma": 0.5, "delta": 1.0, "context_width": 1}, {"gamma": 0.3, "context_width": 3}]
+KGW_TOKENS = [17, 4242, 9, 49151, 0, 1, 2, 3, 9, 49151, 0, 1, 128255, 77, 77, 77, 5, 6, 7, 8]
 SHARD_CASES = [  # (key, salt, context, shard count, preferred mask, vocab size)
     (42, 0, [7], 4, 0b1, 37),
     (2**63 + 12345, 3, [5, 6], 32, 0xF0F0F0F0, 53),
@@ -63,6 +66,16 @@ def compute() -> dict:
                               _tensor([pref]), vocab)
         masks.append({"key": str(key), "salt": salt, "context": context, "shard_count": shards,
                       "preferred": str(preferred), "vocab_size": vocab, "mask": "".join("1" if b else "0" for b in mask[0].tolist())})
+    kgw = []
+    for params in KGW_CASES:
+        key = create_key("kgw", params, secret=bytes(range(32)))
+        detector = create_detector(key)
+        pairs, _ = detector.scored_pairs([KGW_TOKENS])
+        green = detector.green_mask(pairs[:, :-1], pairs[:, -1])
+        result = detector.detect(KGW_TOKENS)
+        kgw.append({"secret": key.secret.hex(), "params": key.config.to_params(), "key_id": key.key_id,
+                    "tokens": KGW_TOKENS, "scored": pairs.tolist(), "green": "".join("1" if g else "0" for g in green.tolist()),
+                    "num_scored_tokens": result.num_scored_tokens, "log10_p_value": result.log10_p_value.hex()})
     subkeys = [{"secret": secret.hex(), "scheme": "kgw", "purpose": purpose,
                 "subkey": str(derive_subkey(secret, PRF_VERSION, "kgw", purpose))}
                for secret in (bytes(32), bytes(range(32))) for purpose in ("shard", "position")]
@@ -73,6 +86,7 @@ def compute() -> dict:
         "context_seeds": seeds,
         "token_words": words,
         "preferred_masks": masks,
+        "kgw": kgw,
         "subkeys": subkeys,
     }
 
