@@ -10,7 +10,9 @@ from provmark.kernels.prf import (
     fastrange,
     mix32,
     split_key,
-    token_hash_table,
+    fold16,
+    folded_token_hash_table,
+    mix32_unfolded_,
     token_hashes,
     token_words,
 )
@@ -100,8 +102,11 @@ def test_token_words_are_distinct_for_distinct_ids_under_one_seed():
     assert torch.unique(words).numel() == 128256
 
 
-def test_token_hash_table_equals_token_hashes():
-    assert torch.equal(token_hash_table(1001), token_hashes(torch.arange(1001)))
+def test_folded_table_gives_the_same_words_as_token_words():
+    seeds = torch.tensor([0, 1, 0xDEADBEEF, 0xFFFFFFFF])
+    via_table = mix32_unfolded_(fold16(seeds)[:, None] ^ folded_token_hash_table(1001)[None, :])
+    assert torch.equal(via_table, token_words(seeds[:, None], torch.arange(1001)[None, :]))
+    assert torch.equal(folded_token_hash_table(1001), fold16(token_hashes(torch.arange(1001))))
 
 
 @pytest.mark.parametrize("shards", [2, 3, 4, 7, 32, 64])

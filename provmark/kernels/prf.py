@@ -55,6 +55,9 @@ __all__ = [
     "mix32_int",
     "context_seed_int",
     "context_seeds",
+    "fold16",
+    "folded_token_hash_table",
+    "mix32_unfolded_",
     "token_hashes",
     "token_words",
     "fastrange",
@@ -91,6 +94,18 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
 def mix32_(x: torch.Tensor) -> torch.Tensor:
     """In-place ``mix32`` on a scratch int64 tensor (the hot path avoids allocations)."""
     x ^= x >> 16
+    return mix32_unfolded_(x)
+
+
+def fold16(x: torch.Tensor) -> torch.Tensor:
+    """``x ^ (x >> 16)``, mix32's first step. It is linear over xor, so for words s and g
+    ``mix32(s ^ g) == mix32_unfolded_(fold16(s) ^ fold16(g))``: a per-token table can hold
+    ``fold16(g)`` and save that step on every (seed, token) pair."""
+    return x ^ (x >> 16)
+
+
+def mix32_unfolded_(x: torch.Tensor) -> torch.Tensor:
+    """In place, the rest of ``mix32`` after its first step ``fold16``."""
     x.mul_(MIX_C1).bitwise_and_(MASK32)
     x ^= x >> 15
     x.mul_(MIX_C2).bitwise_and_(MASK32)
@@ -161,8 +176,8 @@ def context_seeds(keys: torch.Tensor, salts: torch.Tensor, contexts: torch.Tenso
 
 
 @functools.lru_cache(maxsize=8)
-def _token_hash_table(vocab_size: int) -> torch.Tensor:
-    return mix32(torch.arange(vocab_size, dtype=torch.int64) ^ TOKEN_TAG)
+def _folded_token_hash_table(vocab_size: int) -> torch.Tensor:
+    return fold16(token_hashes(torch.arange(vocab_size, dtype=torch.int64)))
 
 
 def token_hashes(token_ids: torch.Tensor) -> torch.Tensor:
@@ -170,9 +185,11 @@ def token_hashes(token_ids: torch.Tensor) -> torch.Tensor:
     return mix32(token_ids.to(torch.int64) ^ TOKEN_TAG)
 
 
-def token_hash_table(vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``token_hashes(arange(vocab_size))``, cached per vocabulary size (int64, (V,))."""
-    return _token_hash_table(vocab_size).to(device)
+def folded_token_hash_table(vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``fold16(token_hashes(arange(vocab_size)))``, cached per vocabulary size (int64, (V,)).
+
+    ``mix32_unfolded_(fold16(seed) ^ table[v])`` is ``token_word(seed, v)``."""
+    return _folded_token_hash_table(vocab_size).to(device)
 
 
 def token_words(seeds: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from provmark.kernels.prf import context_seeds, mix32_, token_hash_table
+from provmark.kernels.prf import context_seeds, fold16, folded_token_hash_table, mix32_unfolded_
 
 __all__ = ["MAX_SHARDS", "preferred_mask", "shard_bias"]
 
@@ -47,19 +47,19 @@ def _word_ranges(shard_counts: torch.Tensor, preferred: torch.Tensor):
     return torch.tensor(lows, dtype=torch.int64, device=device), torch.tensor(highs, dtype=torch.int64, device=device)
 
 
-def _preferred_chunk(seeds, shard_counts, preferred, ranges, table_chunk):
-    """Boolean (B, chunk) preference of the ids whose token hashes are ``table_chunk``."""
-    words = seeds[:, None] ^ table_chunk[None, :]
-    mix32_(words)
+def _preferred_chunk(folded_seeds, shard_counts, preferred, ranges, table_chunk, dtype=torch.bool):
+    """(B, chunk) preference of the ids whose folded token hashes are ``table_chunk``, as
+    ``dtype``: bool, or 0/1 in a float dtype ready to scale and add to logits."""
+    words = folded_seeds[:, None] ^ table_chunk[None, :]
+    mix32_unfolded_(words)  # now token_word(seed, v) for every row and id
     if ranges is not None:
         low, high = ranges
-        mask = words < high[:, None]
-        if bool(low.any()):
-            mask &= words >= low[:, None]
-        return mask
+        if not bool(low.any()):
+            return torch.lt(words, high[:, None], out=torch.empty(words.shape, dtype=dtype, device=words.device))
+        return ((words >= low[:, None]) & (words < high[:, None])).to(dtype)
     words.mul_(shard_counts[:, None])
     words >>= 32  # now the shard of each id
-    return ((preferred[:, None] >> words) & 1).bool()
+    return ((preferred[:, None] >> words) & 1).to(dtype)
 
 
 def _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, deltas, skip):
@@ -102,23 +102,28 @@ def preferred_mask(
     """
     batch = keys.shape[0]
     _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, None, None)
-    seeds = context_seeds(keys, salts, contexts)
-    table = token_hash_table(vocab_size, keys.device)
+    seeds = fold16(context_seeds(keys, salts, contexts))
+    table = folded_token_hash_table(vocab_size, keys.device)
     return _preferred_chunk(seeds, shard_counts, preferred, _word_ranges(shard_counts, preferred), table)
 
 
 def _shard_bias_reference(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, out):
-    seeds = context_seeds(keys, salts, contexts)
-    table = token_hash_table(logits.shape[1], logits.device)
+    seeds = fold16(context_seeds(keys, salts, contexts))
+    table = folded_token_hash_table(logits.shape[1], logits.device)
     rows = torch.nonzero(~skip).flatten() if skip is not None and bool(skip.any()) else None
     if rows is not None:
         seeds, shard_counts, preferred, deltas = seeds[rows], shard_counts[rows], preferred[rows], deltas[rows]
     ranges = _word_ranges(shard_counts, preferred)
     bias = deltas.to(torch.float32)[:, None]
+    # One delta for every row (one key): add the mask scaled in one pass.
+    uniform = float(deltas[0]) if bool((deltas == deltas[0]).all()) else None
     chunk = max(_CHUNK_ELEMENTS // max(seeds.shape[0], 1), 1 << 12)
     for start in range(0, logits.shape[1], chunk):
         stop = min(start + chunk, logits.shape[1])
-        mask = _preferred_chunk(seeds, shard_counts, preferred, ranges, table[start:stop])
+        mask = _preferred_chunk(seeds, shard_counts, preferred, ranges, table[start:stop], dtype=out.dtype)
+        if rows is None and uniform is not None:
+            out[:, start:stop].add_(mask, alpha=uniform)
+            continue
         add = (mask * bias).to(out.dtype)
         if rows is None:
             out[:, start:stop] += add
