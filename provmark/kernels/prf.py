@@ -83,12 +83,7 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     Returns:
         int64 tensor of the same shape, values in [0, 2**32).
     """
-    x = x ^ (x >> 16)
-    x = (x * MIX_C1) & MASK32
-    x ^= x >> 15
-    x = (x * MIX_C2) & MASK32
-    x ^= x >> 15
-    return x
+    return mix32_unfolded_(fold16(x))
 
 
 def mix32_(x: torch.Tensor) -> torch.Tensor:
