@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from provmark.errors import InvalidTextError, ProvmarkError
+from provmark.errors import InvalidTextError, ParameterError, ProvmarkError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -55,25 +55,29 @@ def keys():
 
 
 @keys.command("create")
-@click.option("--scheme", required=True, help="Watermark scheme (kgw).")
+@click.option("--scheme", required=True, help="Watermark scheme: kgw (zero-bit) or mpac (multi-bit).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write the key file.")
-@click.option("--gamma", type=float, default=None, help="kgw: green fraction k/S (default 0.25).")
+@click.option("--gamma", type=float, default=None, help="kgw: green fraction k/S; mpac: colour-list size 1/S (default 0.25).")
 @click.option("--delta", type=float, default=None, help="Bias added to preferred logits (default 2.0).")
 @click.option("--context-width", type=int, default=None, help="Tokens of context that seed the colouring (default 2).")
+@click.option("--bits", type=int, default=None, help="mpac: payload capacity in bits (default 32).")
+@click.option("--radix", type=int, default=None, help="mpac: digit radix, a power of two <= 1/gamma (default 2).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def keys_create(scheme, out_path, gamma, delta, context_width, force):
+def keys_create(scheme, out_path, gamma, delta, context_width, bits, radix, force):
     """Create a key (a fresh 32-byte secret plus the scheme's parameters) and write it to --out.
 
-    The file is written readable by its owner only. Detection needs this file.
+    The file is written readable by its owner only. Detection needs this file. Options a scheme
+    does not have are refused.
 
     Example:
 
         provmark keys create --scheme kgw --gamma 0.25 --delta 2 --out key.json
+        provmark keys create --scheme mpac --bits 32 --radix 4 --out mkey.json
     """
     from provmark.watermark.keys import create_key, save_key
 
-    params = {name: value for name, value in (("gamma", gamma), ("delta", delta), ("context_width", context_width)) if value is not None}
-    key = create_key(scheme, params)
+    given = {"gamma": gamma, "delta": delta, "context_width": context_width, "bits": bits, "radix": radix}
+    key = create_key(scheme, {name: value for name, value in given.items() if value is not None})
     save_key(key, out_path, overwrite=force)
     click.echo(f"created {key.scheme} key {key.key_id} in {out_path}")
 
@@ -81,28 +85,39 @@ def keys_create(scheme, out_path, gamma, delta, context_width, force):
 @cli.command()
 @key_option
 @click.option("--prompt", required=True, help="Prompt to continue.")
+@click.option("--payload", default=None, help="Multi-bit keys: the payload, decimal or 0x-hex (e.g. 0x1234ABCD).")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=200, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
 @click.option("--chat/--no-chat", default=None, help="Apply the model's chat template (default: when it has one).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with the text and the settings.")
 @model_option
-def embed(key_path, prompt, max_new_tokens, temperature, seed, chat, as_json, model_path):
+def embed(key_path, prompt, payload, max_new_tokens, temperature, seed, chat, as_json, model_path):
     """Generate a watermarked continuation of --prompt and print it.
 
-    A progress bar runs on stderr; the text alone goes to stdout.
+    A multi-bit key needs --payload; a zero-bit key refuses one. A progress bar runs on
+    stderr; the text alone goes to stdout.
 
     Example:
 
         provmark embed --key key.json --prompt "Write a story about a lighthouse." --seed 1
+        provmark embed --key mkey.json --prompt "Tell me about tides." --payload 0x1234ABCD
     """
     from provmark.watermark.hook import generate
     from provmark.watermark.keys import load_key
     from provmark.watermark.models import load_model
+    from provmark.watermark.payload import parse_payload, payload_hex
 
     if not prompt.strip():
         raise InvalidTextError("prompt is empty; give some text to continue")
     key = load_key(key_path)
+    payloads = None
+    if key.config.supports_payload:
+        if payload is None:
+            raise ParameterError(f"{key.scheme} keys carry a payload: give --payload (decimal or 0x-hex)")
+        payloads = [parse_payload(payload, key.config.bits)]
+    elif payload is not None:
+        raise ParameterError(f"{key.scheme} is a zero-bit scheme and carries no payload; drop --payload")
     _quiet_libraries()
     loaded = load_model(model_path)
     (generation,) = generate(
@@ -110,6 +125,7 @@ def embed(key_path, prompt, max_new_tokens, temperature, seed, chat, as_json, mo
         loaded.tokenizer,
         [prompt],
         key,
+        payloads,
         chat=chat,
         seed=seed,
         progress=True,
@@ -122,6 +138,7 @@ def embed(key_path, prompt, max_new_tokens, temperature, seed, chat, as_json, mo
             "num_tokens": len(generation.token_ids),
             "key_id": key.key_id,
             "scheme": key.scheme,
+            "payload_hex": None if payloads is None else payload_hex(payloads[0], key.config.bits),
             "model": loaded.name,
             "prompt": prompt,
             "settings": {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "chat": chat},
@@ -150,7 +167,9 @@ def detect(key_path, file, alpha, min_tokens, as_json, model_path):
     """Test FILE (or - for stdin) for the key's watermark.
 
     Prints the verdict, the p-value (also as log10, which stays readable far below 1e-308) and
-    the number of tokens scored. The tokenizer must be the generating model's (--model).
+    the number of tokens scored; for a multi-bit key also the decoded payload and the lowest
+    per-bit confidence (all of them under --json). The tokenizer must be the generating model's
+    (--model).
 
     Example:
 
@@ -174,6 +193,8 @@ def detect(key_path, file, alpha, min_tokens, as_json, model_path):
     click.echo(f"{verdict} (alpha {result.alpha:g})")
     click.echo(f"p-value: {result.p_value:.3g}  log10 p: {result.log10_p_value:.2f}")
     click.echo(f"tokens scored: {result.num_scored_tokens}  score (z): {result.score:.2f}")
+    if result.payload_hex is not None:
+        click.echo(f"payload: {result.payload_hex}  lowest bit confidence: {min(result.bit_confidences):.3f}")
     click.echo(f"scheme: {result.scheme}  key: {result.key_id}")
 
 

@@ -42,7 +42,7 @@ def test_keys_create_writes_a_loadable_key_and_says_where(runner, tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--scheme", "nope"], "Error: unknown scheme 'nope'; known schemes: kgw"),
+        (["--scheme", "nope"], "Error: unknown scheme 'nope'; known schemes: kgw, mpac"),
         (["--scheme", "kgw", "--gamma", "2"], "Error: gamma must be a number in (0, 1), got 2.0; 0.25 is the paper's default"),
         (["--scheme", "kgw", "--context-width", "0"], "Error: context_width must be an integer in [1, 16], got 0; 2 is the default"),
     ],
@@ -118,3 +118,44 @@ def test_embed_then_detect_with_the_embedded_model(runner, key_path, tmp_path, r
     assert result["is_watermarked"] and result["p_value"] < 1e-3 and result["num_scored_tokens"] >= 50
     human = runner.invoke(cli, ["detect", "--key", str(key_path), str(text)])
     assert human.stdout.splitlines()[0] == "watermarked (alpha 0.001)"
+
+
+def test_keys_create_makes_mpac_keys_with_bits_and_radix(runner, tmp_path):
+    path = tmp_path / "m.json"
+    result = runner.invoke(cli, ["keys", "create", "--scheme", "mpac", "--bits", "16", "--radix", "4", "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    key = load_key(path)
+    assert (key.scheme, key.config.bits, key.config.radix) == ("mpac", 16, 4)
+
+
+def test_keys_create_refuses_options_the_scheme_lacks(runner, tmp_path):
+    result = runner.invoke(cli, ["keys", "create", "--scheme", "kgw", "--bits", "8", "--out", str(tmp_path / "k.json")])
+    assert _error_line(result) == "Error: unknown parameter(s) for kgw: bits; valid: context_width, delta, gamma"
+
+
+def test_embed_checks_the_payload_against_the_key(runner, key_path, tmp_path):
+    mkey = tmp_path / "m.json"
+    runner.invoke(cli, ["keys", "create", "--scheme", "mpac", "--bits", "8", "--out", str(mkey)])
+    missing = runner.invoke(cli, ["embed", "--key", str(mkey), "--prompt", "hi"])
+    assert _error_line(missing) == "Error: mpac keys carry a payload: give --payload (decimal or 0x-hex)"
+    too_big = runner.invoke(cli, ["embed", "--key", str(mkey), "--prompt", "hi", "--payload", "0x100"])
+    assert _error_line(too_big) == "Error: payload '0x100' does not fit the key's 8-bit capacity [0, 2**8)"
+    zero_bit = runner.invoke(cli, ["embed", "--key", str(key_path), "--prompt", "hi", "--payload", "3"])
+    assert _error_line(zero_bit) == "Error: kgw is a zero-bit scheme and carries no payload; drop --payload"
+
+
+@pytest.mark.slow
+def test_mpac_embed_then_detect_reports_the_payload(runner, tmp_path, real_model):
+    mkey = tmp_path / "m.json"
+    runner.invoke(cli, ["keys", "create", "--scheme", "mpac", "--bits", "8", "--radix", "4", "--delta", "3", "--out", str(mkey)])
+    embedded = runner.invoke(cli, ["embed", "--key", str(mkey), "--prompt", "Write a long story about a dragon.",
+                                   "--payload", "0xA7", "--max-new-tokens", "200", "--seed", "2", "--json"])
+    assert embedded.exit_code == 0, embedded.output
+    assert json.loads(embedded.stdout)["payload_hex"] == "0xa7"
+    text = tmp_path / "m.txt"
+    text.write_text(json.loads(embedded.stdout)["text"])
+    detected = json.loads(runner.invoke(cli, ["detect", "--key", str(mkey), str(text), "--json"]).stdout)
+    assert detected["is_watermarked"] and detected["payload_hex"] == "0xa7"
+    assert len(detected["bit_confidences"]) == 8
+    human = runner.invoke(cli, ["detect", "--key", str(mkey), str(text)])
+    assert human.stdout.splitlines()[3].startswith("payload: 0xa7  lowest bit confidence: ")

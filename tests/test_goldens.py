@@ -6,6 +6,7 @@ from dataclasses import fields
 import pytest
 
 from provmark.watermark.kgw import KGWConfig
+from provmark.watermark.mpac import MPACConfig
 from tests.goldens.generate import GOLDEN, comparable, compute
 
 
@@ -29,9 +30,10 @@ def test_code_reproduces_golden_section(committed, current, section):
     assert current[section] == committed[section]
 
 
-def test_code_reproduces_golden_kgw_cases(committed, current):
-    assert len(current["kgw"]) == len(committed["kgw"])
-    for now, then in zip(current["kgw"], committed["kgw"]):
+@pytest.mark.parametrize("scheme", ["kgw", "mpac"])
+def test_code_reproduces_golden_scheme_cases(committed, current, scheme):
+    assert len(current[scheme]) == len(committed[scheme])
+    for now, then in zip(current[scheme], committed[scheme]):
         exact = {k: v for k, v in now.items() if k != "log10_p_value"}
         assert exact == {k: v for k, v in then.items() if k != "log10_p_value"}
         assert float.fromhex(now["log10_p_value"]) == pytest.approx(float.fromhex(then["log10_p_value"]), rel=1e-9)
@@ -53,7 +55,8 @@ def test_wrong_key_does_not_reproduce_the_golden_seeds(committed):
     assert int(seed[0]) != row["seed"]
 
 
-def test_golden_kgw_cases_record_every_config_field(committed):
+@pytest.mark.parametrize("scheme,config_class", [("kgw", KGWConfig), ("mpac", MPACConfig)])
+def test_golden_cases_record_every_config_field(committed, scheme, config_class):
     # A new config field changes what a key means: the goldens must pin it too.
-    for case in committed["kgw"]:
-        assert set(case["params"]) == {f.name for f in fields(KGWConfig)}
+    for case in committed[scheme]:
+        assert set(case["params"]) == {f.name for f in fields(config_class)}

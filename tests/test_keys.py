@@ -70,7 +70,7 @@ def test_out_of_range_parameters_are_refused_with_the_parameter_named(params, me
 
 
 def test_unknown_scheme_is_refused():
-    with pytest.raises(UnknownSchemeError, match="unknown scheme 'nope'; known schemes: kgw"):
+    with pytest.raises(UnknownSchemeError, match="unknown scheme 'nope'; known schemes: kgw, mpac"):
         create_key("nope")
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from provmark.detector.base import DEFAULT_ALPHA, Detector
 from provmark.detector.kgw import KGWDetector
+from provmark.detector.mpac import MPACDetector
 from provmark.detector.result import DetectionResult
 from provmark.errors import InvalidTextError, UnknownSchemeError
 from provmark.watermark.keys import WatermarkKey
 
-__all__ = ["DEFAULT_ALPHA", "DetectionResult", "Detector", "KGWDetector", "create_detector", "detect_text"]
+__all__ = ["DEFAULT_ALPHA", "DetectionResult", "Detector", "KGWDetector", "MPACDetector", "create_detector", "detect_text"]
 
-DETECTORS: dict[str, type[Detector]] = {"kgw": KGWDetector}
+DETECTORS: dict[str, type[Detector]] = {"kgw": KGWDetector, "mpac": MPACDetector}
 
 
 def create_detector(key: WatermarkKey, *, alpha: float = DEFAULT_ALPHA) -> Detector:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -18,8 +19,9 @@ from provmark.detector.result import DetectionResult
 from provmark.detector.stats import LN10, p_value_from_log
 from provmark.errors import ParameterError
 from provmark.watermark.keys import WatermarkKey
+from provmark.watermark.payload import payload_hex
 
-__all__ = ["Detector", "DEFAULT_ALPHA"]
+__all__ = ["Detector", "DEFAULT_ALPHA", "Evidence"]
 
 DEFAULT_ALPHA = 1e-3
 
@@ -29,6 +31,16 @@ def _as_ids(ids) -> torch.Tensor:
     if tensor.numel() and int(tensor.min()) < 0:
         raise ParameterError("token ids must be non-negative")
     return tensor
+
+
+class Evidence(NamedTuple):
+    """What a scheme concluded about one sequence, before the common decision and formatting."""
+
+    score: float
+    log_p: float
+    """Natural log of the p-value."""
+    payload: int | None = None
+    bit_confidences: tuple[float, ...] | None = None
 
 
 class Detector(abc.ABC):
@@ -89,10 +101,12 @@ class Detector(abc.ABC):
         pairs, seq_index = self.scored_pairs(sequences, prompt_ids)
         token_scores = self._score_tokens(pairs[:, :-1], pairs[:, -1])
         counts = torch.bincount(seq_index, minlength=len(sequences)).tolist()
-        aggregates = self._aggregate_scores(token_scores, seq_index, len(sequences))
-        return [self._result(score, log_p, n) for (score, log_p), n in zip(aggregates, counts)]
+        evidence = self._aggregate_scores(token_scores, seq_index, len(sequences))
+        return [self._result(e, n) for e, n in zip(evidence, counts)]
 
-    def _result(self, score: float, log_p: float, num_scored: int) -> DetectionResult:
+    def _result(self, evidence: Evidence, num_scored: int) -> DetectionResult:
+        score, log_p = evidence.score, evidence.log_p
+        payload = evidence.payload
         return DetectionResult(
             scheme=self.key.scheme,
             key_id=self.key.key_id,
@@ -103,6 +117,9 @@ class Detector(abc.ABC):
             score=score,
             num_scored_tokens=num_scored,
             alpha=self.alpha,
+            payload=payload,
+            payload_hex=None if payload is None else payload_hex(payload, self.key.config.bits),
+            bit_confidences=evidence.bit_confidences,
         )
 
     @abc.abstractmethod
@@ -110,5 +127,5 @@ class Detector(abc.ABC):
         """Per-pair evidence for contexts int64 (N, h) and tokens int64 (N,)."""
 
     @abc.abstractmethod
-    def _aggregate_scores(self, token_scores: torch.Tensor, seq_index: torch.Tensor, num_sequences: int) -> list[tuple[float, float]]:
-        """(score, natural-log p-value) of each sequence; a sequence with no pairs gets (0, 0)."""
+    def _aggregate_scores(self, token_scores: torch.Tensor, seq_index: torch.Tensor, num_sequences: int) -> list[Evidence]:
+        """The evidence of each sequence; a sequence with no pairs gets score 0 and p = 1."""

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from provmark.detector.base import Detector
+from provmark.detector.base import Detector, Evidence
 from provmark.detector.stats import binomial_log_sf
 from provmark.kernels.prf import context_seeds, fastrange, split_key, token_words
 from provmark.watermark.kgw import KGWConfig
@@ -46,8 +46,8 @@ class KGWDetector(Detector):
         out = []
         for g, n in zip(greens, trials):
             if n == 0:
-                out.append((0.0, 0.0))
+                out.append(Evidence(0.0, 0.0))
                 continue
             z = (g - self.gamma * n) / math.sqrt(n * self.gamma * (1 - self.gamma))
-            out.append((z, binomial_log_sf(g, n, self.gamma)))
+            out.append(Evidence(z, binomial_log_sf(g, n, self.gamma)))
         return out

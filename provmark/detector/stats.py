@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import binom
 
-__all__ = ["binomial_log_sf", "LN10", "p_value_from_log"]
+__all__ = ["LN10", "binomial_log_sf", "max_count_pmf", "sum_log_sf", "p_value_from_log"]
 
 LN10 = math.log(10.0)
 
@@ -34,3 +35,45 @@ def binomial_log_sf(successes: int, trials: int, p: float) -> float:
 def p_value_from_log(log_p: float) -> float:
     """``exp(log_p)`` floored at the smallest positive float, so a p-value never prints as 0."""
     return max(math.exp(log_p), math.ulp(0.0))
+
+
+@functools.lru_cache(maxsize=4096)
+def max_count_pmf(trials: int, colours: int, p: float) -> np.ndarray:
+    """Exact pmf (length trials + 1) of the largest of the first ``colours`` counts of
+    Multinomial(trials; p, ..., p, 1 - colours * p).
+
+    A dynamic programme over the colours, one at a time, on the state (tokens used so far,
+    largest count so far): colour i takes k of the n - j unused tokens with the conditional
+    probability Binomial(k; n - j, p / (1 - i p)). Everything is a sum of non-negative terms,
+    so upper tails stay accurate down to float64's smallest numbers (no 1 - cdf cancellation).
+    """
+    if trials < 0 or colours < 1 or not 0 < p or colours * p > 1 + 1e-12:
+        raise ValueError(f"invalid max-count parameters: trials={trials}, colours={colours}, p={p}")
+    n = trials
+    state = np.zeros((n + 1, n + 1))  # [tokens used, largest count]
+    state[0, 0] = 1.0
+    used = np.arange(n + 1)
+    for i in range(colours):
+        q = min(p / (1 - i * p), 1.0) if 1 - i * p > 0 else 1.0
+        new = np.zeros_like(state)
+        for k in range(n + 1):
+            rows = used[: n + 1 - k]
+            weight = binom.pmf(k, n - rows, q)[:, None] * state[rows]
+            new[k:, k] += weight[:, : k + 1].sum(axis=1)  # largest so far < k, now k
+            new[k:, k + 1 :] += weight[:, k + 1 :]
+        state = new
+    return state.sum(axis=0)
+
+
+def sum_log_sf(pmfs: list[np.ndarray], observed: int) -> tuple[float, float, float]:
+    """For a sum of independent counts with the given pmfs: (natural-log P(sum >= observed),
+    mean, standard deviation). The tail is summed from the exact convolution."""
+    total = np.ones(1)
+    for pmf in pmfs:
+        total = np.convolve(total, pmf)
+    support = np.arange(total.size)
+    mean = float((support * total).sum())
+    sd = math.sqrt(max(float(((support - mean) ** 2 * total).sum()), 0.0))
+    tail = float(total[observed:].sum()) if observed < total.size else 0.0
+    log_tail = math.log(tail) if tail > 0 else math.log(math.ulp(0.0))
+    return min(0.0, log_tail), mean, sd

@@ -8,11 +8,13 @@ from dataclasses import fields
 from provmark.errors import ParameterError, UnknownSchemeError
 from provmark.watermark.base import SchemeConfig, Watermarker
 from provmark.watermark.kgw import KGWConfig, KGWWatermarker
+from provmark.watermark.mpac import MPACConfig, MPACWatermarker
 
 __all__ = ["SCHEMES", "config_for", "watermarker_class"]
 
 SCHEMES: dict[str, tuple[type[SchemeConfig], type[Watermarker]]] = {
     "kgw": (KGWConfig, KGWWatermarker),
+    "mpac": (MPACConfig, MPACWatermarker),
 }
 
 

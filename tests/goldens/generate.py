@@ -33,6 +33,7 @@ CONTEXTS = [[], [0], [1], [49151], [17, 4242], [3, 1, 4, 1, 5]]
 SALTS = [0, 1, 0xFFFFFFFF]
 TOKENS = [0, 1, 2, 3, 1000, 49151, 128255, 2**31 - 1]
 KGW_CASES = [{}, {"gamma": 0.5, "delta": 1.0, "context_width": 1}, {"gamma": 0.3, "context_width": 3}]
+MPAC_CASES = [{"bits": 8}, {"bits": 16, "radix": 4, "gamma": 0.25, "delta": 3.0, "context_width": 1}]
 KGW_TOKENS = [17, 4242, 9, 49151, 0, 1, 2, 3, 9, 49151, 0, 1, 128255, 77, 77, 77, 5, 6, 7, 8]
 SHARD_CASES = [  # (key, salt, context, shard count, preferred mask, vocab size)
     (42, 0, [7], 4, 0b1, 37),
@@ -76,6 +77,16 @@ def compute() -> dict:
         kgw.append({"secret": key.secret.hex(), "params": key.config.to_params(), "key_id": key.key_id,
                     "tokens": KGW_TOKENS, "scored": pairs.tolist(), "green": "".join("1" if g else "0" for g in green.tolist()),
                     "num_scored_tokens": result.num_scored_tokens, "log10_p_value": result.log10_p_value.hex()})
+    mpac = []
+    for params in MPAC_CASES:
+        key = create_key("mpac", params, secret=bytes(range(32)))
+        detector = create_detector(key)
+        pairs, _ = detector.scored_pairs([KGW_TOKENS])
+        codes = detector._score_tokens(pairs[:, :-1], pairs[:, -1])
+        result = detector.detect(KGW_TOKENS)
+        mpac.append({"secret": key.secret.hex(), "params": key.config.to_params(), "tokens": KGW_TOKENS,
+                     "position_times_shards_plus_shard": codes.tolist(), "payload": result.payload,
+                     "log10_p_value": result.log10_p_value.hex()})
     subkeys = [{"secret": secret.hex(), "scheme": "kgw", "purpose": purpose,
                 "subkey": str(derive_subkey(secret, PRF_VERSION, "kgw", purpose))}
                for secret in (bytes(32), bytes(range(32))) for purpose in ("shard", "position")]
@@ -87,6 +98,7 @@ def compute() -> dict:
         "token_words": words,
         "preferred_masks": masks,
         "kgw": kgw,
+        "mpac": mpac,
         "subkeys": subkeys,
     }
 

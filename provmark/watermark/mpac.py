@@ -1,0 +1,117 @@
+"""MPAC: multi-bit watermark via position allocation (Yoo, Ahn, Kwak, NAACL 2024).
+
+The payload is written as L radix-r digits. At each step a keyed PRF of the context picks the
+position p the token carries, and the colour list of digit m[p] gets +delta. On provmark's core
+the vocabulary is coloured into S = 1/gamma shards and colour c is shard c (c < r <= S), so
+one token seeds two PRFs: the "position" sub-key picks p, the "shard" sub-key colours ids.
+
+Choices where provmark departs from the official code (research/majormark.md §2): positions
+come from our keyed PRF instead of Python's ``random`` seeded by 15485863 * x_{t-1}; the radix is
+a power of two so every digit carries log2(r) whole bits (bits must be a multiple of it);
+repeated contexts are skipped at generation and scored once at detection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from provmark.errors import ParameterError
+from provmark.kernels.prf import context_seeds, fastrange, split_key
+from provmark.kernels.shard_bias import MAX_SHARDS
+from provmark.watermark.base import SchemeConfig, StepParams, Watermarker
+from provmark.watermark.kgw import validate_context_width, validate_delta
+from provmark.watermark.payload import parse_payload, to_digits
+
+__all__ = ["MPACConfig", "MPACWatermarker", "positions"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MPACConfig(SchemeConfig):
+    """MPAC parameters; the defaults are the paper's (gamma 0.25, radix 2, delta 2)."""
+
+    scheme = "mpac"
+    supports_payload = True
+    bits: int = 32
+    """Payload capacity in bits."""
+    radix: int = 2
+    """Digit radix r, a power of two with r <= 1/gamma; each digit carries log2(r) bits."""
+    gamma: float = 0.25
+    """Size of each colour list as a fraction of the vocabulary, 1/S for an integer S <= 64."""
+    delta: float = 2.0
+    """Bias added to the colour list of the allocated digit."""
+    context_width: int = 2
+    """Tokens of context that seed position and colouring."""
+
+    def __post_init__(self):
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 64:
+            raise ParameterError(f"bits must be an integer in [1, 64], got {self.bits!r}; 32 is the default")
+        if not isinstance(self.gamma, (int, float)) or not 0 < self.gamma < 1 or abs(1 / self.gamma - round(1 / self.gamma)) > 1e-9 \
+                or round(1 / self.gamma) > MAX_SHARDS:
+            raise ParameterError(f"gamma must be 1/S for an integer S in [2, {MAX_SHARDS}], got {self.gamma!r}; 0.25 is the default")
+        if isinstance(self.radix, bool) or not isinstance(self.radix, int) or self.radix < 2 or self.radix & (self.radix - 1):
+            raise ParameterError(f"radix must be a power of two >= 2, got {self.radix!r}; 2 or 4 are usual")
+        if self.radix > self.shard_count:
+            raise ParameterError(f"radix {self.radix} needs gamma <= 1/{self.radix}, got gamma {self.gamma}")
+        if self.bits % self.bits_per_digit:
+            raise ParameterError(f"bits must be a multiple of log2(radix) = {self.bits_per_digit}, got {self.bits}")
+        validate_delta(self.delta)
+        validate_context_width(self.context_width)
+
+    @property
+    def shard_count(self) -> int:
+        """S = 1/gamma."""
+        return round(1 / self.gamma)
+
+    @property
+    def bits_per_digit(self) -> int:
+        return int(math.log2(self.radix))
+
+    @property
+    def num_positions(self) -> int:
+        """L, the number of digits (positions) of a payload."""
+        return self.bits // self.bits_per_digit
+
+
+def positions(position_key: tuple[int, int], contexts: torch.Tensor, num_positions: int) -> torch.Tensor:
+    """Digit position carried by each context, int64 (N,): fastrange of its seed under the
+    position sub-key (salt 0)."""
+    n = contexts.shape[0]
+    keys = torch.tensor([position_key], dtype=torch.int64, device=contexts.device).expand(n, 2)
+    seeds = context_seeds(keys, torch.zeros(n, dtype=torch.int64, device=contexts.device), contexts)
+    return fastrange(seeds, num_positions)
+
+
+class MPACWatermarker(Watermarker):
+    """Each row prefers shard m[p] of its own payload, p chosen by the context."""
+
+    def __init__(self, key):
+        super().__init__(key)
+        self.position_key = split_key(key.subkey("position"))
+        self._digits: tuple[tuple, torch.Tensor] | None = None  # last payloads and their digits
+
+    def digits(self, payloads) -> torch.Tensor:
+        """int64 (B, L) digits of each row's payload (validated against the capacity)."""
+        config: MPACConfig = self.config
+        if payloads is None or any(p is None for p in payloads):
+            raise ParameterError("mpac carries a payload: give one per row (--payload on the command line)")
+        if self._digits is None or self._digits[0] != tuple(payloads):
+            rows = [to_digits(parse_payload(p, config.bits), config.radix, config.num_positions) for p in payloads]
+            self._digits = (tuple(payloads), torch.tensor(rows, dtype=torch.int64))
+        return self._digits[1]
+
+    def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
+        config: MPACConfig = self.config
+        batch, device = contexts.shape[0], contexts.device
+        digits = self.digits(payloads).to(device)
+        position = positions(self.position_key, contexts, config.num_positions)
+        digit = digits.gather(1, position[:, None]).squeeze(1)
+        return StepParams(
+            keys=self.key_words(batch, device),
+            salts=torch.zeros(batch, dtype=torch.int64, device=device),
+            shard_counts=torch.full((batch,), config.shard_count, dtype=torch.int64, device=device),
+            preferred=torch.ones(batch, dtype=torch.int64, device=device) << digit,
+            deltas=torch.full((batch,), float(config.delta), device=device),
+        )

@@ -1,0 +1,66 @@
+"""Payloads: what a multi-bit key carries, given as an integer, a hex string or bytes.
+
+A payload is an integer in [0, 2**bits). ``parse_payload`` accepts the forms a user types and
+refuses anything that does not fit the key's capacity; ``payload_hex`` is the canonical text
+form (``0x`` and bits/4 hex digits, rounded up).
+"""
+
+from __future__ import annotations
+
+from provmark.errors import ParameterError
+
+__all__ = ["parse_payload", "payload_hex", "to_bits", "to_digits", "from_digits"]
+
+
+def parse_payload(value: int | str | bytes, bits: int) -> int:
+    """The payload as an integer in [0, 2**bits).
+
+    Args:
+        value: an int, a string of decimal digits or of hex digits after ``0x``, or bytes
+            (big-endian).
+        bits: the key's payload capacity in bits.
+    """
+    if isinstance(value, bool):
+        raise ParameterError(f"payload must be an integer, hex string or bytes, got {value!r}")
+    if isinstance(value, (bytes, bytearray)):
+        number = int.from_bytes(value, "big")
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip().replace("_", "")
+        try:
+            number = int(text[2:], 16) if text.lower().startswith("0x") else int(text, 10)
+        except ValueError:
+            raise ParameterError(f"payload {value!r} is neither decimal nor 0x-prefixed hex") from None
+    else:
+        raise ParameterError(f"payload must be an integer, hex string or bytes, got {type(value).__name__}")
+    if not 0 <= number < 1 << bits:
+        raise ParameterError(f"payload {value!r} does not fit the key's {bits}-bit capacity [0, 2**{bits})")
+    return number
+
+
+def payload_hex(value: int, bits: int) -> str:
+    """Canonical hex form, zero-padded to the key's capacity: ``payload_hex(0x1234, 32) == '0x00001234'``."""
+    return f"0x{value:0{(bits + 3) // 4}x}"
+
+
+def to_bits(value: int, bits: int) -> list[int]:
+    """The payload's bits, most significant first."""
+    return [(value >> (bits - 1 - i)) & 1 for i in range(bits)]
+
+
+def to_digits(value: int, radix: int, length: int) -> list[int]:
+    """The payload's radix-r digits, most significant first, ``length`` of them."""
+    digits = []
+    for _ in range(length):
+        value, digit = divmod(value, radix)
+        digits.append(digit)
+    return digits[::-1]
+
+
+def from_digits(digits: list[int], radix: int) -> int:
+    """Inverse of ``to_digits``."""
+    value = 0
+    for digit in digits:
+        value = value * radix + digit
+    return value
