@@ -34,7 +34,7 @@ SALTS = [0, 1, 0xFFFFFFFF]
 TOKENS = [0, 1, 2, 3, 1000, 49151, 128255, 2**31 - 1]
 KGW_CASES = [{}, {"gamma": 0.5, "delta": 1.0, "context_width": 1}, {"gamma": 0.3, "context_width": 3}]
 MPAC_CASES = [{"bits": 8}, {"bits": 16, "radix": 4, "gamma": 0.25, "delta": 3.0, "context_width": 1}]
-KGW_TOKENS = [17, 4242, 9, 49151, 0, 1, 2, 3, 9, 49151, 0, 1, 128255, 77, 77, 77, 5, 6, 7, 8]
+SCHEME_TOKENS = [17, 4242, 9, 49151, 0, 1, 2, 3, 9, 49151, 0, 1, 128255, 77, 77, 77, 5, 6, 7, 8]
 SHARD_CASES = [  # (key, salt, context, shard count, preferred mask, vocab size)
     (42, 0, [7], 4, 0b1, 37),
     (2**63 + 12345, 3, [5, 6], 32, 0xF0F0F0F0, 53),
@@ -44,6 +44,19 @@ SHARD_CASES = [  # (key, salt, context, shard count, preferred mask, vocab size)
 
 def _tensor(values):
     return torch.tensor(values, dtype=torch.int64)
+
+
+def _scheme_case(scheme: str, params: dict) -> dict:
+    """One scheme end to end on SCHEME_TOKENS: the scored pairs, each pair's evidence as the
+    detector scores it (KGW: green 0/1; MPAC: position * S + shard), payload and p-value."""
+    key = create_key(scheme, params, secret=bytes(range(32)))
+    detector = create_detector(key)
+    pairs, _ = detector.scored_pairs([SCHEME_TOKENS])
+    token_scores = detector._score_tokens(pairs[:, :-1], pairs[:, -1]).long()
+    result = detector.detect(SCHEME_TOKENS)
+    return {"secret": key.secret.hex(), "params": key.config.to_params(), "key_id": key.key_id, "tokens": SCHEME_TOKENS,
+            "scored": pairs.tolist(), "token_scores": token_scores.tolist(), "num_scored_tokens": result.num_scored_tokens,
+            "payload": result.payload, "log10_p_value": result.log10_p_value.hex()}
 
 
 def compute() -> dict:
@@ -67,26 +80,8 @@ def compute() -> dict:
                               _tensor([pref]), vocab)
         masks.append({"key": str(key), "salt": salt, "context": context, "shard_count": shards,
                       "preferred": str(preferred), "vocab_size": vocab, "mask": "".join("1" if b else "0" for b in mask[0].tolist())})
-    kgw = []
-    for params in KGW_CASES:
-        key = create_key("kgw", params, secret=bytes(range(32)))
-        detector = create_detector(key)
-        pairs, _ = detector.scored_pairs([KGW_TOKENS])
-        green = detector.green_mask(pairs[:, :-1], pairs[:, -1])
-        result = detector.detect(KGW_TOKENS)
-        kgw.append({"secret": key.secret.hex(), "params": key.config.to_params(), "key_id": key.key_id,
-                    "tokens": KGW_TOKENS, "scored": pairs.tolist(), "green": "".join("1" if g else "0" for g in green.tolist()),
-                    "num_scored_tokens": result.num_scored_tokens, "log10_p_value": result.log10_p_value.hex()})
-    mpac = []
-    for params in MPAC_CASES:
-        key = create_key("mpac", params, secret=bytes(range(32)))
-        detector = create_detector(key)
-        pairs, _ = detector.scored_pairs([KGW_TOKENS])
-        codes = detector._score_tokens(pairs[:, :-1], pairs[:, -1])
-        result = detector.detect(KGW_TOKENS)
-        mpac.append({"secret": key.secret.hex(), "params": key.config.to_params(), "tokens": KGW_TOKENS,
-                     "position_times_shards_plus_shard": codes.tolist(), "payload": result.payload,
-                     "log10_p_value": result.log10_p_value.hex()})
+    kgw = [_scheme_case("kgw", params) for params in KGW_CASES]
+    mpac = [_scheme_case("mpac", params) for params in MPAC_CASES]
     subkeys = [{"secret": secret.hex(), "scheme": "kgw", "purpose": purpose,
                 "subkey": str(derive_subkey(secret, PRF_VERSION, "kgw", purpose))}
                for secret in (bytes(32), bytes(range(32))) for purpose in ("shard", "position")]
