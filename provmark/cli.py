@@ -55,15 +55,16 @@ def keys():
 
 
 @keys.command("create")
-@click.option("--scheme", required=True, help="Watermark scheme: kgw (zero-bit) or mpac (multi-bit).")
+@click.option("--scheme", required=True, help="Watermark scheme: kgw (zero-bit), mpac, majormark or majormark+ (multi-bit).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write the key file.")
 @click.option("--gamma", type=float, default=None, help="kgw: green fraction k/S; mpac: colour-list size 1/S (default 0.25).")
 @click.option("--delta", type=float, default=None, help="Bias added to preferred logits (default 2.0).")
 @click.option("--context-width", type=int, default=None, help="Tokens of context that seed the colouring (default 2).")
-@click.option("--bits", type=int, default=None, help="mpac: payload capacity in bits (default 32).")
+@click.option("--bits", type=int, default=None, help="Multi-bit schemes: codeword length in bits (default 32).")
 @click.option("--radix", type=int, default=None, help="mpac: digit radix, a power of two <= 1/gamma (default 2).")
+@click.option("--block-size", type=int, default=None, help="majormark+: bits per block (default 4).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def keys_create(scheme, out_path, gamma, delta, context_width, bits, radix, force):
+def keys_create(scheme, out_path, gamma, delta, context_width, bits, radix, block_size, force):
     """Create a key (a fresh 32-byte secret plus the scheme's parameters) and write it to --out.
 
     The file is written readable by its owner only. Detection needs this file. Options a scheme
@@ -73,13 +74,19 @@ def keys_create(scheme, out_path, gamma, delta, context_width, bits, radix, forc
 
         provmark keys create --scheme kgw --gamma 0.25 --delta 2 --out key.json
         provmark keys create --scheme mpac --bits 32 --radix 4 --out mkey.json
+        provmark keys create --scheme majormark+ --bits 32 --out mmkey.json
     """
     from provmark.watermark.keys import create_key, save_key
+    from provmark.watermark.payload import capacity_bits
 
-    given = {"gamma": gamma, "delta": delta, "context_width": context_width, "bits": bits, "radix": radix}
+    given = {"gamma": gamma, "delta": delta, "context_width": context_width, "bits": bits, "radix": radix,
+             "block_size": block_size}
     key = create_key(scheme, {name: value for name, value in given.items() if value is not None})
     save_key(key, out_path, overwrite=force)
-    click.echo(f"created {key.scheme} key {key.key_id} in {out_path}")
+    line = f"created {key.scheme} key {key.key_id} in {out_path}"
+    if key.config.supports_payload:
+        line += f" (payloads 0 to {key.config.capacity - 1}, {capacity_bits(key.config.capacity):.2f} bits)"
+    click.echo(line)
 
 
 @cli.command()
@@ -115,7 +122,7 @@ def embed(key_path, prompt, payload, max_new_tokens, temperature, seed, chat, as
     if key.config.supports_payload:
         if payload is None:
             raise ParameterError(f"{key.scheme} keys carry a payload: give --payload (decimal or 0x-hex)")
-        payloads = [parse_payload(payload, key.config.bits)]
+        payloads = [parse_payload(payload, key.config.capacity)]
     elif payload is not None:
         raise ParameterError(f"{key.scheme} is a zero-bit scheme and carries no payload; drop --payload")
     _quiet_libraries()

@@ -42,7 +42,7 @@ def test_keys_create_writes_a_loadable_key_and_says_where(runner, tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--scheme", "nope"], "Error: unknown scheme 'nope'; known schemes: kgw, mpac"),
+        (["--scheme", "nope"], "Error: unknown scheme 'nope'; known schemes: kgw, majormark, majormark+, mpac"),
         (["--scheme", "kgw", "--gamma", "2"], "Error: gamma must be a number in (0, 1), got 2.0; 0.25 is the paper's default"),
         (["--scheme", "kgw", "--context-width", "0"], "Error: context_width must be an integer in [1, 16], got 0; 2 is the default"),
     ],
@@ -139,7 +139,7 @@ def test_embed_checks_the_payload_against_the_key(runner, key_path, tmp_path):
     missing = runner.invoke(cli, ["embed", "--key", str(mkey), "--prompt", "hi"])
     assert _error_line(missing) == "Error: mpac keys carry a payload: give --payload (decimal or 0x-hex)"
     too_big = runner.invoke(cli, ["embed", "--key", str(mkey), "--prompt", "hi", "--payload", "0x100"])
-    assert _error_line(too_big) == "Error: payload '0x100' does not fit the key's 8-bit capacity [0, 2**8)"
+    assert _error_line(too_big) == "Error: payload '0x100' does not fit the key's capacity: payloads are integers in [0, 256) (8.00 bits)"
     zero_bit = runner.invoke(cli, ["embed", "--key", str(key_path), "--prompt", "hi", "--payload", "3"])
     assert _error_line(zero_bit) == "Error: kgw is a zero-bit scheme and carries no payload; drop --payload"
 
@@ -159,3 +159,11 @@ def test_mpac_embed_then_detect_reports_the_payload(runner, tmp_path, real_model
     assert len(detected["bit_confidences"]) == 8
     human = runner.invoke(cli, ["detect", "--key", str(mkey), str(text)])
     assert human.stdout.splitlines()[3].startswith("payload: 0xa7  lowest bit confidence: ")
+
+
+def test_keys_create_reports_the_payload_capacity_of_majormark_plus(runner, tmp_path):
+    path = tmp_path / "mm.json"
+    result = runner.invoke(cli, ["keys", "create", "--scheme", "majormark+", "--bits", "8", "--block-size", "4", "--out", str(path)])
+    key = load_key(path)
+    assert result.output == f"created majormark+ key {key.key_id} in {path} (payloads 0 to 195, 7.61 bits)\n"
+    assert (key.config.bits, key.config.block_size) == (8, 4)

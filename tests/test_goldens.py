@@ -6,6 +6,7 @@ from dataclasses import fields
 import pytest
 
 from provmark.watermark.kgw import KGWConfig
+from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig
 from provmark.watermark.mpac import MPACConfig
 from tests.goldens.generate import GOLDEN, comparable, compute
 
@@ -30,7 +31,7 @@ def test_code_reproduces_golden_section(committed, current, section):
     assert current[section] == committed[section]
 
 
-@pytest.mark.parametrize("scheme", ["kgw", "mpac"])
+@pytest.mark.parametrize("scheme", ["kgw", "mpac", "majormark", "majormark+"])
 def test_code_reproduces_golden_scheme_cases(committed, current, scheme):
     assert len(current[scheme]) == len(committed[scheme])
     for now, then in zip(current[scheme], committed[scheme]):
@@ -55,7 +56,10 @@ def test_wrong_key_does_not_reproduce_the_golden_seeds(committed):
     assert int(seed[0]) != row["seed"]
 
 
-@pytest.mark.parametrize("scheme,config_class", [("kgw", KGWConfig), ("mpac", MPACConfig)])
+@pytest.mark.parametrize(
+    "scheme,config_class",
+    [("kgw", KGWConfig), ("mpac", MPACConfig), ("majormark", MajorMarkConfig), ("majormark+", MajorMarkPlusConfig)],
+)
 def test_golden_cases_record_every_config_field(committed, scheme, config_class):
     # A new config field changes what a key means: the goldens must pin it too.
     for case in committed[scheme]:

@@ -3,24 +3,24 @@
 import pytest
 
 from provmark.errors import ParameterError
-from provmark.watermark.payload import from_digits, parse_payload, payload_hex, to_bits, to_digits
+from provmark.watermark.payload import from_bits, from_digits, parse_payload, payload_hex, to_bits, to_digits
 
 
 @pytest.mark.parametrize("value", [0x1234ABCD, "0x1234ABCD", "0x1234abcd", "305441741", b"\x12\x34\xab\xcd", " 0x1234_ABCD "])
 def test_every_payload_form_parses_to_the_same_integer(value):
-    assert parse_payload(value, 32) == 0x1234ABCD
+    assert parse_payload(value, 2**32) == 0x1234ABCD
 
 
 @pytest.mark.parametrize("value", [2**32, -1, "0x100000000", b"\x01\x00\x00\x00\x00"])
 def test_payloads_beyond_the_capacity_are_refused(value):
-    with pytest.raises(ParameterError, match="does not fit the key's 32-bit capacity"):
-        parse_payload(value, 32)
+    with pytest.raises(ParameterError, match="does not fit the key's capacity: payloads are integers in \\[0, 4294967296\\) \\(32.00 bits\\)"):
+        parse_payload(value, 2**32)
 
 
 @pytest.mark.parametrize("value", ["0xZZ", "twelve", "", 1.5, True, None])
 def test_malformed_payloads_are_refused(value):
     with pytest.raises(ParameterError, match="payload"):
-        parse_payload(value, 32)
+        parse_payload(value, 2**32)
 
 
 def test_hex_form_is_zero_padded_to_the_capacity():
@@ -38,4 +38,5 @@ def test_digits_round_trip(radix, length):
 
 def test_bits_are_most_significant_first():
     assert to_bits(0b1011, 4) == [1, 0, 1, 1]
+    assert from_bits([1, 0, 1, 1]) == 0b1011
     assert to_digits(0b1011, 4, 2) == [2, 3]

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 from provmark.detector.base import DEFAULT_ALPHA, Detector
 from provmark.detector.kgw import KGWDetector
+from provmark.detector.majormark import MajorMarkDetector, MajorMarkPlusDetector
 from provmark.detector.mpac import MPACDetector
 from provmark.detector.result import DetectionResult
 from provmark.errors import InvalidTextError, UnknownSchemeError
 from provmark.watermark.keys import WatermarkKey
 
-__all__ = ["DEFAULT_ALPHA", "DetectionResult", "Detector", "KGWDetector", "MPACDetector", "create_detector", "detect_text"]
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DetectionResult",
+    "Detector",
+    "KGWDetector",
+    "MPACDetector",
+    "MajorMarkDetector",
+    "MajorMarkPlusDetector",
+    "create_detector",
+    "detect_text",
+]
 
-DETECTORS: dict[str, type[Detector]] = {"kgw": KGWDetector, "mpac": MPACDetector}
+DETECTORS: dict[str, type[Detector]] = {
+    "kgw": KGWDetector,
+    "mpac": MPACDetector,
+    "majormark": MajorMarkDetector,
+    "majormark+": MajorMarkPlusDetector,
+}
 
 
 def create_detector(key: WatermarkKey, *, alpha: float = DEFAULT_ALPHA) -> Detector:

@@ -61,6 +61,11 @@ class MPACConfig(SchemeConfig):
         validate_context_width(self.context_width)
 
     @property
+    def capacity(self) -> int:
+        """Number of distinct payloads, 2**bits."""
+        return 1 << self.bits
+
+    @property
     def shard_count(self) -> int:
         """S = 1/gamma."""
         return round(1 / self.gamma)
@@ -98,7 +103,7 @@ class MPACWatermarker(Watermarker):
         if payloads is None or any(p is None for p in payloads):
             raise ParameterError("mpac carries a payload: give one per row (--payload on the command line)")
         if self._digits is None or self._digits[0] != tuple(payloads):
-            rows = [to_digits(parse_payload(p, config.bits), config.radix, config.num_positions) for p in payloads]
+            rows = [to_digits(parse_payload(p, config.capacity), config.radix, config.num_positions) for p in payloads]
             self._digits = (tuple(payloads), torch.tensor(rows, dtype=torch.int64))
         return self._digits[1]
 

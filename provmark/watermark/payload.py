@@ -1,24 +1,32 @@
 """Payloads: what a multi-bit key carries, given as an integer, a hex string or bytes.
 
-A payload is an integer in [0, 2**bits). ``parse_payload`` accepts the forms a user types and
-refuses anything that does not fit the key's capacity; ``payload_hex`` is the canonical text
-form (``0x`` and bits/4 hex digits, rounded up).
+A payload is an integer in [0, capacity), where a scheme's capacity may be below 2**bits
+(MajorMark cannot carry some codewords). ``parse_payload`` accepts the forms a user types and
+refuses anything that does not fit; ``payload_hex`` is the canonical text form (``0x`` and
+bits/4 hex digits, rounded up).
 """
 
 from __future__ import annotations
 
+import math
+
 from provmark.errors import ParameterError
 
-__all__ = ["parse_payload", "payload_hex", "to_bits", "to_digits", "from_digits"]
+__all__ = ["capacity_bits", "parse_payload", "payload_hex", "to_bits", "from_bits", "to_digits", "from_digits"]
 
 
-def parse_payload(value: int | str | bytes, bits: int) -> int:
-    """The payload as an integer in [0, 2**bits).
+def capacity_bits(capacity: int) -> float:
+    """log2 of the number of distinct payloads."""
+    return math.log2(capacity)
+
+
+def parse_payload(value: int | str | bytes, capacity: int) -> int:
+    """The payload as an integer in [0, capacity).
 
     Args:
         value: an int, a string of decimal digits or of hex digits after ``0x``, or bytes
             (big-endian).
-        bits: the key's payload capacity in bits.
+        capacity: the number of distinct payloads the key carries.
     """
     if isinstance(value, bool):
         raise ParameterError(f"payload must be an integer, hex string or bytes, got {value!r}")
@@ -34,8 +42,11 @@ def parse_payload(value: int | str | bytes, bits: int) -> int:
             raise ParameterError(f"payload {value!r} is neither decimal nor 0x-prefixed hex") from None
     else:
         raise ParameterError(f"payload must be an integer, hex string or bytes, got {type(value).__name__}")
-    if not 0 <= number < 1 << bits:
-        raise ParameterError(f"payload {value!r} does not fit the key's {bits}-bit capacity [0, 2**{bits})")
+    if not 0 <= number < capacity:
+        raise ParameterError(
+            f"payload {value!r} does not fit the key's capacity: payloads are integers in [0, {capacity}) "
+            f"({capacity_bits(capacity):.2f} bits)"
+        )
     return number
 
 
@@ -47,6 +58,14 @@ def payload_hex(value: int, bits: int) -> str:
 def to_bits(value: int, bits: int) -> list[int]:
     """The payload's bits, most significant first."""
     return [(value >> (bits - 1 - i)) & 1 for i in range(bits)]
+
+
+def from_bits(bits: list[int]) -> int:
+    """Inverse of ``to_bits``."""
+    value = 0
+    for bit in bits:
+        value = (value << 1) | bit
+    return value
 
 
 def to_digits(value: int, radix: int, length: int) -> list[int]:

@@ -8,6 +8,12 @@ from dataclasses import fields
 from provmark.errors import ParameterError, UnknownSchemeError
 from provmark.watermark.base import SchemeConfig, Watermarker
 from provmark.watermark.kgw import KGWConfig, KGWWatermarker
+from provmark.watermark.majormark import (
+    MajorMarkConfig,
+    MajorMarkPlusConfig,
+    MajorMarkPlusWatermarker,
+    MajorMarkWatermarker,
+)
 from provmark.watermark.mpac import MPACConfig, MPACWatermarker
 
 __all__ = ["SCHEMES", "config_for", "watermarker_class"]
@@ -15,6 +21,8 @@ __all__ = ["SCHEMES", "config_for", "watermarker_class"]
 SCHEMES: dict[str, tuple[type[SchemeConfig], type[Watermarker]]] = {
     "kgw": (KGWConfig, KGWWatermarker),
     "mpac": (MPACConfig, MPACWatermarker),
+    "majormark": (MajorMarkConfig, MajorMarkWatermarker),
+    "majormark+": (MajorMarkPlusConfig, MajorMarkPlusWatermarker),
 }
 
 

@@ -34,6 +34,8 @@ SALTS = [0, 1, 0xFFFFFFFF]
 TOKENS = [0, 1, 2, 3, 1000, 49151, 128255, 2**31 - 1]
 KGW_CASES = [{}, {"gamma": 0.5, "delta": 1.0, "context_width": 1}, {"gamma": 0.3, "context_width": 3}]
 MPAC_CASES = [{"bits": 8}, {"bits": 16, "radix": 4, "gamma": 0.25, "delta": 3.0, "context_width": 1}]
+MAJORMARK_CASES = [{"bits": 8}, {"bits": 12, "delta": 3.0, "context_width": 1}]
+MAJORMARK_PLUS_CASES = [{"bits": 8}, {"bits": 12, "block_size": 3, "delta": 3.0, "context_width": 1}]
 SCHEME_TOKENS = [17, 4242, 9, 49151, 0, 1, 2, 3, 9, 49151, 0, 1, 128255, 77, 77, 77, 5, 6, 7, 8]
 SHARD_CASES = [  # (key, salt, context, shard count, preferred mask, vocab size)
     (42, 0, [7], 4, 0b1, 37),
@@ -82,6 +84,8 @@ def compute() -> dict:
                       "preferred": str(preferred), "vocab_size": vocab, "mask": "".join("1" if b else "0" for b in mask[0].tolist())})
     kgw = [_scheme_case("kgw", params) for params in KGW_CASES]
     mpac = [_scheme_case("mpac", params) for params in MPAC_CASES]
+    majormark = [_scheme_case("majormark", params) for params in MAJORMARK_CASES]
+    majormark_plus = [_scheme_case("majormark+", params) for params in MAJORMARK_PLUS_CASES]
     subkeys = [{"secret": secret.hex(), "scheme": "kgw", "purpose": purpose,
                 "subkey": str(derive_subkey(secret, PRF_VERSION, "kgw", purpose))}
                for secret in (bytes(32), bytes(range(32))) for purpose in ("shard", "position")]
@@ -94,6 +98,8 @@ def compute() -> dict:
         "preferred_masks": masks,
         "kgw": kgw,
         "mpac": mpac,
+        "majormark": majormark,
+        "majormark+": majormark_plus,
         "subkeys": subkeys,
     }
 

@@ -1,0 +1,229 @@
+"""MajorMark and MajorMark+ (Xu, Hu, Zhang, arXiv 2508.03829): majority-bit-aware encoding.
+
+**MajorMark.** The b-bit codeword m gets one vocabulary shard per bit (S = b). Its majority bit
+lambda (ties go to 1, after the reviewers' example 1100 -> {8, 8, 0, 0}) is the salt of the
+colouring seed, and the shards i with m[i] == lambda are preferred, so the preferred share is
+n_lambda / b >= 1/2 whatever the payload.
+
+**MajorMark+.** The codeword is cut into r = b/s blocks of s bits (default 4). The block j a
+token carries is chosen from its context by the position PRF (as MPAC allocates positions);
+block j is then embedded as MajorMark over s shards, with (j, lambda_j, n_j) in the salt.
+
+The paper's full text was not available (research/majormark.md §0); these are the
+reconstructions of §3.2 and §4.2, with the choices recorded here: shards from our PRF rather
+than a split randperm; lambda (and for MajorMark+ n_j and j) enter the seed through the salt;
+context width 2; bit i of the codeword (most significant first) is shard i.
+
+**Codewords.** MajorMark cannot carry the all-0 or all-1 codeword (no signal), MajorMark+ no
+all-0 or all-1 block. Payloads are mapped bijectively onto valid codewords so users never meet
+a forbidden message: MajorMark codeword = payload + 1 (capacity 2**b - 2); MajorMark+ writes
+the payload in base 2**s - 2 and block j holds digit j + 1 (capacity (2**s - 2)**r, log2 14 =
+3.81 bits per 4-bit block).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from provmark.errors import ParameterError
+from provmark.kernels.prf import split_key
+from provmark.watermark.base import SchemeConfig, StepParams, Watermarker
+from provmark.watermark.kgw import validate_context_width, validate_delta
+from provmark.watermark.mpac import positions
+from provmark.watermark.payload import from_bits, from_digits, parse_payload, to_bits, to_digits
+
+__all__ = [
+    "MajorMarkConfig",
+    "MajorMarkPlusConfig",
+    "MajorMarkWatermarker",
+    "MajorMarkPlusWatermarker",
+    "majority",
+    "block_salt",
+    "block_candidates",
+]
+
+
+def _validate_bits(bits, low=2, high=64):
+    if isinstance(bits, bool) or not isinstance(bits, int) or not low <= bits <= high:
+        raise ParameterError(f"bits must be an integer in [{low}, {high}], got {bits!r}; 32 is the default")
+
+
+def majority(bits: list[int]) -> tuple[int, int]:
+    """(lambda, n_lambda): the majority bit (ties go to 1) and how many bits equal it."""
+    ones = sum(bits)
+    return (1, ones) if 2 * ones >= len(bits) else (0, len(bits) - ones)
+
+
+def block_salt(block: int, majority_bit: int, count: int) -> int:
+    """Salt of MajorMark+'s colouring seed for block j under hypothesis (lambda, n)."""
+    return (block << 6) | (majority_bit << 5) | count
+
+
+def block_candidates(size: int) -> list[tuple[int, int]]:
+    """The s - 1 (lambda, n) hypotheses a block of s bits can have: n from ceil(s/2) to s - 1,
+    and lambda = 0 only when n > s/2 (a tie means lambda = 1)."""
+    candidates = []
+    for count in range((size + 1) // 2, size):
+        candidates.append((1, count))
+        if 2 * count > size:
+            candidates.append((0, count))
+    return candidates
+
+
+def _preferred_bits(bits: list[int], majority_bit: int) -> int:
+    return sum(1 << i for i, bit in enumerate(bits) if bit == majority_bit)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MajorMarkConfig(SchemeConfig):
+    """MajorMark parameters: one shard per codeword bit."""
+
+    scheme = "majormark"
+    supports_payload = True
+    bits: int = 32
+    """Codeword length b (= number of shards), 2 to 64."""
+    delta: float = 2.0
+    """Bias added to the majority-bit shards."""
+    context_width: int = 2
+    """Tokens of context that seed the colouring."""
+
+    def __post_init__(self):
+        _validate_bits(self.bits)
+        validate_delta(self.delta)
+        validate_context_width(self.context_width)
+
+    @property
+    def capacity(self) -> int:
+        """Number of distinct payloads, 2**b - 2 (no all-0 or all-1 codeword)."""
+        return (1 << self.bits) - 2
+
+    def codeword(self, payload) -> list[int]:
+        """The b codeword bits of a payload, most significant first."""
+        return to_bits(parse_payload(payload, self.capacity) + 1, self.bits)
+
+    def payload_of(self, codeword: list[int]) -> int:
+        """Inverse of ``codeword`` (the codeword must be valid)."""
+        return from_bits(codeword) - 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class MajorMarkPlusConfig(SchemeConfig):
+    """MajorMark+ parameters: blocks of s bits, each embedded as MajorMark over s shards."""
+
+    scheme = "majormark+"
+    supports_payload = True
+    bits: int = 32
+    """Codeword length b, a multiple of the block size, at most 64."""
+    block_size: int = 4
+    """Bits per block s (2 to 8); the paper's harness uses 4."""
+    delta: float = 2.0
+    """Bias added to each block's majority-bit shards."""
+    context_width: int = 2
+    """Tokens of context that seed block choice and colouring."""
+
+    def __post_init__(self):
+        _validate_bits(self.bits)
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or not 2 <= self.block_size <= 8:
+            raise ParameterError(f"block_size must be an integer in [2, 8], got {self.block_size!r}; 4 is the default")
+        if self.bits % self.block_size:
+            raise ParameterError(f"bits must be a multiple of block_size {self.block_size}, got {self.bits}")
+        validate_delta(self.delta)
+        validate_context_width(self.context_width)
+
+    @property
+    def num_blocks(self) -> int:
+        """r = b / s."""
+        return self.bits // self.block_size
+
+    @property
+    def block_values(self) -> int:
+        """Valid values of one block: 2**s - 2."""
+        return (1 << self.block_size) - 2
+
+    @property
+    def capacity(self) -> int:
+        """Number of distinct payloads, (2**s - 2)**r."""
+        return self.block_values**self.num_blocks
+
+    def blocks(self, payload) -> list[list[int]]:
+        """The r blocks of s bits each of a payload's codeword."""
+        digits = to_digits(parse_payload(payload, self.capacity), self.block_values, self.num_blocks)
+        return [to_bits(digit + 1, self.block_size) for digit in digits]
+
+    def payload_of(self, blocks: list[list[int]]) -> int:
+        """Inverse of ``blocks`` (every block must be valid)."""
+        return from_digits([from_bits(block) - 1 for block in blocks], self.block_values)
+
+
+class MajorMarkWatermarker(Watermarker):
+    """Each row: salt lambda, b shards, the majority-bit shards preferred."""
+
+    def __init__(self, key):
+        super().__init__(key)
+        self._rows: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _row_constants(self, payloads):
+        if payloads is None or any(p is None for p in payloads):
+            raise ParameterError(f"{self.key.scheme} carries a payload: give one per row (--payload on the command line)")
+        if self._rows is None or self._rows[0] != tuple(payloads):
+            salts, preferred = [], []
+            for payload in payloads:
+                bits = self.config.codeword(payload)
+                majority_bit, _ = majority(bits)
+                salts.append(majority_bit)
+                preferred.append(_preferred_bits(bits, majority_bit))
+            self._rows = (tuple(payloads), (torch.tensor(salts), torch.tensor(preferred)))
+        return self._rows[1]
+
+    def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
+        batch, device = contexts.shape[0], contexts.device
+        salts, preferred = (t.to(device) for t in self._row_constants(payloads))
+        return StepParams(
+            keys=self.key_words(batch, device),
+            salts=salts,
+            shard_counts=torch.full((batch,), self.config.bits, dtype=torch.int64, device=device),
+            preferred=preferred,
+            deltas=torch.full((batch,), float(self.config.delta), device=device),
+        )
+
+
+class MajorMarkPlusWatermarker(Watermarker):
+    """Each row: the context picks block j; salt (j, lambda_j, n_j), s shards, block j's
+    majority-bit shards preferred."""
+
+    def __init__(self, key):
+        super().__init__(key)
+        self.position_key = split_key(key.subkey("position"))
+        self._rows: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _row_constants(self, payloads):
+        """int64 (B, r) salts and preferred masks of every block of every row."""
+        if payloads is None or any(p is None for p in payloads):
+            raise ParameterError(f"{self.key.scheme} carries a payload: give one per row (--payload on the command line)")
+        if self._rows is None or self._rows[0] != tuple(payloads):
+            salts, preferred = [], []
+            for payload in payloads:
+                row_salts, row_preferred = [], []
+                for j, block in enumerate(self.config.blocks(payload)):
+                    majority_bit, count = majority(block)
+                    row_salts.append(block_salt(j, majority_bit, count))
+                    row_preferred.append(_preferred_bits(block, majority_bit))
+                salts.append(row_salts)
+                preferred.append(row_preferred)
+            self._rows = (tuple(payloads), (torch.tensor(salts), torch.tensor(preferred)))
+        return self._rows[1]
+
+    def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
+        config: MajorMarkPlusConfig = self.config
+        batch, device = contexts.shape[0], contexts.device
+        salts, preferred = (t.to(device) for t in self._row_constants(payloads))
+        block = positions(self.position_key, contexts, config.num_blocks)[:, None]
+        return StepParams(
+            keys=self.key_words(batch, device),
+            salts=salts.gather(1, block).squeeze(1),
+            shard_counts=torch.full((batch,), config.block_size, dtype=torch.int64, device=device),
+            preferred=preferred.gather(1, block).squeeze(1),
+            deltas=torch.full((batch,), float(config.delta), device=device),
+        )
