@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 
+from provmark.errors import ParameterError
 from provmark.kernels.prf import split_key
 
 if TYPE_CHECKING:
@@ -47,6 +48,16 @@ class Watermarker(abc.ABC):
         self.config = key.config
         self.context_width = key.config.context_width
         self._shard_key = split_key(key.subkey("shard"))
+        self._rows: tuple[tuple, object] | None = None
+
+    def payload_rows(self, payloads, build):
+        """Per-row constants ``build(payloads)`` of a multi-bit scheme, cached for the last
+        payload list (generation asks for the same rows at every step)."""
+        if payloads is None or any(p is None for p in payloads):
+            raise ParameterError(f"{self.key.scheme} carries a payload: give one per row (--payload on the command line)")
+        if self._rows is None or self._rows[0] != tuple(payloads):
+            self._rows = (tuple(payloads), build(payloads))
+        return self._rows[1]
 
     def key_words(self, batch: int, device: torch.device | str) -> torch.Tensor:
         """int64 (B, 2) copy of the (low, high) words of the colouring sub-key for every row."""

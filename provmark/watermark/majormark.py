@@ -160,26 +160,19 @@ class MajorMarkPlusConfig(SchemeConfig):
 class MajorMarkWatermarker(Watermarker):
     """Each row: salt lambda, b shards, the majority-bit shards preferred."""
 
-    def __init__(self, key):
-        super().__init__(key)
-        self._rows: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def _row_constants(self, payloads):
-        if payloads is None or any(p is None for p in payloads):
-            raise ParameterError(f"{self.key.scheme} carries a payload: give one per row (--payload on the command line)")
-        if self._rows is None or self._rows[0] != tuple(payloads):
-            salts, preferred = [], []
-            for payload in payloads:
-                bits = self.config.codeword(payload)
-                majority_bit, _ = majority(bits)
-                salts.append(majority_bit)
-                preferred.append(_preferred_bits(bits, majority_bit))
-            self._rows = (tuple(payloads), (torch.tensor(salts), torch.tensor(preferred)))
-        return self._rows[1]
+    def _build_rows(self, payloads):
+        """int64 (B,) salts and preferred masks."""
+        salts, preferred = [], []
+        for payload in payloads:
+            bits = self.config.codeword(payload)
+            majority_bit, _ = majority(bits)
+            salts.append(majority_bit)
+            preferred.append(_preferred_bits(bits, majority_bit))
+        return torch.tensor(salts), torch.tensor(preferred)
 
     def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
         batch, device = contexts.shape[0], contexts.device
-        salts, preferred = (t.to(device) for t in self._row_constants(payloads))
+        salts, preferred = (t.to(device) for t in self.payload_rows(payloads, self._build_rows))
         return StepParams(
             keys=self.key_words(batch, device),
             salts=salts,
@@ -196,29 +189,24 @@ class MajorMarkPlusWatermarker(Watermarker):
     def __init__(self, key):
         super().__init__(key)
         self.position_key = split_key(key.subkey("position"))
-        self._rows: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def _row_constants(self, payloads):
+    def _build_rows(self, payloads):
         """int64 (B, r) salts and preferred masks of every block of every row."""
-        if payloads is None or any(p is None for p in payloads):
-            raise ParameterError(f"{self.key.scheme} carries a payload: give one per row (--payload on the command line)")
-        if self._rows is None or self._rows[0] != tuple(payloads):
-            salts, preferred = [], []
-            for payload in payloads:
-                row_salts, row_preferred = [], []
-                for j, block in enumerate(self.config.blocks(payload)):
-                    majority_bit, count = majority(block)
-                    row_salts.append(block_salt(j, majority_bit, count))
-                    row_preferred.append(_preferred_bits(block, majority_bit))
-                salts.append(row_salts)
-                preferred.append(row_preferred)
-            self._rows = (tuple(payloads), (torch.tensor(salts), torch.tensor(preferred)))
-        return self._rows[1]
+        salts, preferred = [], []
+        for payload in payloads:
+            row_salts, row_preferred = [], []
+            for j, block in enumerate(self.config.blocks(payload)):
+                majority_bit, count = majority(block)
+                row_salts.append(block_salt(j, majority_bit, count))
+                row_preferred.append(_preferred_bits(block, majority_bit))
+            salts.append(row_salts)
+            preferred.append(row_preferred)
+        return torch.tensor(salts), torch.tensor(preferred)
 
     def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
         config: MajorMarkPlusConfig = self.config
         batch, device = contexts.shape[0], contexts.device
-        salts, preferred = (t.to(device) for t in self._row_constants(payloads))
+        salts, preferred = (t.to(device) for t in self.payload_rows(payloads, self._build_rows))
         block = positions(self.position_key, contexts, config.num_blocks)[:, None]
         return StepParams(
             keys=self.key_words(batch, device),

@@ -95,17 +95,16 @@ class MPACWatermarker(Watermarker):
     def __init__(self, key):
         super().__init__(key)
         self.position_key = split_key(key.subkey("position"))
-        self._digits: tuple[tuple, torch.Tensor] | None = None  # last payloads and their digits
 
     def digits(self, payloads) -> torch.Tensor:
         """int64 (B, L) digits of each row's payload (validated against the capacity)."""
         config: MPACConfig = self.config
-        if payloads is None or any(p is None for p in payloads):
-            raise ParameterError("mpac carries a payload: give one per row (--payload on the command line)")
-        if self._digits is None or self._digits[0] != tuple(payloads):
-            rows = [to_digits(parse_payload(p, config.capacity), config.radix, config.num_positions) for p in payloads]
-            self._digits = (tuple(payloads), torch.tensor(rows, dtype=torch.int64))
-        return self._digits[1]
+
+        def build(rows):
+            digits = [to_digits(parse_payload(p, config.capacity), config.radix, config.num_positions) for p in rows]
+            return torch.tensor(digits, dtype=torch.int64)
+
+        return self.payload_rows(payloads, build)
 
     def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
         config: MPACConfig = self.config
