@@ -43,12 +43,12 @@ def test_bad_parameters_are_refused(config_class, params, message):
 
 def test_majormark_maps_payloads_bijectively_onto_codewords_that_are_not_constant():
     config = MajorMarkConfig(bits=6)
-    codewords = [tuple(config.codeword(p)) for p in range(config.capacity)]
+    codewords = [tuple(config.codeword_bits(p)) for p in range(config.capacity)]
     assert config.capacity == 62 and len(set(codewords)) == 62
     assert (0,) * 6 not in codewords and (1,) * 6 not in codewords
     assert all(config.payload_of(list(c)) == p for p, c in enumerate(codewords))
     with pytest.raises(ParameterError, match="integers in \\[0, 62\\)"):
-        config.codeword(62)
+        config.codeword_bits(62)
 
 
 def test_majormark_plus_never_produces_a_constant_block():

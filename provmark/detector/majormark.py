@@ -27,6 +27,7 @@ search-corrected p-value, for each bit of the block.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -40,6 +41,11 @@ from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig, b
 from provmark.watermark.mpac import positions
 
 __all__ = ["MajorMarkDetector", "MajorMarkPlusDetector", "two_means_split"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _binomial_pmf(trials: int, p: float) -> np.ndarray:
+    return binom.pmf(np.arange(trials + 1), trials, p)
 
 
 def two_means_split(counts: list[int], sizes: range) -> list[int]:
@@ -85,11 +91,11 @@ class MajorMarkDetector(_ShardDetector):
         counts = torch.bincount(index.flatten(), minlength=num_sequences * 2 * b).view(num_sequences, 2, b).tolist()
         tokens = torch.bincount(seq_index, minlength=num_sequences).tolist()
         log_messages = math.log(config.capacity)
-        out = []
+        decoded = []  # (log p, lambda, high-group mask, green) per sequence with tokens
         for row in range(num_sequences):
             total = tokens[row]
             if total == 0:
-                out.append(Evidence(0.0, 0.0))
+                decoded.append(None)
                 continue
             best = None
             for lam in (0, 1):
@@ -100,14 +106,24 @@ class MajorMarkDetector(_ShardDetector):
                 green = sum(counts[row][lam][i] for i in high)
                 log_p = binomial_log_sf(green, total, len(high) / b)
                 if best is None or log_p < best[0]:
-                    best = (log_p, lam, high, green)
-            log_p, lam, high, green = best
-            gamma = len(high) / b
-            bits = [lam if i in high else 1 - lam for i in range(b)]
-            observed = np.array(counts[row][lam])
-            confidence = np.where(np.isin(np.arange(b), high), binom.cdf(observed - 1, total, 1 / b), binom.sf(observed, total, 1 / b))
+                    best = (log_p, lam, np.isin(np.arange(b), high), green)
+            decoded.append(best)
+        # Per-bit confidences for every sequence at once (one scipy call each way).
+        lams = np.array([d[1] if d else 0 for d in decoded])
+        observed = np.array(counts)[np.arange(num_sequences), lams]
+        totals = np.array(tokens)[:, None]
+        highs = np.array([d[2] if d else np.zeros(b, dtype=bool) for d in decoded])
+        confidence = np.where(highs, binom.cdf(observed - 1, totals, 1 / b), binom.sf(observed, totals, 1 / b))
+        out = []
+        for row, found in enumerate(decoded):
+            if found is None:
+                out.append(Evidence(0.0, 0.0))
+                continue
+            log_p, lam, high, green = found
+            total, gamma = tokens[row], high.sum() / b
+            bits = [lam if h else 1 - lam for h in high]
             z = (green - gamma * total) / math.sqrt(total * gamma * (1 - gamma))
-            out.append(Evidence(z, min(0.0, log_p + log_messages), config.payload_of(bits), tuple(confidence.tolist())))
+            out.append(Evidence(z, min(0.0, log_p + log_messages), config.payload_of(bits), tuple(confidence[row].tolist())))
         return out
 
 
@@ -145,6 +161,9 @@ class MajorMarkPlusDetector(_ShardDetector):
         log_sf = binom.logsf(green.numpy() - 1, tokens_at.numpy()[:, :, None], share[None, None, :])
         choice = np.argmin(log_sf, axis=2)  # first minimum: ties go to the first candidate
         log_messages_block = math.log(config.block_values)
+        order, green, tokens_at = order.numpy(), green.numpy(), tokens_at.numpy()
+        chosen_log_sf = np.take_along_axis(log_sf, choice[:, :, None], axis=2)[:, :, 0]
+        block_p = np.where(tokens_at > 0, np.exp(np.minimum(0.0, chosen_log_sf + log_messages_block)), 1.0)
         out = []
         for row in range(num_sequences):
             if int(tokens_at[row].sum()) == 0:
@@ -156,11 +175,9 @@ class MajorMarkPlusDetector(_ShardDetector):
                 lam, count = candidates[k]
                 high = set(order[row, j, k, :count].tolist())
                 blocks.append([lam if i in high else 1 - lam for i in range(s)])
-                n_j = int(tokens_at[row, j])
-                pmfs.append(binom.pmf(np.arange(n_j + 1), n_j, count / s))
+                pmfs.append(_binomial_pmf(int(tokens_at[row, j]), count / s))
                 observed += int(green[row, j, k])
-                block_p = math.exp(min(0.0, float(log_sf[row, j, k]) + log_messages_block)) if n_j else 1.0
-                confidences += [1.0 - block_p] * s
+                confidences += [1.0 - float(block_p[row, j])] * s
             log_tail, mean, sd = sum_log_sf(pmfs, observed)
             score = (observed - mean) / sd if sd > 0 else 0.0
             log_p = min(0.0, log_tail + r * log_messages_block)

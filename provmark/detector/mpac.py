@@ -54,6 +54,7 @@ class MPACDetector(Detector):
         counts = torch.bincount(cell[coloured] * radix + shard[coloured], minlength=num_sequences * length * radix)
         counts = counts.view(num_sequences, length, radix)
         largest, digits = counts.max(dim=2)  # first maximum: ties go to the lower colour
+        per_digit = config.bits_per_digit
         out = []
         for row in range(num_sequences):
             n_p, m_p = tokens_at[row].tolist(), largest[row].tolist()
@@ -63,7 +64,7 @@ class MPACDetector(Detector):
             pmfs = [max_count_pmf(n, radix, 1 / shards) for n in n_p]
             log_p, mean, sd = sum_log_sf(pmfs, sum(m_p))
             confidence = [float(1 - pmf[m:].sum()) if n else 0.0 for pmf, n, m in zip(pmfs, n_p, m_p)]
-            bit_confidences = tuple(c for c in confidence for _ in range(config.bits_per_digit))
+            bit_confidences = tuple(c for c in confidence for _ in range(per_digit))
             payload = from_digits(digits[row].tolist(), radix)
             score = (sum(m_p) - mean) / sd if sd > 0 else 0.0
             out.append(Evidence(score, log_p, payload, bit_confidences))

@@ -6,7 +6,7 @@ import functools
 import math
 
 import numpy as np
-from scipy.special import logsumexp
+from scipy.special import betainc, logsumexp
 from scipy.stats import binom
 
 __all__ = ["LN10", "binomial_log_sf", "max_count_pmf", "sum_log_sf", "p_value_from_log"]
@@ -17,8 +17,10 @@ LN10 = math.log(10.0)
 def binomial_log_sf(successes: int, trials: int, p: float) -> float:
     """Natural log of P(X >= successes) for X ~ Binomial(trials, p), exact.
 
-    Sums the log pmf over [successes, trials] with log-sum-exp, so tails far below the smallest
-    float64 (1e-308) keep their value: a p-value of 1e-400 comes back as about -921.
+    The regularised incomplete beta I_p(k, n - k + 1) gives the tail to double precision while
+    it is above 1e-290; below that the log pmf is summed over [successes, trials] with
+    log-sum-exp, so tails far below the smallest float64 keep their value (1e-400 comes back as
+    about -921).
     """
     if trials < 0 or not 0 <= successes:
         raise ValueError(f"need 0 <= successes and 0 <= trials, got {successes}, {trials}")
@@ -28,6 +30,9 @@ def binomial_log_sf(successes: int, trials: int, p: float) -> float:
         return 0.0
     if successes > trials:
         return -math.inf
+    tail = float(betainc(successes, trials - successes + 1, p))
+    if tail > 1e-290:
+        return min(0.0, math.log(tail))
     terms = binom.logpmf(np.arange(successes, trials + 1), trials, p)
     return min(0.0, float(logsumexp(terms)))
 

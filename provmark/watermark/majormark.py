@@ -99,12 +99,12 @@ class MajorMarkConfig(SchemeConfig):
         """Number of distinct payloads, 2**b - 2 (no all-0 or all-1 codeword)."""
         return (1 << self.bits) - 2
 
-    def codeword(self, payload) -> list[int]:
+    def codeword_bits(self, payload) -> list[int]:
         """The b codeword bits of a payload, most significant first."""
         return to_bits(parse_payload(payload, self.capacity) + 1, self.bits)
 
     def payload_of(self, codeword: list[int]) -> int:
-        """Inverse of ``codeword`` (the codeword must be valid)."""
+        """Inverse of ``codeword_bits`` (the codeword must be valid)."""
         return from_bits(codeword) - 1
 
 
@@ -152,6 +152,10 @@ class MajorMarkPlusConfig(SchemeConfig):
         digits = to_digits(parse_payload(payload, self.capacity), self.block_values, self.num_blocks)
         return [to_bits(digit + 1, self.block_size) for digit in digits]
 
+    def codeword_bits(self, payload) -> list[int]:
+        """The b codeword bits of a payload (its blocks one after the other)."""
+        return [bit for block in self.blocks(payload) for bit in block]
+
     def payload_of(self, blocks: list[list[int]]) -> int:
         """Inverse of ``blocks`` (every block must be valid)."""
         return from_digits([from_bits(block) - 1 for block in blocks], self.block_values)
@@ -164,7 +168,7 @@ class MajorMarkWatermarker(Watermarker):
         """int64 (B,) salts and preferred masks."""
         salts, preferred = [], []
         for payload in payloads:
-            bits = self.config.codeword(payload)
+            bits = self.config.codeword_bits(payload)
             majority_bit, _ = majority(bits)
             salts.append(majority_bit)
             preferred.append(_preferred_bits(bits, majority_bit))

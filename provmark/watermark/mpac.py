@@ -23,7 +23,7 @@ from provmark.kernels.prf import context_seeds, fastrange, split_key
 from provmark.kernels.shard_bias import MAX_SHARDS
 from provmark.watermark.base import SchemeConfig, StepParams, Watermarker
 from provmark.watermark.kgw import validate_context_width, validate_delta
-from provmark.watermark.payload import parse_payload, to_digits
+from provmark.watermark.payload import parse_payload, to_bits, to_digits
 
 __all__ = ["MPACConfig", "MPACWatermarker", "positions"]
 
@@ -64,6 +64,10 @@ class MPACConfig(SchemeConfig):
     def capacity(self) -> int:
         """Number of distinct payloads, 2**bits."""
         return 1 << self.bits
+
+    def codeword_bits(self, payload) -> list[int]:
+        """The bits the text carries for a payload: the payload itself, most significant first."""
+        return to_bits(parse_payload(payload, self.capacity), self.bits)
 
     @property
     def shard_count(self) -> int:
