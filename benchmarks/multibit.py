@@ -135,7 +135,7 @@ def summarise(rows):
     for row in rows:
         groups.setdefault((row["label"], row["bits"], row["delta"], row["temperature"], row["prefix_tokens"]), []).append(row)
     table = []
-    for (label, bits, delta, temperature, prefix), members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for (label, bits, delta, temperature, prefix), members in sorted(groups.items(), key=lambda kv: kv[0]):
         def mean(field):
             values = [float(m[field]) for m in members if m[field] != ""]
             return statistics.fmean(values) if values else math.nan

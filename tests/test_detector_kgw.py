@@ -158,3 +158,15 @@ def test_false_positive_rate_on_10000_unwatermarked_sequences_is_at_most_alpha(c
     for alpha in (0.01, 0.001):
         rate = sum(p <= alpha for p in p_values) / len(p_values)
         assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / len(p_values)), (alpha, rate)
+
+
+def test_first_occurrence_dedup_is_the_same_when_rows_are_too_wide_to_pack():
+    # Ids near 2**31 with two tokens of context need more than 63 bits per row: the row-wise path.
+    detector = create_detector(_key(context_width=2))
+    small = [[1, 2, 3, 1, 2, 4, 1, 2, 3, 5], [7, 7, 7, 7]]
+    wide = [[t + 2**31 - 10 for t in seq] for seq in small]
+    narrow_pairs, narrow_index = detector.scored_pairs(small)
+    wide_pairs, wide_index = detector.scored_pairs(wide)
+    assert torch.equal(wide_pairs - (2**31 - 10), narrow_pairs) and torch.equal(wide_index, narrow_index)
+    assert narrow_pairs.tolist() == [[1, 2, 3], [2, 3, 1], [3, 1, 2], [2, 4, 1], [4, 1, 2], [7, 7, 7]]
+    assert narrow_index.tolist() == [0, 0, 0, 0, 0, 1]
