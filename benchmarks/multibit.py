@@ -76,7 +76,7 @@ def quality(model, tokenizer, prompts: list[str], completions: list[list[int]], 
             mask[i, width - len(sequence) :] = 1
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        for i, (p, c) in enumerate(rows):
+        for i, (_, c) in enumerate(rows):
             first = width - len(c)  # column of the first completion token
             step_logits = logits[i, first - 1 : width - 1]
             target = torch.tensor(c)

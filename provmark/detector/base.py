@@ -18,6 +18,7 @@ import torch
 from provmark.detector.result import DetectionResult
 from provmark.detector.stats import LN10, p_value_from_log
 from provmark.errors import ParameterError
+from provmark.kernels.prf import context_seeds, fastrange, split_key, token_words
 from provmark.watermark.keys import WatermarkKey
 from provmark.watermark.payload import payload_hex
 
@@ -65,6 +66,13 @@ class Detector(abc.ABC):
         self.key = key
         self.alpha = float(alpha)
         self.context_width = key.config.context_width
+        self._shard_key = torch.tensor([split_key(key.subkey("shard"))], dtype=torch.int64)
+
+    def shards(self, contexts: torch.Tensor, tokens: torch.Tensor, salts: torch.Tensor, shard_count: int) -> torch.Tensor:
+        """int64 (N,): the shard the embedder gave each token under its context and salt
+        (contexts (N, h), tokens and salts (N,)), from the key's "shard" sub-key."""
+        seeds = context_seeds(self._shard_key.expand(tokens.shape[0], 2), salts, contexts)
+        return fastrange(token_words(seeds, tokens), shard_count)
 
     def scored_pairs(self, sequences: Sequence, prompts: Sequence | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The (context, token) pairs that carry evidence, for every sequence.

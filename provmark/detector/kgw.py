@@ -14,7 +14,6 @@ import torch
 
 from provmark.detector.base import Detector, Evidence
 from provmark.detector.stats import binomial_log_sf
-from provmark.kernels.prf import context_seeds, fastrange, split_key, token_words
 from provmark.watermark.kgw import KGWConfig
 
 __all__ = ["KGWDetector"]
@@ -27,15 +26,13 @@ class KGWDetector(Detector):
         super().__init__(key, **kwargs)
         config: KGWConfig = key.config
         self.gamma = config.green_shards / config.shard_count  # exact k/S
-        self._shards = config.shard_count
+        self._shard_count = config.shard_count
         self._green = config.green_shards
-        self._key_words = torch.tensor([split_key(key.subkey("shard"))], dtype=torch.int64)
 
     def green_mask(self, contexts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Bool (N,): whether each token is green under its context (the embedder's exact rule)."""
-        n = tokens.shape[0]
-        seeds = context_seeds(self._key_words.expand(n, 2), torch.zeros(n, dtype=torch.int64), contexts)
-        return fastrange(token_words(seeds, tokens), self._shards) < self._green
+        salts = torch.zeros(tokens.shape[0], dtype=torch.int64)
+        return self.shards(contexts, tokens, salts, self._shard_count) < self._green
 
     def _score_tokens(self, contexts, tokens):
         return self.green_mask(contexts, tokens)

@@ -36,7 +36,7 @@ from scipy.stats import binom
 
 from provmark.detector.base import Detector, Evidence
 from provmark.detector.stats import binomial_log_sf, sum_log_sf
-from provmark.kernels.prf import context_seeds, fastrange, split_key, token_words
+from provmark.kernels.prf import split_key
 from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig, block_candidates, block_salt
 from provmark.watermark.mpac import positions
 
@@ -65,24 +65,13 @@ def two_means_split(counts: list[int], sizes: range) -> list[int]:
     return order[:best]
 
 
-class _ShardDetector(Detector):
-    def __init__(self, key, **kwargs):
-        super().__init__(key, **kwargs)
-        self._key_words = torch.tensor([split_key(key.subkey("shard"))], dtype=torch.int64)
-
-    def _shards(self, contexts, tokens, salts, shard_count):
-        n = tokens.shape[0]
-        seeds = context_seeds(self._key_words.expand(n, 2), salts, contexts)
-        return fastrange(token_words(seeds, tokens), shard_count)
-
-
-class MajorMarkDetector(_ShardDetector):
+class MajorMarkDetector(Detector):
     """Clustering decoder for MajorMark keys; needs only the key."""
 
     def _score_tokens(self, contexts, tokens):
         """int64 (N, 2): each token's shard under lambda = 0 and lambda = 1."""
         n, bits = tokens.shape[0], self.key.config.bits
-        return torch.stack([self._shards(contexts, tokens, torch.full((n,), lam, dtype=torch.int64), bits) for lam in (0, 1)], 1)
+        return torch.stack([self.shards(contexts, tokens, torch.full((n,), lam, dtype=torch.int64), bits) for lam in (0, 1)], 1)
 
     def _aggregate_scores(self, token_scores, seq_index, num_sequences):
         config: MajorMarkConfig = self.key.config
@@ -127,7 +116,7 @@ class MajorMarkDetector(_ShardDetector):
         return out
 
 
-class MajorMarkPlusDetector(_ShardDetector):
+class MajorMarkPlusDetector(Detector):
     """Block decoder for MajorMark+ keys; needs only the key."""
 
     def __init__(self, key, **kwargs):
@@ -142,7 +131,7 @@ class MajorMarkPlusDetector(_ShardDetector):
         columns = [block]
         for lam, count in self._candidates:
             salts = block_salt(block, lam, count)  # the encoder's salt, on a tensor of blocks
-            columns.append(self._shards(contexts, tokens, salts, config.block_size))
+            columns.append(self.shards(contexts, tokens, salts, config.block_size))
         return torch.stack(columns, dim=1)
 
     def _aggregate_scores(self, token_scores, seq_index, num_sequences):

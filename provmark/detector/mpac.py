@@ -21,7 +21,7 @@ import torch
 
 from provmark.detector.base import Detector, Evidence
 from provmark.detector.stats import max_count_pmf, sum_log_sf
-from provmark.kernels.prf import context_seeds, fastrange, split_key, token_words
+from provmark.kernels.prf import split_key
 from provmark.watermark.mpac import MPACConfig, positions
 from provmark.watermark.payload import from_digits
 
@@ -34,15 +34,13 @@ class MPACDetector(Detector):
     def __init__(self, key, **kwargs):
         super().__init__(key, **kwargs)
         self.config: MPACConfig = key.config
-        self._key_words = torch.tensor([split_key(key.subkey("shard"))], dtype=torch.int64)
         self._position_key = split_key(key.subkey("position"))
 
     def _score_tokens(self, contexts, tokens):
         """int64 (N,): position * S + shard of each token."""
-        n, shards = tokens.shape[0], self.config.shard_count
-        seeds = context_seeds(self._key_words.expand(n, 2), torch.zeros(n, dtype=torch.int64), contexts)
-        shard = fastrange(token_words(seeds, tokens), shards)
-        return positions(self._position_key, contexts, self.config.num_positions) * shards + shard
+        count = self.config.shard_count
+        shard = self.shards(contexts, tokens, torch.zeros(tokens.shape[0], dtype=torch.int64), count)
+        return positions(self._position_key, contexts, self.config.num_positions) * count + shard
 
     def _aggregate_scores(self, token_scores, seq_index, num_sequences):
         config = self.config
