@@ -29,3 +29,12 @@ def test_invalid_arguments_raise():
         binomial_log_sf(1, 10, 1.0)
     with pytest.raises(ValueError):
         binomial_log_sf(-1, 10, 0.5)
+
+
+def test_array_form_matches_the_scalar_form_including_far_tails():
+    from provmark.detector.stats import binomial_log_sf_array
+
+    cases = [(0, 10, 0.25), (3, 10, 0.25), (60, 200, 0.25), (1000, 1000, 0.25), (11, 10, 0.5), (0, 0, 0.5)]
+    got = binomial_log_sf_array([c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases])
+    for value, (k, n, p) in zip(got, cases):
+        assert value == pytest.approx(binomial_log_sf(k, n, p), rel=1e-12)

@@ -35,7 +35,7 @@ import torch
 from scipy.stats import binom
 
 from provmark.detector.base import Detector, Evidence
-from provmark.detector.stats import binomial_log_sf, sum_log_sf
+from provmark.detector.stats import binomial_log_sf_array, sum_log_sf
 from provmark.kernels.prf import split_key
 from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig, block_candidates, block_salt
 from provmark.watermark.mpac import positions
@@ -48,21 +48,31 @@ def _binomial_pmf(trials: int, p: float) -> np.ndarray:
     return binom.pmf(np.arange(trials + 1), trials, p)
 
 
+def two_means_splits(counts: np.ndarray, sizes: range) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares two-group split of every row of ``counts`` (M, b), high group sized in
+    ``sizes``; exact, since every split point of the sorted counts is tried.
+
+    Returns (order (M, b): shard indices by count, high first, ties in index order; size (M,):
+    how many of them form the high group, ties in cost going to the smaller group).
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    order = np.argsort(-counts, axis=1, kind="stable")
+    values = np.take_along_axis(counts, order, axis=1).astype(np.float64)
+    zeros = np.zeros((values.shape[0], 1))
+    prefix = np.concatenate([zeros, np.cumsum(values, axis=1)], axis=1)
+    prefix_sq = np.concatenate([zeros, np.cumsum(values**2, axis=1)], axis=1)
+    n = values.shape[1]
+    k = np.arange(sizes.start, sizes.stop)
+    high = prefix_sq[:, k] - prefix[:, k] ** 2 / k
+    low = (prefix_sq[:, -1:] - prefix_sq[:, k]) - (prefix[:, -1:] - prefix[:, k]) ** 2 / (n - k)
+    cost = np.round(high + low, 9)  # integer data: ties are exact up to rounding noise
+    return order, k[np.argmin(cost, axis=1)]
+
+
 def two_means_split(counts: list[int], sizes: range) -> list[int]:
-    """Indices of the high group of the least-squares two-group split of ``counts`` whose high
-    group size lies in ``sizes`` (exact: every split point of the sorted counts is tried).
-    Ties in counts keep index order; ties in cost keep the smaller high group."""
-    order = sorted(range(len(counts)), key=lambda i: (-counts[i], i))
-    values = np.array([counts[i] for i in order], dtype=np.float64)
-    prefix, prefix_sq = np.concatenate([[0], np.cumsum(values)]), np.concatenate([[0], np.cumsum(values**2)])
-    total, total_sq, n = prefix[-1], prefix_sq[-1], len(values)
-    best, best_cost = None, math.inf
-    for k in sizes:
-        high = prefix_sq[k] - prefix[k] ** 2 / k
-        low = (total_sq - prefix_sq[k]) - (total - prefix[k]) ** 2 / (n - k)
-        if high + low < best_cost - 1e-9:
-            best, best_cost = k, high + low
-    return order[:best]
+    """Indices of the high group of ``two_means_splits`` for one row of counts."""
+    order, size = two_means_splits(np.array([counts]), sizes)
+    return order[0, : size[0]].tolist()
 
 
 class MajorMarkDetector(Detector):
@@ -77,42 +87,42 @@ class MajorMarkDetector(Detector):
         config: MajorMarkConfig = self.key.config
         b = config.bits
         index = (seq_index[:, None] * 2 + torch.tensor([0, 1])) * b + token_scores
-        counts = torch.bincount(index.flatten(), minlength=num_sequences * 2 * b).view(num_sequences, 2, b).tolist()
-        tokens = torch.bincount(seq_index, minlength=num_sequences).tolist()
+        counts = torch.bincount(index.flatten(), minlength=num_sequences * 2 * b).view(num_sequences, 2, b)
         log_messages = math.log(config.capacity)
-        decoded = []  # (log p, lambda, high-group mask, green) per sequence with tokens
-        for row in range(num_sequences):
-            total = tokens[row]
-            if total == 0:
-                decoded.append(None)
+        counts = counts.numpy()
+        totals = torch.bincount(seq_index, minlength=num_sequences).numpy()
+        # Each majority-bit hypothesis: its split, green count and binomial p-value, all rows at once.
+        hypotheses = []
+        for lam in (0, 1):
+            sizes = range(b // 2 + 1 if lam == 0 else (b + 1) // 2, b)
+            if not sizes:
                 continue
-            best = None
-            for lam in (0, 1):
-                sizes = range(b // 2 + 1 if lam == 0 else (b + 1) // 2, b)
-                if not sizes:
-                    continue
-                high = two_means_split(counts[row][lam], sizes)
-                green = sum(counts[row][lam][i] for i in high)
-                log_p = binomial_log_sf(green, total, len(high) / b)
-                if best is None or log_p < best[0]:
-                    best = (log_p, lam, np.isin(np.arange(b), high), green)
-            decoded.append(best)
-        # Per-bit confidences for every sequence at once (one scipy call each way).
-        lams = np.array([d[1] if d else 0 for d in decoded])
-        observed = np.array(counts)[np.arange(num_sequences), lams]
-        totals = np.array(tokens)[:, None]
-        highs = np.array([d[2] if d else np.zeros(b, dtype=bool) for d in decoded])
-        confidence = np.where(highs, binom.cdf(observed - 1, totals, 1 / b), binom.sf(observed, totals, 1 / b))
+            order, size = two_means_splits(counts[:, lam], sizes)
+            high = np.zeros((num_sequences, b), dtype=bool)
+            np.put_along_axis(high, order, np.arange(b)[None, :] < size[:, None], axis=1)
+            green = (counts[:, lam] * high).sum(axis=1)
+            log_p = binomial_log_sf_array(green, totals, size / b)
+            hypotheses.append((lam, high, green, log_p))
+        # The hypothesis with the smaller p-value wins (the first listed, lambda 0, on ties).
+        pick = np.argmin(np.stack([h[3] for h in hypotheses]), axis=0)
+        rows = np.arange(num_sequences)
+        lam = np.array([h[0] for h in hypotheses])[pick]
+        high = np.stack([h[1] for h in hypotheses])[pick, rows]
+        green = np.stack([h[2] for h in hypotheses])[pick, rows]
+        log_p = np.stack([h[3] for h in hypotheses])[pick, rows]
+        observed = counts[rows, lam]
+        confidence = np.where(high, binom.cdf(observed - 1, totals[:, None], 1 / b), binom.sf(observed, totals[:, None], 1 / b))
         out = []
-        for row, found in enumerate(decoded):
-            if found is None:
+        for row in range(num_sequences):
+            total = int(totals[row])
+            if total == 0:
                 out.append(Evidence(0.0, 0.0))
                 continue
-            log_p, lam, high, green = found
-            total, gamma = tokens[row], high.sum() / b
-            bits = [lam if h else 1 - lam for h in high]
-            z = (green - gamma * total) / math.sqrt(total * gamma * (1 - gamma))
-            out.append(Evidence(z, min(0.0, log_p + log_messages), config.payload_of(bits), tuple(confidence[row].tolist())))
+            gamma = high[row].sum() / b
+            z = (green[row] - gamma * total) / math.sqrt(total * gamma * (1 - gamma))
+            bits = [int(lam[row]) if h else 1 - int(lam[row]) for h in high[row]]
+            log_p_row = min(0.0, float(log_p[row]) + log_messages)
+            out.append(Evidence(float(z), log_p_row, config.payload_of(bits), tuple(confidence[row].tolist())))
         return out
 
 

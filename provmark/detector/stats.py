@@ -9,7 +9,7 @@ import numpy as np
 from scipy.special import betainc, logsumexp
 from scipy.stats import binom
 
-__all__ = ["LN10", "binomial_log_sf", "max_count_pmf", "sum_log_sf", "p_value_from_log"]
+__all__ = ["LN10", "binomial_log_sf", "binomial_log_sf_array", "max_count_pmf", "sum_log_sf", "p_value_from_log"]
 
 LN10 = math.log(10.0)
 
@@ -35,6 +35,21 @@ def binomial_log_sf(successes: int, trials: int, p: float) -> float:
         return min(0.0, math.log(tail))
     terms = binom.logpmf(np.arange(successes, trials + 1), trials, p)
     return min(0.0, float(logsumexp(terms)))
+
+
+def binomial_log_sf_array(successes, trials, p) -> np.ndarray:
+    """``binomial_log_sf`` elementwise over broadcast arrays (0 where there are no trials):
+    one vectorised incomplete-beta call, the exact log-sum-exp only where that underflows."""
+    successes, trials, p = np.broadcast_arrays(np.asarray(successes), np.asarray(trials), np.asarray(p, dtype=np.float64))
+    out = np.zeros(successes.shape)
+    inside = (successes > 0) & (successes <= trials)
+    with np.errstate(divide="ignore"):
+        tail = betainc(np.where(inside, successes, 1), np.where(inside, trials - successes + 1, 1), p)
+        out = np.where(inside, np.minimum(0.0, np.log(tail)), out)
+    out = np.where(successes > trials, -math.inf, out)
+    for index in zip(*np.nonzero(inside & (tail <= 1e-290))):
+        out[index] = binomial_log_sf(int(successes[index]), int(trials[index]), float(p[index]))
+    return out
 
 
 def p_value_from_log(log_p: float) -> float:
