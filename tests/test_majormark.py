@@ -10,6 +10,7 @@ from provmark.detector import create_detector
 from provmark.detector.majormark import two_means_split
 from provmark.errors import ParameterError
 from provmark.kernels.shard_bias import preferred_mask
+from provmark.watermark.base import positions
 from provmark.watermark.hook import generate
 from provmark.watermark.keys import create_key
 from provmark.watermark.majormark import (
@@ -20,7 +21,6 @@ from provmark.watermark.majormark import (
     block_candidates,
     majority,
 )
-from provmark.watermark.mpac import positions
 from tests.test_detector_kgw import _zipf_sequences
 
 SECRET = bytes(range(32))

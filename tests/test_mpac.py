@@ -11,9 +11,10 @@ from provmark.detector import create_detector
 from provmark.detector.stats import max_count_pmf, sum_log_sf
 from provmark.errors import ParameterError
 from provmark.kernels.shard_bias import preferred_mask
+from provmark.watermark.base import positions
 from provmark.watermark.hook import WatermarkLogitsProcessor, generate
 from provmark.watermark.keys import create_key
-from provmark.watermark.mpac import MPACConfig, MPACWatermarker, positions
+from provmark.watermark.mpac import MPACConfig, MPACWatermarker
 from provmark.watermark.payload import to_digits
 from tests.test_detector_kgw import _zipf_sequences
 

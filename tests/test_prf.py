@@ -8,11 +8,11 @@ from provmark.kernels.prf import (
     PRF_VERSION,
     context_seeds,
     fastrange,
-    mix32,
-    split_key,
     fold16,
     folded_token_hash_table,
+    mix32,
     mix32_unfolded_,
+    split_key,
     token_hashes,
     token_words,
 )

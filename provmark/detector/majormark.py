@@ -37,8 +37,8 @@ from scipy.stats import binom
 from provmark.detector.base import Detector, Evidence
 from provmark.detector.stats import binomial_log_sf_array, sum_log_sf
 from provmark.kernels.prf import split_key
+from provmark.watermark.base import positions
 from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig, block_candidates, block_salt
-from provmark.watermark.mpac import positions
 
 __all__ = ["MajorMarkDetector", "MajorMarkPlusDetector", "two_means_split"]
 

@@ -22,7 +22,8 @@ import torch
 from provmark.detector.base import Detector, Evidence
 from provmark.detector.stats import max_count_pmf, sum_log_sf
 from provmark.kernels.prf import split_key
-from provmark.watermark.mpac import MPACConfig, positions
+from provmark.watermark.base import positions
+from provmark.watermark.mpac import MPACConfig
 from provmark.watermark.payload import from_digits
 
 __all__ = ["MPACDetector"]

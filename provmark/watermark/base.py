@@ -9,12 +9,21 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 import torch
 
 from provmark.errors import ParameterError
-from provmark.kernels.prf import split_key
+from provmark.kernels.prf import context_seeds, fastrange, split_key
 
 if TYPE_CHECKING:
     from provmark.watermark.keys import WatermarkKey
 
-__all__ = ["SchemeConfig", "StepParams", "Watermarker"]
+__all__ = ["SchemeConfig", "StepParams", "Watermarker", "positions"]
+
+
+def positions(position_key: tuple[int, int], contexts: torch.Tensor, num_positions: int) -> torch.Tensor:
+    """Position (MPAC digit, MajorMark+ block) each context carries, int64 (N,): fastrange of
+    its seed under the "position" sub-key, salt 0."""
+    n = contexts.shape[0]
+    keys = torch.tensor([position_key], dtype=torch.int64, device=contexts.device).expand(n, 2)
+    seeds = context_seeds(keys, torch.zeros(n, dtype=torch.int64, device=contexts.device), contexts)
+    return fastrange(seeds, num_positions)
 
 
 @dataclass(frozen=True, kw_only=True)

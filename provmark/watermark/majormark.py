@@ -29,9 +29,8 @@ import torch
 
 from provmark.errors import ParameterError
 from provmark.kernels.prf import split_key
-from provmark.watermark.base import SchemeConfig, StepParams, Watermarker
+from provmark.watermark.base import SchemeConfig, StepParams, Watermarker, positions
 from provmark.watermark.kgw import validate_context_width, validate_delta
-from provmark.watermark.mpac import positions
 from provmark.watermark.payload import from_bits, from_digits, parse_payload, to_bits, to_digits
 
 __all__ = [

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import torch
 
 from provmark.errors import ParameterError
-from provmark.kernels.prf import context_seeds, fastrange, split_key
+from provmark.kernels.prf import split_key
 from provmark.kernels.shard_bias import MAX_SHARDS
-from provmark.watermark.base import SchemeConfig, StepParams, Watermarker
+from provmark.watermark.base import SchemeConfig, StepParams, Watermarker, positions
 from provmark.watermark.kgw import validate_context_width, validate_delta
 from provmark.watermark.payload import parse_payload, to_bits, to_digits
 
-__all__ = ["MPACConfig", "MPACWatermarker", "positions"]
+__all__ = ["MPACConfig", "MPACWatermarker"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,15 +82,6 @@ class MPACConfig(SchemeConfig):
     def num_positions(self) -> int:
         """L, the number of digits (positions) of a payload."""
         return self.bits // self.bits_per_digit
-
-
-def positions(position_key: tuple[int, int], contexts: torch.Tensor, num_positions: int) -> torch.Tensor:
-    """Digit position carried by each context, int64 (N,): fastrange of its seed under the
-    position sub-key (salt 0)."""
-    n = contexts.shape[0]
-    keys = torch.tensor([position_key], dtype=torch.int64, device=contexts.device).expand(n, 2)
-    seeds = context_seeds(keys, torch.zeros(n, dtype=torch.int64, device=contexts.device), contexts)
-    return fastrange(seeds, num_positions)
 
 
 class MPACWatermarker(Watermarker):

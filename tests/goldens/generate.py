@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from provmark.detector import create_detector
 from provmark.kernels.prf import PRF_VERSION, context_seeds, fastrange, mix32, split_key, token_words
 from provmark.kernels.shard_bias import preferred_mask
-from provmark.detector import create_detector
 from provmark.watermark.keys import create_key, derive_subkey
 
 SCHEMA_VERSION = 1
