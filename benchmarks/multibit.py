@@ -11,10 +11,13 @@ same length) in batches, then decoded at each prefix length. Metrics per text an
 - decode seconds for the cell's texts at that prefix, and the message-level log10 p-value.
 
 Writes one CSV row per (cell, text, prefix), prints a summary table, and with --plots writes
-accuracy-vs-tokens and accuracy-vs-perplexity PNGs. Unwatermarked generations (scheme "none")
+accuracy-vs-tokens, accuracy-vs-perplexity and exact-match-vs-perplexity (delta swept) PNGs. Unwatermarked generations (scheme "none")
 give the reference perplexity and top-5 rate.
 
     python -m benchmarks.multibit --prompts 20 --tokens 300 --out benchmarks/results/multibit.csv --plots benchmarks/results
+
+Balance-Marking and Vanilla-Marking decode with the embedded model as proxy; their segments are
+the whole payload up to 24 bits (two halves above).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from provmark.detector import create_detector
 from provmark.watermark.hook import generate
 from provmark.watermark.keys import create_key
 from provmark.watermark.models import format_prompts, load_model
+from provmark.watermark.proxy import Proxy
+from provmark.watermark.schemes import watermarker_class
 
 PROMPTS = Path(__file__).parent / "prompts" / "eval.txt"
 VARIANTS = {  # label -> (scheme, fixed parameters)
@@ -44,6 +49,8 @@ VARIANTS = {  # label -> (scheme, fixed parameters)
     "mpac-r4": ("mpac", {"radix": 4, "gamma": 0.25}),
     "majormark": ("majormark", {}),
     "majormark+": ("majormark+", {"block_size": 4}),
+    "balance": ("balance", {}),
+    "vanilla": ("vanilla", {}),
 }
 FIELDS = ["label", "scheme", "bits", "delta", "temperature", "prompt_index", "prefix_tokens", "bit_accuracy",
           "exact_match", "perplexity", "top5_hit_rate", "log10_p_value", "decode_seconds", "cell_tokens"]
@@ -93,6 +100,8 @@ def run_cell(model, tokenizer, prompts, cell: Cell, *, tokens, prefixes, seed, b
         key, payloads = None, None
     else:
         scheme, params = VARIANTS[cell.label]
+        if scheme in ("balance", "vanilla"):  # segments of at most 24 bits: halves above that
+            params = {**params, "segment_bits": cell.bits if cell.bits <= 24 else cell.bits // 2}
         key = create_key(scheme, {**params, "bits": cell.bits, "delta": cell.delta}, secret=secret)
         rng = random.Random(secret)
         payloads = [rng.randrange(key.config.capacity) for _ in prompts]
@@ -109,7 +118,8 @@ def run_cell(model, tokenizer, prompts, cell: Cell, *, tokens, prefixes, seed, b
                 "prefix_tokens": prefix, "cell_tokens": sum(min(prefix, len(c)) for c in completions)}
         results, seconds = [None] * len(prompts), 0.0
         if key is not None:
-            detector = create_detector(key)
+            proxy = Proxy(model, tokenizer) if watermarker_class(key.scheme).uses_proxy else None
+            detector = create_detector(key, proxy=proxy)
             started = time.perf_counter()
             results = detector.detect_batch([c[:prefix] for c in completions])
             seconds = time.perf_counter() - started
@@ -180,6 +190,25 @@ def plot(table, folder: Path, headline_bits: int, headline_delta: float, headlin
     ax.legend()
     fig.tight_layout()
     fig.savefig(folder / "accuracy_vs_perplexity.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label in sorted({t["label"] for t in table}):
+        for prefix in sorted({t["prefix"] for t in table}):
+            points = sorted((t["delta"], t["perplexity"], t["exact_match"]) for t in table if t["label"] == label
+                            and t["prefix"] == prefix and t["bits"] == headline_bits and t["temperature"] == headline_temperature)
+            if label == "none":
+                continue
+            if points:
+                ax.plot([p[1] for p in points], [p[2] for p in points], marker="o", label=f"{label}, {prefix} tokens")
+    for t in table:
+        if t["label"] == "none" and t["prefix"] == longest and t["temperature"] == headline_temperature:
+            ax.axvline(t["perplexity"], color="grey", linestyle="--", linewidth=1)
+    ax.set(xlabel="perplexity (unwatermarked model)", ylabel="exact-match rate",
+           title=f"b={headline_bits}, T={headline_temperature}, delta swept")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "exact_match_vs_perplexity.png", dpi=120)
     plt.close(fig)
 
 

@@ -55,7 +55,8 @@ def keys():
 
 
 @keys.command("create")
-@click.option("--scheme", required=True, help="Watermark scheme: kgw (zero-bit), mpac, majormark or majormark+ (multi-bit).")
+@click.option("--scheme", required=True,
+              help="Watermark scheme: kgw (zero-bit); mpac, majormark, majormark+, balance or vanilla (multi-bit).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write the key file.")
 @click.option("--gamma", type=float, default=None, help="kgw: green fraction k/S; mpac: colour-list size 1/S (default 0.25).")
 @click.option("--delta", type=float, default=None, help="Bias added to preferred logits (default 2.0).")
@@ -63,8 +64,14 @@ def keys():
 @click.option("--bits", type=int, default=None, help="Multi-bit schemes: codeword length in bits (default 32).")
 @click.option("--radix", type=int, default=None, help="mpac: digit radix, a power of two <= 1/gamma (default 2).")
 @click.option("--block-size", type=int, default=None, help="majormark+: bits per block (default 4).")
+@click.option("--segment-bits", type=int, default=None, help="balance, vanilla: bits per exhaustively decoded segment (default 20).")
+@click.option("--pool-size", type=int, default=None, help="balance, vanilla: partitions per context, a power of two (default 64).")
+@click.option("--head", type=int, default=None, help="balance: proxy ids split by probability mass (default 256).")
+@click.option("--proxy-context", type=click.Choice(["text", "prompt"]), default=None,
+              help="balance: what the proxy reads while generating (default text: what the detector reads).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def keys_create(scheme, out_path, gamma, delta, context_width, bits, radix, block_size, force):
+def keys_create(scheme, out_path, gamma, delta, context_width, bits, radix, block_size, segment_bits, pool_size, head,
+                proxy_context, force):
     """Create a key (a fresh 32-byte secret plus the scheme's parameters) and write it to --out.
 
     The file is written readable by its owner only. Detection needs this file. Options a scheme
@@ -75,12 +82,14 @@ def keys_create(scheme, out_path, gamma, delta, context_width, bits, radix, bloc
         provmark keys create --scheme kgw --gamma 0.25 --delta 2 --out key.json
         provmark keys create --scheme mpac --bits 32 --radix 4 --out mkey.json
         provmark keys create --scheme majormark+ --bits 32 --out mmkey.json
+        provmark keys create --scheme balance --bits 20 --out bkey.json
     """
     from provmark.watermark.keys import create_key, save_key
     from provmark.watermark.payload import capacity_bits
 
     given = {"gamma": gamma, "delta": delta, "context_width": context_width, "bits": bits, "radix": radix,
-             "block_size": block_size}
+             "block_size": block_size, "segment_bits": segment_bits, "pool_size": pool_size, "head": head,
+             "proxy_context": proxy_context}
     key = create_key(scheme, {name: value for name, value in given.items() if value is not None})
     save_key(key, out_path, overwrite=force)
     line = f"created {key.scheme} key {key.key_id} in {out_path}"
@@ -168,31 +177,47 @@ def _read_text(source) -> str:
 @click.argument("file", type=click.File("rb"))
 @click.option("--alpha", type=float, default=1e-3, show_default=True, help="Significance level of the verdict.")
 @click.option("--min-tokens", type=click.IntRange(1), default=10, show_default=True, help="Refuse texts with fewer scorable tokens.")
+@click.option("--locate", is_flag=True,
+              help="balance, vanilla: search for a watermarked span inside longer text (copy-paste) and report it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the detection result as JSON.")
 @model_option
-def detect(key_path, file, alpha, min_tokens, as_json, model_path):
+def detect(key_path, file, alpha, min_tokens, locate, as_json, model_path):
     """Test FILE (or - for stdin) for the key's watermark.
 
     Prints the verdict, the p-value (also as log10, which stays readable far below 1e-308) and
     the number of tokens scored; for a multi-bit key also the decoded payload and the lowest
     per-bit confidence (all of them under --json). The tokenizer must be the generating model's
-    (--model).
+    (--model); Balance-Marking also runs that model as its proxy. --locate finds a watermarked
+    span of a balance or vanilla text pasted into other text and prints its token span.
 
     Example:
 
         provmark detect --key key.json story.txt
     """
-    from provmark.detector import detect_text
+    from provmark.detector import VanillaDetector, create_detector, detect_text
     from provmark.watermark.keys import load_key
-    from provmark.watermark.models import load_tokenizer
+    from provmark.watermark.models import load_model, load_tokenizer
+    from provmark.watermark.proxy import Proxy
+    from provmark.watermark.schemes import watermarker_class
 
     text = _read_text(file)
     if not text.strip():
         raise InvalidTextError("text is empty; give the text to check")
     key = load_key(key_path)
     _quiet_libraries()
-    tokenizer = load_tokenizer(model_path)
-    result = detect_text(key, text, tokenizer, alpha=alpha, min_tokens=min_tokens)
+    proxy = None
+    if watermarker_class(key.scheme).uses_proxy:
+        loaded = load_model(model_path)
+        tokenizer, proxy = loaded.tokenizer, Proxy(loaded.model, loaded.tokenizer)
+    else:
+        tokenizer = load_tokenizer(model_path)
+    if locate:
+        detector = create_detector(key, alpha=alpha, proxy=proxy)
+        if not isinstance(detector, VanillaDetector):
+            raise ParameterError(f"--locate works with balance and vanilla keys, not {key.scheme}")
+        result = detector.locate(tokenizer(text, add_special_tokens=False)["input_ids"])
+    else:
+        result = detect_text(key, text, tokenizer, alpha=alpha, min_tokens=min_tokens, proxy=proxy)
     if as_json:
         click.echo(result.to_json(indent=2))
         return
@@ -202,6 +227,8 @@ def detect(key_path, file, alpha, min_tokens, as_json, model_path):
     click.echo(f"tokens scored: {result.num_scored_tokens}  score (z): {result.score:.2f}")
     if result.payload_hex is not None:
         click.echo(f"payload: {result.payload_hex}  lowest bit confidence: {min(result.bit_confidences):.3f}")
+    for start, end in result.spans:
+        click.echo(f"watermarked span: tokens {start} to {end}")
     click.echo(f"scheme: {result.scheme}  key: {result.key_id}")
 
 

@@ -42,7 +42,7 @@ def test_keys_create_writes_a_loadable_key_and_says_where(runner, tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--scheme", "nope"], "Error: unknown scheme 'nope'; known schemes: kgw, majormark, majormark+, mpac"),
+        (["--scheme", "nope"], "Error: unknown scheme 'nope'; known schemes: balance, kgw, majormark, majormark+, mpac, vanilla"),
         (["--scheme", "kgw", "--gamma", "2"], "Error: gamma must be a number in (0, 1), got 2.0; 0.25 is the paper's default"),
         (["--scheme", "kgw", "--context-width", "0"], "Error: context_width must be an integer in [1, 16], got 0; 2 is the default"),
     ],

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+from provmark.detector.balance import BalanceDetector, VanillaDetector
 from provmark.detector.base import DEFAULT_ALPHA, Detector
 from provmark.detector.kgw import KGWDetector
 from provmark.detector.majormark import MajorMarkDetector, MajorMarkPlusDetector
 from provmark.detector.mpac import MPACDetector
 from provmark.detector.result import DetectionResult
-from provmark.errors import InvalidTextError, UnknownSchemeError
+from provmark.errors import InvalidTextError, ParameterError, UnknownSchemeError
 from provmark.watermark.keys import WatermarkKey
 
 __all__ = [
     "DEFAULT_ALPHA",
+    "BalanceDetector",
     "DetectionResult",
     "Detector",
     "KGWDetector",
     "MPACDetector",
     "MajorMarkDetector",
     "MajorMarkPlusDetector",
+    "VanillaDetector",
     "create_detector",
     "detect_text",
 ]
@@ -27,19 +30,28 @@ DETECTORS: dict[str, type[Detector]] = {
     "mpac": MPACDetector,
     "majormark": MajorMarkDetector,
     "majormark+": MajorMarkPlusDetector,
+    "vanilla": VanillaDetector,
+    "balance": BalanceDetector,
 }
 
 
-def create_detector(key: WatermarkKey, *, alpha: float = DEFAULT_ALPHA) -> Detector:
-    """The detector for the key's scheme."""
+def create_detector(key: WatermarkKey, *, alpha: float = DEFAULT_ALPHA, proxy=None) -> Detector:
+    """The detector for the key's scheme; ``proxy`` (a ``watermark.proxy.Proxy``) is required
+    for Balance-Marking and refused by every other scheme."""
     try:
         detector_class = DETECTORS[key.scheme]
     except KeyError:
         raise UnknownSchemeError(f"no detector for scheme {key.scheme!r}; known: {', '.join(sorted(DETECTORS))}") from None
+    if detector_class is BalanceDetector:
+        return detector_class(key, alpha=alpha, proxy=proxy)
+    if proxy is not None:
+        raise ParameterError(f"{key.scheme} detection uses no proxy model; drop the proxy")
     return detector_class(key, alpha=alpha)
 
 
-def detect_text(key: WatermarkKey, text: str, tokenizer, *, alpha: float = DEFAULT_ALPHA, min_tokens: int = 0) -> DetectionResult:
+def detect_text(
+    key: WatermarkKey, text: str, tokenizer, *, alpha: float = DEFAULT_ALPHA, min_tokens: int = 0, proxy=None
+) -> DetectionResult:
     """Tokenise ``text`` (no special tokens added) and detect the key's watermark in it.
 
     Raises ``InvalidTextError`` for empty or whitespace-only text, and when fewer than
@@ -48,7 +60,7 @@ def detect_text(key: WatermarkKey, text: str, tokenizer, *, alpha: float = DEFAU
     if not isinstance(text, str) or not text.strip():
         raise InvalidTextError("text is empty; give the text to check")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    result = create_detector(key, alpha=alpha).detect(ids)
+    result = create_detector(key, alpha=alpha, proxy=proxy).detect(ids)
     if result.num_scored_tokens < max(min_tokens, 1):
         raise InvalidTextError(
             f"text too short to score: {result.num_scored_tokens} scorable tokens, need at least {max(min_tokens, 1)}"

@@ -1,9 +1,9 @@
 """The detector template: context construction, deduplication, aggregation and the decision.
 
-Each scheme supplies ``_score_tokens`` (per-token evidence from (context, token) pairs) and
-``_aggregate_scores`` (per-text score and exact log p-value). The base class owns everything
-that must be the same for every scheme: which tokens are scored, that repeated pairs count once,
-and how the result is reported.
+``Detector`` owns what every scheme reports the same way (the result and the decision).
+``PairDetector`` is the template of the shard schemes: each supplies ``_score_tokens`` (per-token
+evidence from (context, token) pairs) and ``_aggregate_scores`` (per-text score and exact log
+p-value), and the template fixes which tokens are scored and that repeated pairs count once.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from provmark.kernels.prf import context_seeds, fastrange, split_key, token_word
 from provmark.watermark.keys import WatermarkKey
 from provmark.watermark.payload import payload_hex
 
-__all__ = ["Detector", "DEFAULT_ALPHA", "Evidence"]
+__all__ = ["Detector", "PairDetector", "DEFAULT_ALPHA", "Evidence"]
 
 DEFAULT_ALPHA = 1e-3
 
@@ -54,11 +54,13 @@ class Evidence(NamedTuple):
     """Natural log of the p-value."""
     payload: int | None = None
     bit_confidences: tuple[float, ...] | None = None
+    spans: tuple[tuple[int, int], ...] = ()
+    """Token spans (start, end) of the sequence that carry the watermark, when localised."""
 
 
 class Detector(abc.ABC):
-    """Scores token ids against one key. Subclasses implement ``_score_tokens`` and
-    ``_aggregate_scores``; an empty or too-short text gets p = 1 and is not watermarked."""
+    """Scores token ids against one key; an empty or too-short text gets p = 1 and is not
+    watermarked. Subclasses implement ``detect_batch``."""
 
     def __init__(self, key: WatermarkKey, *, alpha: float = DEFAULT_ALPHA):
         if not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
@@ -73,6 +75,38 @@ class Detector(abc.ABC):
         (contexts (N, h), tokens and salts (N,)), from the key's "shard" sub-key."""
         seeds = context_seeds(self._shard_key.expand(tokens.shape[0], 2), salts, contexts)
         return fastrange(token_words(seeds, tokens), shard_count)
+
+    def detect(self, token_ids, *, prompt_ids=None) -> DetectionResult:
+        """Detect the watermark in one sequence of token ids (the prompt, if given, is context only)."""
+        return self.detect_batch([token_ids], prompt_ids=None if prompt_ids is None else [prompt_ids])[0]
+
+    @abc.abstractmethod
+    def detect_batch(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list[DetectionResult]:
+        """Detect the watermark in many sequences of token ids (prompts, if given, are context only)."""
+
+    def _result(self, evidence: Evidence, num_scored: int) -> DetectionResult:
+        score, log_p = evidence.score, evidence.log_p
+        payload = evidence.payload
+        return DetectionResult(
+            scheme=self.key.scheme,
+            key_id=self.key.key_id,
+            prf_version=self.key.prf_version,
+            is_watermarked=num_scored > 0 and math.exp(log_p) <= self.alpha,
+            p_value=p_value_from_log(log_p),
+            log10_p_value=log_p / LN10,
+            score=score,
+            num_scored_tokens=num_scored,
+            alpha=self.alpha,
+            payload=payload,
+            payload_hex=None if payload is None else payload_hex(payload, self.key.config.bits),
+            bit_confidences=evidence.bit_confidences,
+            spans=evidence.spans,
+        )
+
+
+class PairDetector(Detector):
+    """A detector whose evidence is a function of each (context, token) pair alone: the shard
+    schemes. Subclasses implement ``_score_tokens`` and ``_aggregate_scores``."""
 
     def scored_pairs(self, sequences: Sequence, prompts: Sequence | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The (context, token) pairs that carry evidence, for every sequence.
@@ -111,10 +145,6 @@ class Detector(abc.ABC):
         keep = torch.sort(first_seen).values
         return rows[keep, 1:], rows[keep, 0]
 
-    def detect(self, token_ids, *, prompt_ids=None) -> DetectionResult:
-        """Detect the watermark in one sequence of token ids (the prompt, if given, is context only)."""
-        return self.detect_batch([token_ids], prompt_ids=None if prompt_ids is None else [prompt_ids])[0]
-
     def detect_batch(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list[DetectionResult]:
         """Detect the watermark in many sequences at once (vectorised over all their tokens)."""
         if prompt_ids is not None and len(prompt_ids) != len(sequences):
@@ -124,24 +154,6 @@ class Detector(abc.ABC):
         counts = torch.bincount(seq_index, minlength=len(sequences)).tolist()
         evidence = self._aggregate_scores(token_scores, seq_index, len(sequences))
         return [self._result(e, n) for e, n in zip(evidence, counts)]
-
-    def _result(self, evidence: Evidence, num_scored: int) -> DetectionResult:
-        score, log_p = evidence.score, evidence.log_p
-        payload = evidence.payload
-        return DetectionResult(
-            scheme=self.key.scheme,
-            key_id=self.key.key_id,
-            prf_version=self.key.prf_version,
-            is_watermarked=num_scored > 0 and math.exp(log_p) <= self.alpha,
-            p_value=p_value_from_log(log_p),
-            log10_p_value=log_p / LN10,
-            score=score,
-            num_scored_tokens=num_scored,
-            alpha=self.alpha,
-            payload=payload,
-            payload_hex=None if payload is None else payload_hex(payload, self.key.config.bits),
-            bit_confidences=evidence.bit_confidences,
-        )
 
     @abc.abstractmethod
     def _score_tokens(self, contexts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -12,14 +12,14 @@ import math
 
 import torch
 
-from provmark.detector.base import Detector, Evidence
+from provmark.detector.base import Evidence, PairDetector
 from provmark.detector.stats import binomial_log_sf
 from provmark.watermark.kgw import KGWConfig
 
 __all__ = ["KGWDetector"]
 
 
-class KGWDetector(Detector):
+class KGWDetector(PairDetector):
     """Zero-bit KGW detector; needs only the key (no model)."""
 
     def __init__(self, key, **kwargs):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from scipy.stats import binom
 
-from provmark.detector.base import Detector, Evidence
+from provmark.detector.base import Evidence, PairDetector
 from provmark.detector.stats import binomial_log_sf_array, sum_log_sf
 from provmark.kernels.prf import split_key
 from provmark.watermark.base import positions
@@ -75,7 +75,7 @@ def two_means_split(counts: list[int], sizes: range) -> list[int]:
     return order[0, : size[0]].tolist()
 
 
-class MajorMarkDetector(Detector):
+class MajorMarkDetector(PairDetector):
     """Clustering decoder for MajorMark keys; needs only the key."""
 
     def _score_tokens(self, contexts, tokens):
@@ -126,7 +126,7 @@ class MajorMarkDetector(Detector):
         return out
 
 
-class MajorMarkPlusDetector(Detector):
+class MajorMarkPlusDetector(PairDetector):
     """Block decoder for MajorMark+ keys; needs only the key."""
 
     def __init__(self, key, **kwargs):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from provmark.detector.base import Detector, Evidence
+from provmark.detector.base import Evidence, PairDetector
 from provmark.detector.stats import max_count_pmf, sum_log_sf
 from provmark.kernels.prf import split_key
 from provmark.watermark.base import positions
@@ -29,7 +29,7 @@ from provmark.watermark.payload import from_digits
 __all__ = ["MPACDetector"]
 
 
-class MPACDetector(Detector):
+class MPACDetector(PairDetector):
     """Decodes an MPAC payload and tests its presence; needs only the key."""
 
     def __init__(self, key, **kwargs):

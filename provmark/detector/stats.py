@@ -9,7 +9,7 @@ import numpy as np
 from scipy.special import betainc, logsumexp
 from scipy.stats import binom
 
-__all__ = ["LN10", "binomial_log_sf", "binomial_log_sf_array", "max_count_pmf", "sum_log_sf", "p_value_from_log"]
+__all__ = ["LN10", "binomial_log_sf", "binomial_log_sf_array", "max_count_pmf", "sum_log_sf", "p_value_from_log", "log_pmf_of_sum", "log_upper_tail"]
 
 LN10 = math.log(10.0)
 
@@ -97,3 +97,26 @@ def sum_log_sf(pmfs: list[np.ndarray], observed: int) -> tuple[float, float, flo
     tail = float(total[observed:].sum()) if observed < total.size else 0.0
     log_tail = math.log(tail) if tail > 0 else math.log(math.ulp(0.0))
     return min(0.0, log_tail), mean, sd
+
+
+def log_pmf_of_sum(pmfs: list[np.ndarray]) -> np.ndarray:
+    """Natural-log pmf of a sum of independent non-negative integer counts with the given pmfs,
+    convolved in log space so that upper tails far below float64's range keep their value."""
+    total = np.zeros(1)
+    for pmf in pmfs:
+        support = np.nonzero(pmf)[0]
+        new = np.full(total.size + pmf.size - 1, -np.inf)
+        for x in support:
+            window = new[x : x + total.size]
+            np.logaddexp(window, total + math.log(pmf[x]), out=window)
+        total = new
+    return total
+
+
+def log_upper_tail(log_pmf: np.ndarray, observed: int) -> float:
+    """Natural log of P(X >= observed) from a log pmf (0 at or below the support's start)."""
+    if observed <= 0:
+        return 0.0
+    if observed >= log_pmf.size:
+        return -math.inf
+    return min(0.0, float(logsumexp(log_pmf[observed:])))

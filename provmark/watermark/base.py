@@ -10,6 +10,7 @@ import torch
 
 from provmark.errors import ParameterError
 from provmark.kernels.prf import context_seeds, fastrange, split_key
+from provmark.kernels.shard_bias import shard_bias
 
 if TYPE_CHECKING:
     from provmark.watermark.keys import WatermarkKey
@@ -52,6 +53,12 @@ class StepParams(NamedTuple):
 class Watermarker(abc.ABC):
     """Turns a key (and a payload per row, for multi-bit schemes) into shard-bias parameters."""
 
+    uses_proxy: ClassVar[bool] = False
+    """Whether the scheme reads a proxy LM's distribution (its constructor takes ``proxy=``)."""
+    skips_repeated_contexts: ClassVar[bool] = True
+    """Whether generation leaves a step plain when its context already occurred in the row
+    (``kernels.repeated_context``); the detector of such a scheme scores first occurrences."""
+
     def __init__(self, key: WatermarkKey):
         self.key = key
         self.config = key.config
@@ -71,6 +78,25 @@ class Watermarker(abc.ABC):
     def key_words(self, batch: int, device: torch.device | str) -> torch.Tensor:
         """int64 (B, 2) copy of the (low, high) words of the colouring sub-key for every row."""
         return torch.tensor([self._shard_key], dtype=torch.int64, device=device).expand(batch, 2)
+
+    def bias(self, input_ids, scores, contexts, payloads, skip, start):
+        """New logits for one step: ``scores`` (B, V) with each row's preferred ids raised.
+
+        ``input_ids`` (B, T) is the whole sequence so far (generation began at column
+        ``start``), ``contexts`` (B, h) its last h ids, ``skip`` (B,) bool or None the rows to
+        leave plain. Shard schemes go through ``kernels.shard_bias``; a scheme with another rule
+        overrides this."""
+        params = self.step_params(contexts, payloads)
+        return shard_bias(
+            scores,
+            keys=params.keys,
+            salts=params.salts,
+            contexts=contexts,
+            shard_counts=params.shard_counts,
+            preferred=params.preferred,
+            deltas=params.deltas.to(scores.device),
+            skip=skip,
+        )
 
     @abc.abstractmethod
     def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:

@@ -2,9 +2,10 @@
 
 ``WatermarkLogitsProcessor`` fits the ``generate(logits_processor=...)`` contract of any causal LM:
 it reads ``(input_ids, scores)`` and returns new scores without touching its inputs. It works on
-left-padded batches; the prompt (padding included) is never a watermarked step, and a step whose
-context already occurred earlier in the same row's generation is left unbiased (see
-``kernels.repeated_context``).
+left-padded batches; the prompt (padding included) is never a watermarked step, and for the
+shard schemes a step whose context already occurred earlier in the same row's generation is left
+unbiased (see ``kernels.repeated_context``). Place it before temperature and top-k/top-p
+warpers (``generate`` does): Balance-Marking reads the model's distribution from its input.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 
 from provmark.errors import InvalidTextError, ParameterError
 from provmark.kernels.repeated_context import repeated_context_mask
-from provmark.kernels.shard_bias import shard_bias
 from provmark.watermark.keys import WatermarkKey
 from provmark.watermark.models import format_prompts
 from provmark.watermark.schemes import watermarker_class
@@ -32,6 +32,9 @@ class WatermarkLogitsProcessor(LogitsProcessor):
     Args:
         key: the watermark key (scheme and parameters included).
         payloads: one payload per batch row for multi-bit schemes, or None.
+        proxy: Balance-Marking only: a ``watermark.proxy.Proxy`` over a model with the same
+            tokenizer (the generating model itself is the usual choice); a key whose
+            ``proxy_context`` is "prompt" may leave it None to use the generating model's logits.
 
     Call args:
         input_ids: int (B, T) prompt plus the tokens generated so far.
@@ -45,11 +48,14 @@ class WatermarkLogitsProcessor(LogitsProcessor):
     serve several ``generate()`` calls in turn (not concurrently).
     """
 
-    def __init__(self, key: WatermarkKey, payloads: Sequence | None = None):
+    def __init__(self, key: WatermarkKey, payloads: Sequence | None = None, *, proxy=None):
         if not isinstance(key, WatermarkKey):
             raise ParameterError(f"key must be a WatermarkKey (see provmark.watermark.keys.load_key), got {type(key).__name__}")
         self.key = key
-        self.watermarker = watermarker_class(key.scheme)(key)
+        scheme_class = watermarker_class(key.scheme)
+        if proxy is not None and not scheme_class.uses_proxy:
+            raise ParameterError(f"{key.scheme} uses no proxy model; drop the proxy")
+        self.watermarker = scheme_class(key, proxy=proxy) if scheme_class.uses_proxy else scheme_class(key)
         self.payloads = None if payloads is None else list(payloads)
         if self.payloads is not None:
             self.watermarker.step_params(torch.zeros((len(self.payloads), key.config.context_width), dtype=torch.int64), self.payloads)
@@ -75,18 +81,10 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         if self.payloads is not None and len(self.payloads) != input_ids.shape[0]:
             raise ParameterError(f"got {len(self.payloads)} payloads for a batch of {input_ids.shape[0]} rows")
         contexts = input_ids[:, -width:].to(torch.int64)
-        params = self.watermarker.step_params(contexts, self.payloads)
-        skip = repeated_context_mask(input_ids, start=start, context_width=width)
-        return shard_bias(
-            scores,
-            keys=params.keys,
-            salts=params.salts,
-            contexts=contexts,
-            shard_counts=params.shard_counts,
-            preferred=params.preferred,
-            deltas=params.deltas.to(scores.device),
-            skip=skip,
-        )
+        skip = None
+        if self.watermarker.skips_repeated_contexts:
+            skip = repeated_context_mask(input_ids, start=start, context_width=width)
+        return self.watermarker.bias(input_ids, scores, contexts, self.payloads, skip, start)
 
 
 class _ProgressCriteria(StoppingCriteria):
@@ -122,6 +120,7 @@ def generate(
     chat: bool | None = None,
     seed: int | None = None,
     progress: bool = False,
+    proxy=None,
     **gen_kwargs,
 ) -> list[Generation]:
     """Generate one watermarked completion per prompt in a single batched ``model.generate`` call.
@@ -134,6 +133,8 @@ def generate(
         chat: apply the tokenizer's chat template (None: when it has one).
         seed: seed torch's RNG first, for reproducible sampling.
         progress: show a progress bar on stderr.
+        proxy: Balance-Marking's proxy when it is not the generating model (see
+            ``WatermarkLogitsProcessor``); by default the generating model serves.
         gen_kwargs: passed to ``model.generate``; defaults are pure sampling
             (do_sample, temperature 1, no top-k/top-p) and 200 new tokens.
 
@@ -162,7 +163,11 @@ def generate(
     input_ids = encoded["input_ids"].to(device)
     attention_mask = encoded["attention_mask"].to(device)
     if key is not None:
-        processors.append(WatermarkLogitsProcessor(key, payloads))
+        if proxy is None and watermarker_class(key.scheme).uses_proxy and key.config.proxy_context == "text":
+            from provmark.watermark.proxy import Proxy
+
+            proxy = Proxy(model, tokenizer)
+        processors.append(WatermarkLogitsProcessor(key, payloads, proxy=proxy))
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 
 from provmark.errors import ParameterError, UnknownSchemeError
+from provmark.watermark.balance import BalanceConfig, BalanceWatermarker, VanillaConfig, VanillaWatermarker
 from provmark.watermark.base import SchemeConfig, Watermarker
 from provmark.watermark.kgw import KGWConfig, KGWWatermarker
 from provmark.watermark.majormark import (
@@ -23,6 +24,8 @@ SCHEMES: dict[str, tuple[type[SchemeConfig], type[Watermarker]]] = {
     "mpac": (MPACConfig, MPACWatermarker),
     "majormark": (MajorMarkConfig, MajorMarkWatermarker),
     "majormark+": (MajorMarkPlusConfig, MajorMarkPlusWatermarker),
+    "vanilla": (VanillaConfig, VanillaWatermarker),
+    "balance": (BalanceConfig, BalanceWatermarker),
 }
 
 

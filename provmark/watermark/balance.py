@@ -1,0 +1,253 @@
+"""Balance-Marking and Vanilla-Marking, the codable watermarks of Wang et al., "Towards Codable
+Watermarking for Injecting Multi-bits Information to LLMs" (ICLR 2024; research/balance_marking.md).
+
+The payload is cut into segments of b bits (default 20); each segment's value is a message m in
+[0, 2**b). At each step the context picks the segment the token carries (the "position" PRF, as
+in MPAC), and the message picks one of K partitions of the vocabulary drawn for this context
+(the paper's partition pool): the available side of that partition gets +delta.
+
+- **Vanilla-Marking**: the partition is a keyed fair coin per id (shard 1 of S = 2).
+- **Balance-Marking**: the partition is cut where the proxy LM's cumulative mass, walked in the
+  keyed order of the ids, crosses one half (``kernels.balanced_split``), so both sides carry about
+  half the proxy's probability and a dominant id is never penalised.
+
+Choices where provmark departs from the official code, each to fix a pitfall of it:
+
+- *Pool index.* The message maps to partition ``j = c XOR (A m)`` with a context-keyed K x b
+  binary matrix A and offset c, K = 2**k (``pool_indices``). For distinct messages the indices
+  are pairwise independent and uniform, as with the official hash; being affine over GF(2) is
+  what lets the detector score all 2**b messages with one Walsh-Hadamard transform.
+- *Segments* are chosen by the context, not by absolute position, so an insertion or deletion
+  does not shift every later token into the wrong segment.
+- *Proxy ids are the model's ids*: the proxy must share the tokenizer (``watermark.proxy``);
+  there is no string mapping between vocabularies. The proxy reads the generated text alone by
+  default, as the detector will (the official code's 10-token window serves the same purpose);
+  ``proxy_context="prompt"`` reuses the generating model's own logits instead (no second forward
+  pass, weaker detection).
+- Every step is watermarked, from the first generated token (the seed needs only the previous
+  token); repeated contexts are not skipped, as in the paper. The bias goes to every id, not only
+  the model's top 1000.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from provmark.errors import ParameterError
+from provmark.kernels.balanced_split import available_ids, partition_starts
+from provmark.kernels.prf import context_seeds, split_key, token_words
+from provmark.watermark.base import SchemeConfig, StepParams, Watermarker, positions
+from provmark.watermark.kgw import validate_context_width, validate_delta
+from provmark.watermark.payload import parse_payload, to_bits, to_digits
+
+__all__ = ["VanillaConfig", "BalanceConfig", "VanillaWatermarker", "BalanceWatermarker", "pool_words", "pool_indices", "order_seeds_of"]
+
+MAX_SEGMENT_BITS = 24  # exhaustive decoding holds 2**b counts per segment
+MAX_POOL_SIZE = 1 << 12
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VanillaConfig(SchemeConfig):
+    """Vanilla-Marking parameters (fair-coin partitions, no proxy)."""
+
+    scheme = "vanilla"
+    supports_payload = True
+    bits: int = 20
+    """Payload bits, a multiple of ``segment_bits``."""
+    segment_bits: int = 20
+    """Bits b of each segment; the decoder tries all 2**b messages of a segment (b <= 24)."""
+    pool_size: int = 64
+    """Partitions K drawn per context (a power of two); messages are hashed onto them. The
+    official code uses 100; decoding cost grows linearly with K."""
+    delta: float = 1.5
+    """Bias added to the available ids (the official code's default)."""
+    context_width: int = 1
+    """Previous tokens that seed the partitions (the paper uses 1)."""
+
+    def __post_init__(self):
+        if not _is_int(self.segment_bits) or not 1 <= self.segment_bits <= MAX_SEGMENT_BITS:
+            raise ParameterError(f"segment_bits must be an integer in [1, {MAX_SEGMENT_BITS}], got {self.segment_bits!r}; 20 is the default")
+        if not _is_int(self.bits) or not 1 <= self.bits <= 64 or self.bits % self.segment_bits:
+            raise ParameterError(
+                f"bits must be an integer in [1, 64] and a multiple of segment_bits ({self.segment_bits}), got {self.bits!r}"
+            )
+        if not _is_int(self.pool_size) or not 2 <= self.pool_size <= MAX_POOL_SIZE or self.pool_size & (self.pool_size - 1):
+            raise ParameterError(f"pool_size must be a power of two in [2, {MAX_POOL_SIZE}], got {self.pool_size!r}; 64 is the default")
+        validate_delta(self.delta)
+        validate_context_width(self.context_width)
+
+    head = 0
+    """Vanilla-Marking splits no proxy head: every id gets the keyed coin."""
+
+    @property
+    def capacity(self) -> int:
+        """Number of distinct payloads, 2**bits."""
+        return 1 << self.bits
+
+    @property
+    def num_segments(self) -> int:
+        return self.bits // self.segment_bits
+
+    @property
+    def pool_bits(self) -> int:
+        """k = log2(K)."""
+        return self.pool_size.bit_length() - 1
+
+    def segments(self, payload) -> list[int]:
+        """The message of each segment, most significant segment first."""
+        return to_digits(parse_payload(payload, self.capacity), 1 << self.segment_bits, self.num_segments)
+
+    def codeword_bits(self, payload) -> list[int]:
+        """The payload's bits, most significant first (what bit accuracy compares)."""
+        return to_bits(parse_payload(payload, self.capacity), self.bits)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BalanceConfig(VanillaConfig):
+    """Balance-Marking parameters: Vanilla's, plus the size of the proxy head split by mass."""
+
+    scheme = "balance"
+    head: int = 256
+    """The proxy's most probable ids that are split at half their mass (``kernels.balanced_split``);
+    the rest get Vanilla's coin. 0 is Vanilla-Marking."""
+    proxy_context: str = "text"
+    """What the proxy reads at generation. "text": the generated text alone, exactly what the
+    detector (which never sees the prompt) will read, at the price of a second forward pass per
+    step. "prompt": the prompt and the text, so with the generating model as proxy its own logits
+    serve and generation costs nothing extra, but the detector's distributions differ from
+    generation's and part of the evidence is lost."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not _is_int(self.head) or not 1 <= self.head <= 1 << 17:
+            raise ParameterError(f"head must be an integer in [1, 131072], got {self.head!r}; 256 is the default")
+        if self.proxy_context not in ("text", "prompt"):
+            raise ParameterError(f"proxy_context must be 'text' or 'prompt', got {self.proxy_context!r}")
+
+
+def pool_words(pool_key: tuple[int, int], contexts: torch.Tensor, segments: torch.Tensor, config: VanillaConfig):
+    """The affine map of each context from messages to pool indices: (offset c int64 (N,) in
+    [0, K), rows int64 (N, k) b-bit masks). Words come from ``token_word(seed, r)`` for r = 0..k
+    under the "pool" sub-key with the segment as salt."""
+    n = contexts.shape[0]
+    keys = torch.tensor([pool_key], dtype=torch.int64, device=contexts.device).expand(n, 2)
+    seeds = context_seeds(keys, segments, contexts)
+    words = token_words(seeds[:, None], torch.arange(config.pool_bits + 1, device=contexts.device)[None, :])
+    offsets = words[:, 0] & (config.pool_size - 1)
+    rows = words[:, 1:] & ((1 << config.segment_bits) - 1)
+    return offsets, rows
+
+
+def parity(x: torch.Tensor) -> torch.Tensor:
+    """Parity of the set bits of each non-negative int64 below 2**32."""
+    for shift in (16, 8, 4, 2, 1):
+        x = x ^ (x >> shift)
+    return x & 1
+
+
+def pool_indices(offsets: torch.Tensor, rows: torch.Tensor, messages: torch.Tensor) -> torch.Tensor:
+    """``c XOR (A m)``: the partition of each (context, message); bit r of A m is the parity of
+    ``rows[:, r] & m``. Shapes broadcast: offsets (N,), rows (N, k), messages (N,)."""
+    bits = parity(rows & messages[:, None])
+    weights = 1 << torch.arange(rows.shape[1], device=rows.device)
+    return offsets ^ (bits * weights).sum(dim=1)
+
+
+class VanillaWatermarker(Watermarker):
+    """Each row: the context picks a segment, the segment's message a partition j; the partition
+    is shard 1 of S = 2 under salt j."""
+
+    skips_repeated_contexts = False
+
+    def __init__(self, key):
+        super().__init__(key)
+        self.position_key = split_key(key.subkey("position"))
+        self.pool_key = split_key(key.subkey("pool"))
+
+    def messages(self, payloads) -> torch.Tensor:
+        """int64 (B, segments) messages of each row's payload."""
+        return self.payload_rows(payloads, lambda rows: torch.tensor([self.config.segments(p) for p in rows], dtype=torch.int64))
+
+    def partition_salts(self, contexts: torch.Tensor, payloads) -> torch.Tensor:
+        """int64 (B,) the pool index j of each row at this step (the salt of its partition seed)."""
+        config: VanillaConfig = self.config
+        messages = self.messages(payloads).to(contexts.device)
+        if config.num_segments > 1:
+            segment = positions(self.position_key, contexts, config.num_segments)
+        else:
+            segment = torch.zeros(contexts.shape[0], dtype=torch.int64, device=contexts.device)
+        offsets, rows = pool_words(self.pool_key, contexts, segment, config)
+        return pool_indices(offsets, rows, messages.gather(1, segment[:, None]).squeeze(1))
+
+    def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
+        batch, device = contexts.shape[0], contexts.device
+        return StepParams(
+            keys=self.key_words(batch, device),
+            salts=self.partition_salts(contexts, payloads),
+            shard_counts=torch.full((batch,), 2, dtype=torch.int64, device=device),
+            preferred=torch.full((batch,), 0b10, dtype=torch.int64, device=device),
+            deltas=torch.full((batch,), float(self.config.delta), device=device),
+        )
+
+
+class BalanceWatermarker(VanillaWatermarker):
+    """Vanilla's partition choice, with the partition cut by the proxy's mass.
+
+    Args:
+        key: a balance key.
+        proxy: a ``watermark.proxy.Proxy``. Required when the key's ``proxy_context`` is "text"
+            (``hook.generate`` builds one over the generating model); with "prompt", None uses
+            the generating model's own logits.
+    """
+
+    uses_proxy = True
+
+    def __init__(self, key, proxy=None):
+        super().__init__(key)
+        if proxy is None and key.config.proxy_context == "text":
+            raise ParameterError(
+                "this balance key's proxy reads the generated text alone (proxy_context 'text'): give a proxy "
+                "(watermark.proxy.Proxy over the generating model), or use hook.generate, which builds one"
+            )
+        self.proxy = proxy
+        self.order_key = split_key(key.subkey("order"))
+
+    def bias(self, input_ids, scores, contexts, payloads, skip, start):
+        config: BalanceConfig = self.config
+        batch, device = scores.shape[0], scores.device
+        salts = self.partition_salts(contexts, payloads)
+        coin_seeds = context_seeds(self.key_words(batch, device), salts, contexts)
+        order_seeds = order_seeds_of(self.order_key, contexts)
+        if config.proxy_context == "text":
+            generated = input_ids[:, start:]
+            # The first token has no text before it; the detector never scores it.
+            probs = torch.softmax(scores.float(), dim=-1) if generated.shape[1] == 0 else self.proxy.step_probs(generated)
+        else:
+            probs = torch.softmax(scores.float(), dim=-1) if self.proxy is None else self.proxy.step_probs(input_ids)
+        starts = partition_starts(salts, config.pool_size)
+        available = available_ids(_fit_width(probs, scores.shape[-1]), order_seeds, coin_seeds, starts, config.head)
+        out = scores + available.to(scores.dtype) * config.delta
+        if skip is not None:
+            out = torch.where(skip[:, None], scores, out)
+        return out
+
+
+def order_seeds_of(order_key: tuple[int, int], contexts: torch.Tensor) -> torch.Tensor:
+    """int64 (N,) seed of each context's cyclic order of the ids, under the "order" sub-key."""
+    n = contexts.shape[0]
+    keys = torch.tensor([order_key], dtype=torch.int64, device=contexts.device).expand(n, 2)
+    return context_seeds(keys, torch.zeros(n, dtype=torch.int64, device=contexts.device), contexts)
+
+
+def _fit_width(probs: torch.Tensor, width: int) -> torch.Tensor:
+    """The proxy's distribution over the generating model's logit width (models pad their
+    output layer to different sizes; ids beyond the shared vocabulary get no mass)."""
+    if probs.shape[-1] >= width:
+        return probs[:, :width]
+    return torch.nn.functional.pad(probs, (0, width - probs.shape[-1]))
