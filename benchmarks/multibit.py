@@ -14,7 +14,7 @@ Writes one CSV row per (cell, text, prefix), prints a summary table, and with --
 accuracy-vs-tokens, accuracy-vs-perplexity and exact-match-vs-perplexity (delta swept) PNGs. Unwatermarked generations (scheme "none")
 give the reference perplexity and top-5 rate.
 
-    python -m benchmarks.multibit --prompts 20 --tokens 300 --out benchmarks/results/multibit.csv --plots benchmarks/results
+    python -m benchmarks.multibit --prompts 20 --tokens 300 --out benchmarks/results/multibit.csv --plots benchmarks/results/grid
 
 Balance-Marking and Vanilla-Marking decode with the embedded model as proxy; their segments are
 the whole payload up to 24 bits (two halves above).

@@ -5,6 +5,7 @@ from dataclasses import fields
 
 import pytest
 
+from provmark.watermark.balance import BalanceConfig, VanillaConfig
 from provmark.watermark.kgw import KGWConfig
 from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig
 from provmark.watermark.mpac import MPACConfig
@@ -26,12 +27,12 @@ def test_golden_file_has_schema_and_prf_version(committed):
     assert committed["prf_version"] == "prf-v1"
 
 
-@pytest.mark.parametrize("section", ["mix32", "context_seeds", "token_words", "preferred_masks", "subkeys"])
+@pytest.mark.parametrize("section", ["mix32", "context_seeds", "token_words", "preferred_masks", "balanced_splits", "subkeys"])
 def test_code_reproduces_golden_section(committed, current, section):
     assert current[section] == committed[section]
 
 
-@pytest.mark.parametrize("scheme", ["kgw", "mpac", "majormark", "majormark+"])
+@pytest.mark.parametrize("scheme", ["kgw", "mpac", "majormark", "majormark+", "vanilla", "balance"])
 def test_code_reproduces_golden_scheme_cases(committed, current, scheme):
     assert len(current[scheme]) == len(committed[scheme])
     for now, then in zip(current[scheme], committed[scheme]):
@@ -58,7 +59,8 @@ def test_wrong_key_does_not_reproduce_the_golden_seeds(committed):
 
 @pytest.mark.parametrize(
     "scheme,config_class",
-    [("kgw", KGWConfig), ("mpac", MPACConfig), ("majormark", MajorMarkConfig), ("majormark+", MajorMarkPlusConfig)],
+    [("kgw", KGWConfig), ("mpac", MPACConfig), ("majormark", MajorMarkConfig), ("majormark+", MajorMarkPlusConfig),
+     ("vanilla", VanillaConfig), ("balance", BalanceConfig)],
 )
 def test_golden_cases_record_every_config_field(committed, scheme, config_class):
     # A new config field changes what a key means: the goldens must pin it too.

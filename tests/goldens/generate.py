@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from provmark.detector import create_detector
+from provmark.kernels.balanced_split import available_ids, head_of, partition_starts
 from provmark.kernels.prf import PRF_VERSION, context_seeds, fastrange, mix32, split_key, token_words
 from provmark.kernels.shard_bias import preferred_mask
 from provmark.watermark.keys import create_key, derive_subkey
@@ -36,6 +37,12 @@ KGW_CASES = [{}, {"gamma": 0.5, "delta": 1.0, "context_width": 1}, {"gamma": 0.3
 MPAC_CASES = [{"bits": 8}, {"bits": 16, "radix": 4, "gamma": 0.25, "delta": 3.0, "context_width": 1}]
 MAJORMARK_CASES = [{"bits": 8}, {"bits": 12, "delta": 3.0, "context_width": 1}]
 MAJORMARK_PLUS_CASES = [{"bits": 8}, {"bits": 12, "block_size": 3, "delta": 3.0, "context_width": 1}]
+VANILLA_CASES = [{"bits": 8, "segment_bits": 8, "pool_size": 16}, {"bits": 12, "segment_bits": 6, "pool_size": 8, "context_width": 2}]
+BALANCE_CASES = [{"bits": 8, "segment_bits": 8, "pool_size": 16, "head": 4}, {"bits": 10, "segment_bits": 10, "head": 256}]
+SPLIT_CASES = [  # (order seed, coin seed, pool index, pool size, head) over GOLDEN_VOCAB ids
+    (0, 0, 0, 64, 0), (12345, 678, 5, 64, 8), (0xFFFFFFFF, 0xDEADBEEF, 63, 64, 40), (42, 43, 1, 2, 3),
+]
+GOLDEN_VOCAB = 40
 SCHEME_TOKENS = [17, 4242, 9, 49151, 0, 1, 2, 3, 9, 49151, 0, 1, 128255, 77, 77, 77, 5, 6, 7, 8]
 SHARD_CASES = [  # (key, salt, context, shard count, preferred mask, vocab size)
     (42, 0, [7], 4, 0b1, 37),
@@ -59,6 +66,43 @@ def _scheme_case(scheme: str, params: dict) -> dict:
     return {"secret": key.secret.hex(), "params": key.config.to_params(), "key_id": key.key_id, "tokens": SCHEME_TOKENS,
             "scored": pairs.tolist(), "token_scores": token_scores.tolist(), "num_scored_tokens": result.num_scored_tokens,
             "payload": result.payload, "log10_p_value": result.log10_p_value.hex()}
+
+
+def golden_probs(positions: int, vocab: int, shift: int = 0) -> torch.Tensor:
+    """Deterministic float64 distributions (positions, vocab) from integer weights, no RNG."""
+    ids = torch.arange(vocab, dtype=torch.int64)
+    rows = torch.arange(positions, dtype=torch.int64)[:, None] + shift
+    weights = (((ids * 2654435761 + rows * 97) % 1000) + 1).to(torch.float64) ** -2
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+class GoldenProxy:
+    """A model-free proxy with ``golden_probs`` distributions, for the Balance cases."""
+
+    def heads(self, sequences, head):
+        return [head_of(golden_probs(max(len(s) - 1, 0), 128256), head) for s in sequences]
+
+
+def _split_case(order_seed, coin_seed, pool_index, pool_size, head) -> dict:
+    probs = golden_probs(1, GOLDEN_VOCAB, shift=pool_index)
+    start = partition_starts(_tensor([pool_index]), pool_size)
+    mask = available_ids(probs, _tensor([order_seed]), _tensor([coin_seed]), start, head)
+    return {"order_seed": order_seed, "coin_seed": coin_seed, "pool_index": pool_index, "pool_size": pool_size,
+            "head": head, "vocab_size": GOLDEN_VOCAB, "mask": "".join("1" if b else "0" for b in mask[0].tolist())}
+
+
+def _codable_case(scheme: str, params: dict) -> dict:
+    """Balance or Vanilla end to end on SCHEME_TOKENS: the scored pairs, each pair's
+    availability under the K partitions, payload and p-value."""
+    key = create_key(scheme, params, secret=bytes(range(32)))
+    detector = create_detector(key, proxy=GoldenProxy() if scheme == "balance" else None)
+    (pairs,) = detector.pairs([SCHEME_TOKENS])
+    result = detector.detect(SCHEME_TOKENS)
+    return {"secret": key.secret.hex(), "params": key.config.to_params(), "key_id": key.key_id, "tokens": SCHEME_TOKENS,
+            "scored": torch.cat([pairs.contexts, pairs.tokens[:, None]], dim=1).tolist(),
+            "available": ["".join("1" if b else "0" for b in row) for row in pairs.available.tolist()],
+            "num_scored_tokens": result.num_scored_tokens, "payload": result.payload,
+            "log10_p_value": result.log10_p_value.hex()}
 
 
 def compute() -> dict:
@@ -86,6 +130,9 @@ def compute() -> dict:
     mpac = [_scheme_case("mpac", params) for params in MPAC_CASES]
     majormark = [_scheme_case("majormark", params) for params in MAJORMARK_CASES]
     majormark_plus = [_scheme_case("majormark+", params) for params in MAJORMARK_PLUS_CASES]
+    vanilla = [_codable_case("vanilla", params) for params in VANILLA_CASES]
+    balance = [_codable_case("balance", params) for params in BALANCE_CASES]
+    splits = [_split_case(*case) for case in SPLIT_CASES]
     subkeys = [{"secret": secret.hex(), "scheme": "kgw", "purpose": purpose,
                 "subkey": str(derive_subkey(secret, PRF_VERSION, "kgw", purpose))}
                for secret in (bytes(32), bytes(range(32))) for purpose in ("shard", "position")]
@@ -100,6 +147,9 @@ def compute() -> dict:
         "mpac": mpac,
         "majormark": majormark,
         "majormark+": majormark_plus,
+        "balanced_splits": splits,
+        "vanilla": vanilla,
+        "balance": balance,
         "subkeys": subkeys,
     }
 
