@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from benchmarks.calibration import SyntheticProxy
 from provmark.detector import create_detector
 from provmark.detector.balance import walsh_hadamard
 from provmark.errors import ParameterError
@@ -17,7 +18,6 @@ from provmark.watermark.base import positions
 from provmark.watermark.hook import WatermarkLogitsProcessor, generate
 from provmark.watermark.keys import create_key
 from provmark.watermark.proxy import Proxy, check_same_vocabulary
-from benchmarks.calibration import SyntheticProxy
 from tests.test_detector_kgw import _zipf_sequences
 
 SECRET = bytes(range(32))

@@ -41,8 +41,7 @@ from provmark.detector.stats import log_pmf_of_sum, log_upper_tail
 from provmark.errors import ParameterError
 from provmark.kernels.balanced_split import available_in_pool, partition_starts
 from provmark.kernels.prf import context_seeds, split_key
-from provmark.watermark.balance import VanillaConfig, order_seeds_of, parity, pool_indices, pool_words
-from provmark.watermark.base import positions
+from provmark.watermark.balance import VanillaConfig, order_seeds_of, parity, pool_indices, pool_words, segments_of
 from provmark.watermark.payload import from_digits
 
 __all__ = ["VanillaDetector", "BalanceDetector", "walsh_hadamard"]
@@ -181,27 +180,23 @@ class VanillaDetector(Detector):
         n = pairs.tokens.shape[0]
         if n == 0:
             return Evidence(0.0, 0.0)
-        segments_of = (
-            positions(self._position_key, pairs.contexts, config.num_segments)
-            if config.num_segments > 1
-            else torch.zeros(n, dtype=torch.int64)
-        )
-        keys = torch.cat([segments_of[:, None], pairs.contexts], dim=1)
+        segment = segments_of(self._position_key, pairs.contexts, config)
+        keys = torch.cat([segment[:, None], pairs.contexts], dim=1)
         packed = _pack_rows(keys)
         _, group = torch.unique(packed, dim=0 if packed.dim() > 1 else None, return_inverse=True)
         first = torch.full((int(group.max()) + 1,), n, dtype=torch.int64).scatter_reduce(0, group, torch.arange(n), reduce="amin")
-        offsets, rows = pool_words(self._pool_key, pairs.contexts[first], segments_of[first], config)
+        offsets, rows = pool_words(self._pool_key, pairs.contexts[first], segment[first], config)
         segments, confidences = [], []
         for s in range(config.num_segments):
-            members = (segments_of == s).nonzero().squeeze(1)
+            members = (segment == s).nonzero().squeeze(1)
             if members.numel() == 0:
                 segments.append(_Segment(0, 0, np.zeros(1), torch.zeros(1 << config.segment_bits, dtype=torch.int64)))
                 confidences += [0.5] * config.segment_bits
                 continue
             used, local = torch.unique(group[members], return_inverse=True)
-            segment = self._decode_segment(pairs.available[members], offsets[used], rows[used], local)
-            segments.append(segment)
-            confidences += self._bit_confidences(segment.counts, segment.message)
+            decoded = self._decode_segment(pairs.available[members], offsets[used], rows[used], local)
+            segments.append(decoded)
+            confidences += self._bit_confidences(decoded.counts, decoded.message)
         log_pmf = log_pmf_of_sum([np.exp(s.log_pmf) for s in segments]) if len(segments) > 1 else segments[0].log_pmf
         observed = sum(s.count for s in segments)
         log_p = min(0.0, config.bits * LN2 + log_upper_tail(log_pmf, observed))
@@ -259,14 +254,9 @@ class VanillaDetector(Detector):
         pool's partitions); watermarked, with p1 = p0 + SPAN_LIFT * (1 - p0) (p1 = 0 when
         p0 = 0). The sum drifts down outside a watermarked span and up inside it."""
         config = self.config
-        n = pairs.tokens.shape[0]
-        segments_of = (
-            positions(self._position_key, pairs.contexts, config.num_segments)
-            if config.num_segments > 1
-            else torch.zeros(n, dtype=torch.int64)
-        )
-        messages = torch.tensor(config.segments(payload), dtype=torch.int64)[segments_of]
-        offsets, rows = pool_words(self._pool_key, pairs.contexts, segments_of, config)
+        segment = segments_of(self._position_key, pairs.contexts, config)
+        messages = torch.tensor(config.segments(payload), dtype=torch.int64)[segment]
+        offsets, rows = pool_words(self._pool_key, pairs.contexts, segment, config)
         chosen = pairs.available.gather(1, pool_indices(offsets, rows, messages)[:, None]).squeeze(1).numpy()
         p0 = pairs.available.to(torch.float64).mean(dim=1).numpy()
         p1 = np.where(p0 > 0, p0 + SPAN_LIFT * (1 - p0), 0.0)

@@ -42,7 +42,7 @@ from provmark.watermark.base import SchemeConfig, StepParams, Watermarker, posit
 from provmark.watermark.kgw import validate_context_width, validate_delta
 from provmark.watermark.payload import parse_payload, to_bits, to_digits
 
-__all__ = ["VanillaConfig", "BalanceConfig", "VanillaWatermarker", "BalanceWatermarker", "pool_words", "pool_indices", "order_seeds_of"]
+__all__ = ["VanillaConfig", "BalanceConfig", "VanillaWatermarker", "BalanceWatermarker", "pool_words", "pool_indices", "order_seeds_of", "segments_of"]
 
 MAX_SEGMENT_BITS = 24  # exhaustive decoding holds 2**b counts per segment
 MAX_POOL_SIZE = 1 << 12
@@ -144,6 +144,13 @@ def pool_words(pool_key: tuple[int, int], contexts: torch.Tensor, segments: torc
     return offsets, rows
 
 
+def segments_of(position_key: tuple[int, int], contexts: torch.Tensor, config: VanillaConfig) -> torch.Tensor:
+    """int64 (N,): the payload segment each context carries (the "position" PRF; 0 for one)."""
+    if config.num_segments == 1:
+        return torch.zeros(contexts.shape[0], dtype=torch.int64, device=contexts.device)
+    return positions(position_key, contexts, config.num_segments)
+
+
 def parity(x: torch.Tensor) -> torch.Tensor:
     """Parity of the set bits of each non-negative int64 below 2**32."""
     for shift in (16, 8, 4, 2, 1):
@@ -178,10 +185,7 @@ class VanillaWatermarker(Watermarker):
         """int64 (B,) the pool index j of each row at this step (the salt of its partition seed)."""
         config: VanillaConfig = self.config
         messages = self.messages(payloads).to(contexts.device)
-        if config.num_segments > 1:
-            segment = positions(self.position_key, contexts, config.num_segments)
-        else:
-            segment = torch.zeros(contexts.shape[0], dtype=torch.int64, device=contexts.device)
+        segment = segments_of(self.position_key, contexts, config)
         offsets, rows = pool_words(self.pool_key, contexts, segment, config)
         return pool_indices(offsets, rows, messages.gather(1, segment[:, None]).squeeze(1))
 
