@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from provmark.cli import cli
-from provmark.watermark.keys import load_key
+from provmark.watermark.keys import create_key, load_key, save_key
 
 
 @pytest.fixture
@@ -14,12 +14,16 @@ def runner():
     return CliRunner()
 
 
-@pytest.fixture
-def key_path(tmp_path, runner):
-    path = tmp_path / "key.json"
-    result = runner.invoke(cli, ["keys", "create", "--scheme", "kgw", "--out", str(path)])
-    assert result.exit_code == 0, result.output
+def _fixed_key(path, scheme, params=None):
+    """A key file with a fixed secret: the real-model round trips below must not depend on a fresh
+    random key each run (a random key made them pass or fail by chance)."""
+    save_key(create_key(scheme, params or {}, secret=bytes(range(32))), path)
     return path
+
+
+@pytest.fixture
+def key_path(tmp_path):
+    return _fixed_key(tmp_path / "key.json", "kgw")
 
 
 def _error_line(result):
@@ -106,7 +110,7 @@ def test_detect_refuses_text_too_short_to_score(runner, key_path, tokenizer):
 @pytest.mark.slow
 def test_embed_then_detect_with_the_embedded_model(runner, key_path, tmp_path, real_model):
     result = runner.invoke(cli, ["embed", "--key", str(key_path), "--prompt", "Describe a thunderstorm over the sea.",
-                                 "--max-new-tokens", "120", "--seed", "3", "--json"])
+                                 "--max-new-tokens", "200", "--seed", "3", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["key_id"] == load_key(key_path).key_id and payload["settings"]["seed"] == 3
@@ -147,7 +151,7 @@ def test_embed_checks_the_payload_against_the_key(runner, key_path, tmp_path):
 @pytest.mark.slow
 def test_mpac_embed_then_detect_reports_the_payload(runner, tmp_path, real_model):
     mkey = tmp_path / "m.json"
-    runner.invoke(cli, ["keys", "create", "--scheme", "mpac", "--bits", "8", "--radix", "4", "--delta", "3", "--out", str(mkey)])
+    _fixed_key(mkey, "mpac", {"bits": 8, "radix": 4, "delta": 3.0})
     embedded = runner.invoke(cli, ["embed", "--key", str(mkey), "--prompt", "Write a long story about a dragon.",
                                    "--payload", "0xA7", "--max-new-tokens", "200", "--seed", "2", "--json"])
     assert embedded.exit_code == 0, embedded.output
