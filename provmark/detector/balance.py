@@ -248,17 +248,23 @@ class VanillaDetector(Detector):
         evidence = Evidence(span.score, log_p, span.payload, span.bit_confidences, (span_tokens,))
         return self._result(evidence, span_pairs.tokens.shape[0])
 
+    def token_hits(self, pairs: Pairs, payload: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bool (n,) whether each pair's token is available under the payload's partition,
+        float64 (n,) the share of its context's partitions under which it is available: the
+        chance of availability for text written without the key)."""
+        config = self.config
+        segment = segments_of(self._position_key, pairs.contexts, config)
+        messages = torch.tensor(config.segments(payload), dtype=torch.int64)[segment]
+        offsets, rows = pool_words(self._pool_key, pairs.contexts, segment, config)
+        chosen = pairs.available.gather(1, pool_indices(offsets, rows, messages)[:, None]).squeeze(1)
+        return chosen, pairs.available.to(torch.float64).mean(dim=1)
+
     def _log_likelihood_ratios(self, pairs: Pairs, payload: int) -> np.ndarray:
         """Per pair, log P(observation | watermarked) / P(observation | not), under the payload's
         partition: unwatermarked, the token is available with probability p0 (its share of the
         pool's partitions); watermarked, with p1 = p0 + SPAN_LIFT * (1 - p0) (p1 = 0 when
         p0 = 0). The sum drifts down outside a watermarked span and up inside it."""
-        config = self.config
-        segment = segments_of(self._position_key, pairs.contexts, config)
-        messages = torch.tensor(config.segments(payload), dtype=torch.int64)[segment]
-        offsets, rows = pool_words(self._pool_key, pairs.contexts, segment, config)
-        chosen = pairs.available.gather(1, pool_indices(offsets, rows, messages)[:, None]).squeeze(1).numpy()
-        p0 = pairs.available.to(torch.float64).mean(dim=1).numpy()
+        chosen, p0 = (t.numpy() for t in self.token_hits(pairs, payload))
         p1 = np.where(p0 > 0, p0 + SPAN_LIFT * (1 - p0), 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             hit = np.log(p1 / p0)

@@ -124,6 +124,18 @@ class PairDetector(Detector):
             (pairs int64 (N, h + 1) with the context first and the token last,
              sequence index int64 (N,)), in sequence order.
         """
+        rows = self._first_occurrences(sequences, prompts)
+        return rows[:, 2:], rows[:, 0]
+
+    def scored_positions(self, token_ids, prompt_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scored pairs of one sequence and where their tokens stand in it: (pairs int64
+        (N, h + 1) as ``scored_pairs``, index int64 (N,) of each scored token in ``token_ids``)."""
+        rows = self._first_occurrences([token_ids], None if prompt_ids is None else [prompt_ids])
+        return rows[:, 2:], rows[:, 1]
+
+    def _first_occurrences(self, sequences: Sequence, prompts: Sequence | None) -> torch.Tensor:
+        """int64 (N, h + 3) rows (sequence index, token index in the sequence, context..., token)
+        of the scored pairs (``scored_pairs`` says which), in sequence order."""
         h = self.context_width
         rows = []
         for index, ids in enumerate(sequences):
@@ -133,17 +145,17 @@ class PairDetector(Detector):
             if full.numel() <= first:
                 continue
             windows = full.unfold(0, h + 1, 1)[first - h :]
-            rows.append(torch.cat([torch.full((windows.shape[0], 1), index, dtype=torch.int64), windows], dim=1))
+            where = torch.arange(first, full.numel())[:, None] - prompt.numel()
+            rows.append(torch.cat([torch.full((windows.shape[0], 1), index, dtype=torch.int64), where, windows], dim=1))
         if not rows:
-            return torch.empty((0, h + 1), dtype=torch.int64), torch.empty(0, dtype=torch.int64)
+            return torch.empty((0, h + 3), dtype=torch.int64)
         rows = torch.cat(rows)
-        packed = _pack_rows(rows[:, :-1])  # (sequence, context)
+        packed = _pack_rows(torch.cat([rows[:, :1], rows[:, 2:-1]], dim=1))  # (sequence, context)
         _, group = torch.unique(packed, dim=0 if packed.dim() > 1 else None, return_inverse=True)
         position = torch.arange(rows.shape[0])
         first_seen = torch.full((int(group.max()) + 1,), rows.shape[0], dtype=torch.int64)
         first_seen = first_seen.scatter_reduce(0, group, position, reduce="amin")
-        keep = torch.sort(first_seen).values
-        return rows[keep, 1:], rows[keep, 0]
+        return rows[torch.sort(first_seen).values]
 
     def detect_batch(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list[DetectionResult]:
         """Detect the watermark in many sequences at once (vectorised over all their tokens)."""
