@@ -179,9 +179,13 @@ def _read_text(source) -> str:
 @click.option("--min-tokens", type=click.IntRange(1), default=10, show_default=True, help="Refuse texts with fewer scorable tokens.")
 @click.option("--locate", is_flag=True,
               help="balance, vanilla: search for a watermarked span inside longer text (copy-paste) and report it.")
+@click.option("--explain", is_flag=True,
+              help="Show which tokens carried evidence: the text coloured token by token (with --json: every token's evidence).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write the explanation as a self-contained HTML page (a per-token heat map and the decoded bits).")
 @click.option("--json", "as_json", is_flag=True, help="Print the detection result as JSON.")
 @model_option
-def detect(key_path, file, alpha, min_tokens, locate, as_json, model_path):
+def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, as_json, model_path):
     """Test FILE (or - for stdin) for the key's watermark.
 
     Prints the verdict, the p-value (also as log10, which stays readable far below 1e-308) and
@@ -189,10 +193,14 @@ def detect(key_path, file, alpha, min_tokens, locate, as_json, model_path):
     per-bit confidence (all of them under --json). The tokenizer must be the generating model's
     (--model); Balance-Marking also runs that model as its proxy. --locate finds a watermarked
     span of a balance or vanilla text pasted into other text and prints its token span.
+    --explain colours the text: green tokens lie in the set the embedder prefers at their step
+    for the detected payload, red ones do not, dim ones were not scored; --html writes the same
+    as a page.
 
     Example:
 
         provmark detect --key key.json story.txt
+        provmark detect --key key.json story.txt --explain --html story.html
     """
     from provmark.detector import VanillaDetector, create_detector, detect_text
     from provmark.watermark.keys import load_key
@@ -211,6 +219,12 @@ def detect(key_path, file, alpha, min_tokens, locate, as_json, model_path):
         tokenizer, proxy = loaded.tokenizer, Proxy(loaded.model, loaded.tokenizer)
     else:
         tokenizer = load_tokenizer(model_path)
+    if locate and (explain or html_path):
+        raise ParameterError("--locate cannot be combined with --explain or --html")
+    if explain or html_path:
+        _explain(key, text, tokenizer, alpha=alpha, min_tokens=min_tokens, proxy=proxy, html_path=html_path,
+                 as_json=as_json, show=explain)
+        return
     if locate:
         detector = create_detector(key, alpha=alpha, proxy=proxy)
         if not isinstance(detector, VanillaDetector):
@@ -218,18 +232,45 @@ def detect(key_path, file, alpha, min_tokens, locate, as_json, model_path):
         result = detector.locate(tokenizer(text, add_special_tokens=False)["input_ids"])
     else:
         result = detect_text(key, text, tokenizer, alpha=alpha, min_tokens=min_tokens, proxy=proxy)
-    if as_json:
-        click.echo(result.to_json(indent=2))
-        return
+    click.echo(result.to_json(indent=2) if as_json else _summary(result))
+
+
+def _summary(result) -> str:
+    """The human-readable lines of a detection result."""
     verdict = "watermarked" if result.is_watermarked else "not watermarked"
-    click.echo(f"{verdict} (alpha {result.alpha:g})")
-    click.echo(f"p-value: {result.p_value:.3g}  log10 p: {result.log10_p_value:.2f}")
-    click.echo(f"tokens scored: {result.num_scored_tokens}  score (z): {result.score:.2f}")
+    lines = [
+        f"{verdict} (alpha {result.alpha:g})",
+        f"p-value: {result.p_value:.3g}  log10 p: {result.log10_p_value:.2f}",
+        f"tokens scored: {result.num_scored_tokens}  score (z): {result.score:.2f}",
+    ]
     if result.payload_hex is not None:
-        click.echo(f"payload: {result.payload_hex}  lowest bit confidence: {min(result.bit_confidences):.3f}")
-    for start, end in result.spans:
-        click.echo(f"watermarked span: tokens {start} to {end}")
-    click.echo(f"scheme: {result.scheme}  key: {result.key_id}")
+        lines.append(f"payload: {result.payload_hex}  lowest bit confidence: {min(result.bit_confidences):.3f}")
+    lines += [f"watermarked span: tokens {start} to {end}" for start, end in result.spans]
+    lines.append(f"scheme: {result.scheme}  key: {result.key_id}")
+    return "\n".join(lines)
+
+
+def _explain(key, text, tokenizer, *, alpha, min_tokens, proxy, html_path, as_json, show):
+    from pathlib import Path
+
+    from provmark.detector.explain import explain_text
+    from provmark.detector.render import render_html, render_terminal
+
+    explanation = explain_text(key, text, tokenizer, alpha=alpha, proxy=proxy)
+    if explanation.result.num_scored_tokens < min_tokens:
+        raise InvalidTextError(
+            f"text too short to score: {explanation.result.num_scored_tokens} scorable tokens, need at least {min_tokens}"
+        )
+    if html_path:
+        Path(html_path).write_text(render_html(explanation), encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(explanation.to_dict() if show else explanation.result.to_dict(), indent=2))
+    elif show:
+        click.echo(render_terminal(explanation))
+    else:
+        click.echo(_summary(explanation.result))
+    if html_path and not as_json:
+        click.echo(f"explanation written to {html_path}", err=True)
 
 
 def main():  # console-script entry point
