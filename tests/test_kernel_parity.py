@@ -1,0 +1,161 @@
+"""Every Triton kernel against its torch reference: masks and ids bit for bit, logits within the
+dtype's rounding.
+
+Each test runs twice: ``interpreter`` (CPU tensors under ``TRITON_INTERPRET=1``, which
+tests/conftest.py sets when no GPU is present: this is what CI runs) and ``gpu`` (CUDA tensors,
+compiled kernels; skipped without a GPU). On a GPU machine the interpreter variant runs with
+``TRITON_INTERPRET=1 pytest tests/test_kernel_parity.py``. Shapes stay small because the
+interpreter runs every program in numpy; vocabulary sizes straddle the block size.
+"""
+
+import importlib
+
+import pytest
+import torch
+
+from provmark.kernels._triton import HAS_TRITON, INTERPRETING
+from provmark.kernels.prf import split_key
+from provmark.kernels.shard_bias import _shard_bias_reference, _shard_bias_triton, preferred_mask, shard_bias
+
+# the module, not the function of the same name that provmark.kernels exports
+shard_bias_module = importlib.import_module("provmark.kernels.shard_bias")
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (pip install -e '.[gpu]')")
+
+GPU_READY = HAS_TRITON and torch.cuda.is_available() and not INTERPRETING
+DEVICES = [
+    pytest.param("cpu", id="interpreter", marks=pytest.mark.skipif(not INTERPRETING, reason="needs TRITON_INTERPRET=1")),
+    pytest.param("cuda", id="gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(not GPU_READY, reason="needs a CUDA GPU")]),
+]
+KEYS = [0, 2**32, 2**63 + 12345, 2**64 - 1]  # both key words, the sign bit of int64, all ones
+
+
+def _block(device):
+    """A small block under the interpreter (fewer numpy ops per program, more blocks per row);
+    the production block on a GPU."""
+    return 256 if device == "cpu" else shard_bias_module.BLOCK_V
+
+
+def _rows(device, batch=4, width=2, positions=0, seed=0):
+    """Row parameters exercising every case at once: keys across 64 bits, salts up to 2**32 - 1,
+    shard counts 1..64, preferred sets that are runs, scattered bits and bit 63."""
+    gen = torch.Generator().manual_seed(seed)
+    table = (batch, positions) if positions else (batch,)
+    preferred = torch.randint(-(2**63), 2**63 - 1, table, generator=gen)
+    preferred.view(-1)[0] = 0b1  # a run at shard 0 (KGW)
+    rows = {
+        "keys": torch.tensor([split_key(KEYS[i % 4]) for i in range(batch)]),
+        "salts": torch.randint(0, 2**32, table, generator=gen),
+        "contexts": torch.randint(0, 2**17, (batch, width), generator=gen),
+        "shard_counts": torch.tensor([[4, 64, 37, 1, 2, 7][i % 6] for i in range(batch)]),
+        "preferred": preferred,
+        "deltas": torch.tensor([[0.5, 2.0, 3.25, 1.5][i % 4] for i in range(batch)]),
+        "position_keys": torch.tensor([split_key(KEYS[(i + 1) % 4]) for i in range(batch)]) if positions else None,
+    }
+    rows["salts"].view(-1)[-1] = 2**32 - 1
+    return {k: v.to(device) if v is not None else None for k, v in rows.items()}
+
+
+def _kernel(logits, rows, skip=None, inplace=False, device="cpu"):
+    out = logits if inplace else torch.empty_like(logits, memory_format=torch.contiguous_format)
+    return _shard_bias_triton(logits, rows["keys"], rows["salts"], rows["contexts"], rows["shard_counts"],
+                              rows["preferred"], rows["deltas"], skip, rows["position_keys"], out, block_v=_block(device))
+
+
+def _reference(logits, rows, skip=None):
+    return _shard_bias_reference(logits, rows["keys"], rows["salts"], rows["contexts"], rows["shard_counts"],
+                                 rows["preferred"], rows["deltas"], skip, rows["position_keys"], logits.clone())
+
+
+def _mask(rows, vocab):
+    return preferred_mask(rows["keys"], rows["salts"], rows["contexts"], rows["shard_counts"], rows["preferred"], vocab,
+                          position_keys=rows["position_keys"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("vocab", [1, 257, 2049, 4095])
+@pytest.mark.parametrize("width,positions", [(1, 0), (2, 0), (5, 0), (2, 3), (1, 32), (3, 1)])
+def test_shard_bias_kernel_prefers_exactly_the_reference_ids(device, vocab, width, positions):
+    rows = _rows(device, width=width, positions=positions, seed=vocab + width)
+    rows["deltas"] = torch.ones(4, device=device)
+    biased = _kernel(torch.zeros(4, vocab, device=device), rows, device=device)
+    assert torch.equal(biased != 0, _mask(rows, vocab))
+
+
+TOLERANCES = [  # (dtype, atol, rtol) of the biased logits
+    (torch.float32, 0, 0),
+    (torch.float16, 0, 0),
+    # compiled kernels round to nearest even like torch; Triton's interpreter truncates bf16
+    (torch.bfloat16, 0, 2**-7),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,atol,rtol", TOLERANCES)
+def test_shard_bias_kernel_logits_match_the_reference_within_dtype_rounding(device, dtype, atol, rtol):
+    rows = _rows(device, positions=4)
+    logits = (torch.randn(4, 2049, generator=torch.Generator().manual_seed(1)) * 4).to(dtype).to(device)
+    logits[:, ::7] = float("-inf")
+    logits[1, 5::11] = float("nan")
+    biased = _kernel(logits, rows, device=device)
+    expected = _reference(logits, rows)
+    assert biased.dtype == dtype
+    torch.testing.assert_close(biased, expected, atol=atol, rtol=rtol, equal_nan=True)
+    assert torch.equal(torch.isneginf(biased), torch.isneginf(logits))
+    assert torch.equal(torch.isnan(biased), torch.isnan(logits))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shard_bias_kernel_leaves_skipped_rows_bit_for_bit_alone(device):
+    rows = _rows(device)
+    logits = torch.randn(4, 1000, device=device)
+    skip = torch.tensor([False, True, True, False], device=device)
+    biased = _kernel(logits, rows, skip=skip, device=device)
+    assert torch.equal(biased, _reference(logits, rows, skip=skip))
+    assert torch.equal(biased[1:3], logits[1:3]) and not torch.equal(biased[0], logits[0])
+    everything = torch.ones(4, dtype=torch.bool, device=device)
+    assert torch.equal(_kernel(logits, rows, skip=everything, device=device), logits)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shard_bias_kernel_reads_and_writes_non_contiguous_logits_in_place(device):
+    rows = _rows(device, positions=2)
+    wide = torch.randn(4, 2 * 777, device=device)
+    strided = wide[:, 1::2]
+    expected = _reference(strided, rows)
+    out = _kernel(strided, rows, inplace=True, device=device)
+    assert out.data_ptr() == strided.data_ptr()
+    assert torch.equal(strided, expected)
+    transposed = torch.randn(777, 4, device=device).t()  # column stride 4, row stride 1
+    assert torch.equal(_kernel(transposed, rows, device=device), _reference(transposed, rows))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shard_bias_kernel_gives_each_row_the_same_result_alone_as_in_a_batch(device):
+    rows = _rows(device, positions=5)
+    logits = torch.randn(4, 600, device=device)
+    batch = _kernel(logits, rows, device=device)
+    for i in range(4):
+        alone = {k: v[i : i + 1] if v is not None else None for k, v in rows.items()}
+        assert torch.equal(_kernel(logits[i : i + 1], alone, device=device), batch[i : i + 1])
+
+
+def test_public_shard_bias_sends_cpu_tensors_to_the_reference(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a CPU tensor reached the Triton kernel")
+
+    monkeypatch.setattr(shard_bias_module, "_shard_bias_triton", refuse)
+    rows = _rows("cpu")
+    logits = torch.randn(4, 300)
+    assert torch.equal(shard_bias(logits, **rows), _reference(logits, rows))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU_READY, reason="needs a CUDA GPU")
+def test_public_shard_bias_sends_cuda_tensors_to_the_kernel(monkeypatch):
+    calls = []
+    launch = shard_bias_module._shard_bias_triton
+    monkeypatch.setattr(shard_bias_module, "_shard_bias_triton", lambda *a, **k: calls.append(1) or launch(*a, **k))
+    rows = _rows("cuda", positions=3)
+    logits = torch.randn(4, 50_000, device="cuda")
+    assert torch.equal(shard_bias(logits, **rows), _reference(logits, rows)) and calls == [1]
