@@ -14,11 +14,19 @@ import pytest
 import torch
 
 from provmark.kernels._triton import HAS_TRITON, INTERPRETING
-from provmark.kernels.prf import split_key
+from provmark.kernels.balanced_split import (
+    _available_ids_reference,
+    _available_ids_triton,
+    available_ids,
+    head_of,
+    partition_starts,
+)
+from provmark.kernels.prf import MASK32, split_key, token_words
 from provmark.kernels.shard_bias import _shard_bias_reference, _shard_bias_triton, preferred_mask, shard_bias
 
 # the module, not the function of the same name that provmark.kernels exports
 shard_bias_module = importlib.import_module("provmark.kernels.shard_bias")
+balanced_split_module = importlib.import_module("provmark.kernels.balanced_split")
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (pip install -e '.[gpu]')")
 
@@ -159,3 +167,73 @@ def test_public_shard_bias_sends_cuda_tensors_to_the_kernel(monkeypatch):
     rows = _rows("cuda", positions=3)
     logits = torch.randn(4, 50_000, device="cuda")
     assert torch.equal(shard_bias(logits, **rows), _reference(logits, rows)) and calls == [1]
+
+
+def _split_rows(device, batch, vocab, seed):
+    """Proxy distributions (one flat, one peaked, one with a zero-mass tail) and seeds that
+    include 0 and 2**32 - 1; partitions of a 64-pool."""
+    gen = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(torch.randn(batch, vocab, generator=gen) * 2, dim=-1)
+    if batch > 1:
+        probs[1] = torch.softmax(torch.randn(vocab, generator=gen) * 6, dim=-1)
+    if batch > 2:
+        probs[2, vocab // 2 :] = 0
+        probs[2] /= probs[2].sum()
+    order = torch.randint(0, 2**32, (batch,), generator=gen)
+    coin = torch.randint(0, 2**32, (batch,), generator=gen)
+    order[0], coin[-1] = 0, 2**32 - 1
+    starts = partition_starts(torch.randint(0, 64, (batch,), generator=gen), 64)
+    return [t.to(device) for t in (probs, order, coin, starts)]
+
+
+def _split_kernel(device, probs, order, coin, starts, head, max_block_head=None):
+    return _available_ids_triton(probs, order, coin, starts, head, block_v=_block(device),
+                                 max_block_head=max_block_head or (256 if device == "cpu" else 1024))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("vocab,head", [(1, 1), (257, 8), (1000, 256), (2049, 100), (300, 300), (700, 0)])
+def test_balanced_split_kernel_makes_exactly_the_reference_ids_available(device, vocab, head):
+    rows = _split_rows(device, 4, vocab, seed=vocab + head)
+    assert torch.equal(_split_kernel(device, *rows, head), _available_ids_reference(*rows, head))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_balanced_split_kernel_streams_a_head_larger_than_one_chunk(device):
+    rows = _split_rows(device, 2, 1500, seed=5)
+    assert torch.equal(_split_kernel(device, *rows, 600, max_block_head=256), _available_ids_reference(*rows, 600))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_balanced_split_kernel_cuts_a_mass_of_exactly_one_half_like_the_reference(device):
+    # Dyadic masses add exactly in any order, so an id whose cumulative mass is exactly one half
+    # is available in both (the rule is >=, not >).
+    gen = torch.Generator().manual_seed(7)
+    probs = torch.zeros(4, 600)
+    for row, count in enumerate([2, 4, 8, 16]):
+        probs[row, torch.randperm(600, generator=gen)[:count]] = 1 / count
+    _, order, coin, starts = _split_rows("cpu", 4, 600, seed=8)
+    mass, ids = head_of(probs, 16)
+    rotated = (token_words(order[:, None], ids) - starts[:, None]) & MASK32
+    assert bool((mass.gather(1, rotated.argsort(dim=1)).cumsum(dim=1) == 0.5).any(dim=1).all())
+    rows = [t.to(device) for t in (probs, order, coin, starts)]
+    assert torch.equal(_split_kernel(device, *rows, 16), _available_ids_reference(*rows, 16))
+
+
+def test_public_available_ids_sends_cpu_tensors_to_the_reference(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a CPU tensor reached the Triton kernels")
+
+    monkeypatch.setattr(balanced_split_module, "_available_ids_triton", refuse)
+    rows = _split_rows("cpu", 3, 500, seed=9)
+    assert torch.equal(available_ids(*rows, 64), _available_ids_reference(*rows, 64))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU_READY, reason="needs a CUDA GPU")
+def test_public_available_ids_sends_cuda_tensors_to_the_kernels(monkeypatch):
+    calls = []
+    launch = balanced_split_module._available_ids_triton
+    monkeypatch.setattr(balanced_split_module, "_available_ids_triton", lambda *a, **k: calls.append(1) or launch(*a, **k))
+    rows = _split_rows("cuda", 4, 50_000, seed=10)
+    assert torch.equal(available_ids(*rows, 256), _available_ids_reference(*rows, 256)) and calls == [1]
