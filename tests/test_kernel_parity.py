@@ -9,6 +9,10 @@ interpreter runs every program in numpy; vocabulary sizes straddle the block siz
 """
 
 import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,12 +25,14 @@ from provmark.kernels.balanced_split import (
     head_of,
     partition_starts,
 )
+from provmark.kernels.fused_sampling import _fused_sample_reference, _fused_sample_triton, _log, fused_sample, sampling_seeds
 from provmark.kernels.prf import MASK32, split_key, token_words
 from provmark.kernels.shard_bias import _shard_bias_reference, _shard_bias_triton, preferred_mask, shard_bias
 
 # the module, not the function of the same name that provmark.kernels exports
 shard_bias_module = importlib.import_module("provmark.kernels.shard_bias")
 balanced_split_module = importlib.import_module("provmark.kernels.balanced_split")
+fused_sampling_module = importlib.import_module("provmark.kernels.fused_sampling")
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (pip install -e '.[gpu]')")
 
@@ -237,3 +243,107 @@ def test_public_available_ids_sends_cuda_tensors_to_the_kernels(monkeypatch):
     monkeypatch.setattr(balanced_split_module, "_available_ids_triton", lambda *a, **k: calls.append(1) or launch(*a, **k))
     rows = _split_rows("cuda", 4, 50_000, seed=10)
     assert torch.equal(available_ids(*rows, 256), _available_ids_reference(*rows, 256)) and calls == [1]
+
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from provmark.kernels.fused_sampling import _log_tl
+
+    @triton.jit
+    def _log_probe_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out_ptr + i, _log_tl(tl.load(x_ptr + i, mask=i < n, other=1.0)), mask=i < n)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_samplers_log_is_bit_identical_in_the_kernel_and_the_reference(device):
+    gen = torch.Generator().manual_seed(11)
+    u = ((torch.randint(0, 2**23, (3000,), generator=gen) * 2 + 1).float() * 2.0**-24)  # every u the noise uses
+    spread = torch.exp(torch.empty(3000).uniform_(-80, 80, generator=gen))  # normal floats of every exponent
+    x = torch.cat([u, -torch.log(u), spread, torch.tensor([2.0**-24, 1 - 2.0**-24, 1.0, 2.0, 0.5])]).to(device)
+    out = torch.empty_like(x)
+    _log_probe_kernel[(triton.cdiv(x.numel(), 1024),)](x, out, x.numel(), BLOCK=1024, enable_fp_fusion=False)
+    assert torch.equal(out, _log(x))
+    assert torch.allclose(out.double(), torch.log(x.double()), rtol=2e-7, atol=0)
+
+
+def _sample_rows(device, batch, vocab, dtype, seed, positions=0):
+    rows = _rows(device, batch=batch, positions=positions, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(batch, vocab, generator=gen) * 3).to(dtype)
+    logits[:, 1::5] = float("-inf")
+    logits[0, ::3] = float("nan")
+    temperatures = torch.tensor([[1.0, 0.7, 2.0, 0.3][i % 4] for i in range(batch)])
+    return rows, logits.to(device), temperatures.to(device)
+
+
+def _sample_args(rows, skip=None, bias=True):
+    if not bias:
+        return (None,) * 8
+    return (rows["keys"], rows["salts"], rows["contexts"], rows["shard_counts"], rows["preferred"], rows["deltas"], skip,
+            rows["position_keys"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("vocab", [1, 257, 2049, 4095])
+def test_fused_sampling_kernel_draws_exactly_the_reference_ids(device, dtype, vocab):
+    for step, (bias, positions) in enumerate([(True, 0), (True, 3), (False, 0)]):
+        rows, logits, temperatures = _sample_rows(device, 4, vocab, dtype, seed=vocab + step, positions=positions)
+        skip = torch.tensor([False, True, False, False], device=device)
+        args = _sample_args(rows, skip, bias)[:8]
+        seeds = sampling_seeds(vocab, step, 4).to(device)
+        inverse = 1.0 / temperatures
+        sampled = _fused_sample_triton(logits, *args, inverse, seeds, block_v=_block(device))
+        assert torch.equal(sampled, _fused_sample_reference(logits, *args, inverse, seeds))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_sampling_kernel_agrees_over_many_steps_of_one_distribution(device):
+    # 64 rows, one distribution: ids spread over the likely tokens, and every row matches.
+    rows, logits, temperatures = _sample_rows(device, 64, 300, torch.float32, seed=3)
+    logits = logits[1:2].expand(64, -1)
+    seeds = sampling_seeds(99, 0, 64).to(device)
+    inverse = 1.0 / temperatures
+    args = _sample_args(rows)[:8]
+    sampled = _fused_sample_triton(logits, *args, inverse, seeds, block_v=_block(device))
+    assert torch.equal(sampled, _fused_sample_reference(logits, *args, inverse, seeds))
+    assert len(set(sampled.tolist())) > 5
+
+
+def test_public_fused_sample_sends_cpu_tensors_to_the_reference(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a CPU tensor reached the Triton kernel")
+
+    monkeypatch.setattr(fused_sampling_module, "_fused_sample_triton", refuse)
+    _, logits, temperatures = _sample_rows("cpu", 4, 300, torch.float32, seed=4)
+    seeds = sampling_seeds(1, 0, 4)
+    expected = _fused_sample_reference(logits, *(None,) * 8, 1.0 / temperatures, seeds)
+    assert torch.equal(fused_sample(logits, temperatures=temperatures, noise_seeds=seeds), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU_READY, reason="needs a CUDA GPU")
+def test_public_fused_sample_sends_cuda_tensors_to_the_kernel(monkeypatch):
+    calls = []
+    launch = fused_sampling_module._fused_sample_triton
+    monkeypatch.setattr(fused_sampling_module, "_fused_sample_triton", lambda *a, **k: calls.append(1) or launch(*a, **k))
+    rows, logits, temperatures = _sample_rows("cuda", 4, 50_000, torch.float32, seed=5, positions=2)
+    seeds = sampling_seeds(2, 0, 4).cuda()
+    kwargs = dict(zip(["keys", "salts", "contexts", "shard_counts", "preferred", "deltas", "skip", "position_keys"],
+                      _sample_args(rows)))
+    sampled = fused_sample(logits, temperatures=temperatures, noise_seeds=seeds, **kwargs)
+    assert torch.equal(sampled, _fused_sample_reference(logits, *_sample_args(rows)[:8], 1.0 / temperatures, seeds))
+    assert calls == [1]
+
+
+def test_every_kernel_compiles_for_an_h100_without_a_gpu():
+    # Triton's compiler and ptxas run on the CPU: this catches what the interpreter cannot
+    # (compile-time types, constexpr arguments) before a GPU ever sees the kernels.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "tests.compile_kernels", "--arch", "90"], env=env, capture_output=True,
+                          text=True, cwd=Path(__file__).parent.parent, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(": ok") == 9

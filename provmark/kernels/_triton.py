@@ -5,6 +5,10 @@ and every public op in ``provmark.kernels`` runs its torch reference. The device
 restate no constant: they read them from ``prf`` (STYLE 1), wrapped as ``tl.constexpr`` because a
 jitted function may only read constexpr globals.
 
+Every launch passes ``enable_fp_fusion=False``: no kernel may contract a multiply and an add into
+one rounding where its reference rounds twice (it matters to ``fused_sampling``; the others have
+nothing to contract, and naming the option keeps Triton 3.9 from warning about its default).
+
 Arithmetic is on ``tl.uint32``, whose multiply wraps modulo 2**32: the same words as ``prf``'s
 int64 reference, which masks its products to 32 bits. ``fastrange`` is ``tl.umulhi``, the high
 word of the 64-bit product, which is exactly ``(word * n) >> 32``.

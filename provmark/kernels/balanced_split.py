@@ -168,6 +168,7 @@ def _available_ids_triton(probs, order_seeds, coin_seeds, starts, head, block_v=
         out_row_stride=available.stride(0),
         BLOCK_V=block_v,
         num_warps=4,
+        enable_fp_fusion=False,
     )
     if head > 0:
         mass, ids = head_of(probs, head)
@@ -182,6 +183,7 @@ def _available_ids_triton(probs, order_seeds, coin_seeds, starts, head, block_v=
             BLOCK_HEAD=min(triton.next_power_of_2(mass.shape[1]), max_block_head),
             ONE_CHUNK=mass.shape[1] <= max_block_head,
             num_warps=4,
+            enable_fp_fusion=False,
         )
     return available
 

@@ -241,6 +241,7 @@ def _shard_bias_triton(logits, keys, salts, contexts, shard_counts, preferred, d
         INPLACE=out.data_ptr() == logits.data_ptr(),
         BLOCK_V=block_v,
         num_warps=4,
+        enable_fp_fusion=False,
     )
     return out
 
