@@ -24,7 +24,7 @@ import os
 
 from provmark.kernels import prf
 
-__all__ = ["HAS_TRITON", "INTERPRETING", "triton_ready"]
+__all__ = ["HAS_TRITON", "INTERPRETING", "check_devices", "triton_ready"]
 
 try:
     import triton
@@ -44,6 +44,14 @@ def triton_ready(tensor) -> bool:
     there the tests call the private launchers on CPU tensors themselves, and the rest of the
     library stays at reference speed."""
     return HAS_TRITON and not INTERPRETING and tensor.device.type == "cuda"
+
+
+def check_devices(device, **tensors) -> None:
+    """Raise ``ValueError`` naming the first tensor that is not on ``device`` (None is skipped):
+    a kernel handed a pointer from another device would read garbage or fault."""
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.device != device:
+            raise ValueError(f"{name} is on {tensor.device} but the logits are on {device}; move it there")
 
 
 if HAS_TRITON:

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import torch
 
-from provmark.kernels._triton import HAS_TRITON, triton_ready
+from provmark.kernels._triton import HAS_TRITON, check_devices, triton_ready
 from provmark.kernels.prf import MASK32, fastrange, fold16, folded_token_hash_table, mix32_unfolded_, token_words
 
 if HAS_TRITON:
@@ -211,6 +211,7 @@ def available_ids(
             raise ValueError(f"{name} must have shape ({batch},), got {tuple(tensor.shape)}")
     if head < 0:
         raise ValueError(f"head must be >= 0, got {head}")
+    check_devices(probs.device, order_seeds=order_seeds, coin_seeds=coin_seeds, starts=starts)
     if triton_ready(probs):
         return _available_ids_triton(probs, order_seeds, coin_seeds, starts, head)
     return _available_ids_reference(probs, order_seeds, coin_seeds, starts, head)

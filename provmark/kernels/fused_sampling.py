@@ -10,9 +10,10 @@ For each row of a batch at one step (the optional sampler of ``watermark.hook.ge
 Gumbel-max samples exactly from ``softmax(biased / T)`` when the G_v are independent Gumbel
 draws. Here ``G_v = -log(-log(u_v))`` with ``u_v`` from the PRF word ``token_word(noise_seed, v)``
 (PRF v1): its top 23 bits give the odd multiple of 2**-24 ``u_v`` in (0, 1), so u is never 0 or 1
-and the noise is bounded (|G| < 17; a token more than about 17 / T below the best logit is never
-drawn, a change of probability below 1e-7 per id). The noise seed of each row and step comes from
-``sampling_seeds``: the same seed gives the same ids on every device where the logits agree.
+and the noise is bounded, -2.82 < G < 16.7. The cost of the bound: an id whose logit lies more
+than 19.4 T below the best one is never drawn (its probability is below e**-19.4, 4e-9, times
+the best id's). The noise seed of each row and step comes from ``sampling_seeds``: the same seed
+gives the same ids on every device where the logits agree.
 
 **Bit-identical ids.** A library log (libm, CUDA's libdevice, numpy) may differ from another in
 the last bit, which would let the kernel and the reference pick different ids when two scores
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from provmark.kernels._triton import HAS_TRITON, triton_ready
+from provmark.kernels._triton import HAS_TRITON, check_devices, triton_ready
 from provmark.kernels.prf import context_seeds, fold16, folded_token_hash_table, mix32_unfolded_, split_key
 from provmark.kernels.shard_bias import _check_row_params, preferred_mask
 
@@ -265,6 +266,9 @@ def fused_sample(
         if any(t is None for t in (salts, contexts, shard_counts, preferred, deltas)):
             raise ValueError("with keys, give salts, contexts, shard_counts, preferred and deltas too")
         _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, values=not fused)
+    check_devices(logits.device, temperatures=temperatures, noise_seeds=noise_seeds, keys=keys, salts=salts,
+                  contexts=contexts, shard_counts=shard_counts, preferred=preferred, deltas=deltas, skip=skip,
+                  position_keys=position_keys)
     if not fused and bool((temperatures <= 0).any()):
         raise ValueError(f"temperatures must be > 0, got {temperatures.tolist()}")
     inv_temperatures = 1.0 / temperatures.to(torch.float32)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from provmark.kernels._triton import HAS_TRITON, triton_ready
+from provmark.kernels._triton import HAS_TRITON, check_devices, triton_ready
 from provmark.kernels.prf import context_seeds, fastrange, fold16, folded_token_hash_table, mix32_unfolded_
 
 if HAS_TRITON:
@@ -284,6 +284,8 @@ def shard_bias(
     batch = logits.shape[0]
     fused = triton_ready(logits)
     _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, values=not fused)
+    check_devices(logits.device, keys=keys, salts=salts, contexts=contexts, shard_counts=shard_counts,
+                  preferred=preferred, deltas=deltas, skip=skip, position_keys=position_keys)
     if fused:
         out = logits if inplace else torch.empty_like(logits, memory_format=torch.contiguous_format)
         return _shard_bias_triton(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, out)
