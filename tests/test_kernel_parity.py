@@ -347,3 +347,26 @@ def test_every_kernel_compiles_for_an_h100_without_a_gpu():
                           text=True, cwd=Path(__file__).parent.parent, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count(": ok") == 9
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU_READY, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("scheme,params,payloads", [
+    ("kgw", {}, None),
+    ("mpac", {"bits": 16, "radix": 4}, [0xBEEF, 0x1234, 7]),
+    ("majormark", {"bits": 12}, [5, 1000, 77]),
+    ("majormark+", {"bits": 16}, [3, 2000, 40000]),
+    ("vanilla", {"bits": 8, "segment_bits": 8}, [1, 2, 255]),
+])
+def test_the_hook_on_a_gpu_biases_exactly_like_the_hook_on_a_cpu(scheme, params, payloads):
+    from provmark.watermark.hook import WatermarkLogitsProcessor
+    from provmark.watermark.keys import create_key
+
+    key = create_key(scheme, params, secret=bytes(range(32)))
+    gen = torch.Generator().manual_seed(12)
+    ids = torch.randint(0, 49152, (3, 12), generator=gen)
+    ids[1, -4:] = ids[1, -6:-2]  # a repeated context in row 1
+    scores = torch.randn(3, 49152, generator=gen)
+    on_cpu, on_gpu = WatermarkLogitsProcessor(key, payloads), WatermarkLogitsProcessor(key, payloads)
+    on_cpu(ids[:, :8], scores), on_gpu(ids[:, :8].cuda(), scores.cuda())  # the prompt: columns 0..7
+    assert torch.equal(on_gpu(ids.cuda(), scores.cuda()).cpu(), on_cpu(ids, scores))
