@@ -44,7 +44,7 @@ def specialisations():
     """Every kernel in the variants the launchers produce."""
     row_params = {"keys_ptr": "*i64", "salts_ptr": "*i64", "contexts_ptr": "*i64", "shard_counts_ptr": "*i64",
                   "preferred_ptr": "*i64", "deltas_ptr": "*fp32", "skip_ptr": "*i1", "position_keys_ptr": "*i64",
-                  "num_positions": "i32"}
+                  "num_positions": "i32", "contexts_row_stride": "i32"}
     for dtype, positions, inplace in (("fp32", True, False), ("bf16", False, True), ("fp16", True, True)):
         types = {"logits_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", **row_params, "vocab_size": "i32",
                  "logits_row_stride": "i32", "logits_col_stride": "i32", "out_row_stride": "i32", "out_col_stride": "i32"}

@@ -52,7 +52,8 @@ def _block(device):
 
 def _rows(device, batch=4, width=2, positions=0, seed=0):
     """Row parameters exercising every case at once: keys across 64 bits, salts up to 2**32 - 1,
-    shard counts 1..64, preferred sets that are runs, scattered bits and bit 63."""
+    shard counts 1..64, preferred sets that are runs, scattered bits and bit 63, contexts that
+    are a slice of a longer sequence."""
     gen = torch.Generator().manual_seed(seed)
     table = (batch, positions) if positions else (batch,)
     preferred = torch.randint(-(2**63), 2**63 - 1, table, generator=gen)
@@ -60,7 +61,8 @@ def _rows(device, batch=4, width=2, positions=0, seed=0):
     rows = {
         "keys": torch.tensor([split_key(KEYS[i % 4]) for i in range(batch)]),
         "salts": torch.randint(0, 2**32, table, generator=gen),
-        "contexts": torch.randint(0, 2**17, (batch, width), generator=gen),
+        # the last ids of a longer sequence, as the hook passes them: a non-contiguous slice
+        "contexts": torch.randint(0, 2**17, (batch, width + 7), generator=gen)[:, -width:],
         "shard_counts": torch.tensor([[4, 64, 37, 1, 2, 7][i % 6] for i in range(batch)]),
         "preferred": preferred,
         "deltas": torch.tensor([[0.5, 2.0, 3.25, 1.5][i % 4] for i in range(batch)]),

@@ -1,6 +1,6 @@
 """PRF v1 in Triton: the device functions every provmark kernel shares, and the import guard.
 
-Triton is optional: without it ``HAS_TRITON`` is False, nothing here is defined beyond the flag,
+Triton is optional: without it ``HAS_TRITON`` is False, the device functions are not defined,
 and every public op in ``provmark.kernels`` runs its torch reference. The device functions below
 restate no constant: they read them from ``prf`` (STYLE 1), wrapped as ``tl.constexpr`` because a
 jitted function may only read constexpr globals.
@@ -92,14 +92,15 @@ if HAS_TRITON:
     @triton.jit
     def row_shard_params(
         keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, position_keys_ptr, row, num_positions,
-        CONTEXT_WIDTH: tl.constexpr, HAS_POSITIONS: tl.constexpr,
+        contexts_row_stride, CONTEXT_WIDTH: tl.constexpr, HAS_POSITIONS: tl.constexpr,
     ):
         """(seed uint32, shard count uint32, preferred int64) of one row of ``shard_bias``'s inputs.
 
-        With HAS_POSITIONS, salts and preferred are (B, num_positions) tables and the row reads
-        column ``fastrange(context_seed(position key, 0, context), num_positions)``; without, they
-        are (B,) and ``num_positions`` is 1."""
-        context_ptr = contexts_ptr + row * CONTEXT_WIDTH
+        Contexts may be a slice of the whole sequence (row stride ``contexts_row_stride``, ids
+        adjacent). With HAS_POSITIONS, salts and preferred are (B, num_positions) tables and the
+        row reads column ``fastrange(context_seed(position key, 0, context), num_positions)``;
+        without, they are (B,) and ``num_positions`` is 1."""
+        context_ptr = contexts_ptr + row * contexts_row_stride
         column = 0
         if HAS_POSITIONS:
             position_seed = context_seed(position_keys_ptr + 2 * row, 0, context_ptr, CONTEXT_WIDTH)

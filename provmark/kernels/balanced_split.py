@@ -35,10 +35,13 @@ word t* whose head mass at or below it reaches half the head's mass, and the ava
 are those at or after t*: the kernel finds t* by bisection over the 32 bits of the word (a radix
 select with two buckets per pass: prefix masses of the lower half, recurse into the half that
 crosses), 33 masked sums over the head, O(33 head) per row whatever the head size; a head of up
-to ``MAX_BLOCK_HEAD`` ids stays in registers for all of them. The masked sums are monotone in t even in floating point, so the search is exact for the sums it computes.
-Those sums add the float64 masses in another order than the reference's cumsum, so a cumulative
-mass within a float64 rounding of exactly half may fall on the other side; sums of masses that
-are exact in float64 (dyadic masses, where the tie at half is real) agree exactly.
+to ``MAX_BLOCK_HEAD`` ids stays in registers for all of them. The masked sums are monotone in t
+even in floating point, so the search is exact for the sums it computes. Those sums add the
+float64 masses in another order than the reference's cumsum, so a cumulative mass within a
+float64 rounding of exactly half may fall on the other side; sums of masses that are exact in
+float64 (dyadic masses, where the tie at half is real) agree exactly. (The reference itself is
+in the same position between CPU and CUDA, whose cumsum and sum add in other orders, and
+against the detector's ``available_in_pool``, which subtracts prefix masses.)
 """
 
 from __future__ import annotations

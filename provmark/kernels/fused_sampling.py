@@ -30,7 +30,7 @@ import torch
 
 from provmark.kernels._triton import HAS_TRITON, check_devices, triton_ready
 from provmark.kernels.prf import context_seeds, fold16, folded_token_hash_table, mix32_unfolded_, split_key
-from provmark.kernels.shard_bias import _check_row_params, preferred_mask
+from provmark.kernels.shard_bias import _adjacent_ids, _check_row_params, preferred_mask
 
 if HAS_TRITON:
     import triton
@@ -129,7 +129,7 @@ if HAS_TRITON:
     def _fused_sample_kernel(
         logits_ptr, keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, deltas_ptr, skip_ptr,
         position_keys_ptr, inv_temperatures_ptr, noise_seeds_ptr, best_scores_ptr, best_ids_ptr,
-        vocab_size, num_positions, num_blocks, logits_row_stride, logits_col_stride,
+        vocab_size, num_positions, contexts_row_stride, num_blocks, logits_row_stride, logits_col_stride,
         CONTEXT_WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_POSITIONS: tl.constexpr, HAS_SKIP: tl.constexpr,
         BLOCK_V: tl.constexpr,
     ):
@@ -143,7 +143,7 @@ if HAS_TRITON:
         if HAS_BIAS:
             seed, shard_count, preferred = row_shard_params(
                 keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, position_keys_ptr, row,
-                num_positions, CONTEXT_WIDTH, HAS_POSITIONS,
+                num_positions, contexts_row_stride, CONTEXT_WIDTH, HAS_POSITIONS,
             )
             hit = preferred_flags(seed, shard_count, preferred, ids)
             if HAS_SKIP:
@@ -182,7 +182,7 @@ def _fused_sample_triton(logits, keys, salts, contexts, shard_counts, preferred,
     if batch == 0:
         return sampled
     has_bias = keys is not None
-    contexts = contexts.to(torch.int64).contiguous() if has_bias else torch.zeros((batch, 0), dtype=torch.int64, device=device)
+    contexts = _adjacent_ids(contexts) if has_bias else torch.zeros((batch, 0), dtype=torch.int64, device=device)
     placeholder = noise_seeds  # any tensor: the kernel reads none of the absent inputs
     _fused_sample_kernel[(batch, num_blocks)](
         logits_ptr=logits,
@@ -200,6 +200,7 @@ def _fused_sample_triton(logits, keys, salts, contexts, shard_counts, preferred,
         best_ids_ptr=best_ids,
         vocab_size=vocab_size,
         num_positions=salts.shape[1] if position_keys is not None else 1,
+        contexts_row_stride=contexts.stride(0),
         num_blocks=num_blocks,
         logits_row_stride=logits.stride(0),
         logits_col_stride=logits.stride(1),

@@ -180,7 +180,7 @@ if HAS_TRITON:
     @triton.jit
     def _shard_bias_kernel(
         logits_ptr, out_ptr, keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, deltas_ptr,
-        skip_ptr, position_keys_ptr, vocab_size, num_positions,
+        skip_ptr, position_keys_ptr, vocab_size, num_positions, contexts_row_stride,
         logits_row_stride, logits_col_stride, out_row_stride, out_col_stride,
         CONTEXT_WIDTH: tl.constexpr, HAS_POSITIONS: tl.constexpr, HAS_SKIP: tl.constexpr, INPLACE: tl.constexpr,
         BLOCK_V: tl.constexpr,
@@ -194,7 +194,7 @@ if HAS_TRITON:
         in_vocab = ids < vocab_size
         seed, shard_count, preferred = row_shard_params(
             keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, position_keys_ptr, row, num_positions,
-            CONTEXT_WIDTH, HAS_POSITIONS,
+            contexts_row_stride, CONTEXT_WIDTH, HAS_POSITIONS,
         )
         hit = preferred_flags(seed, shard_count, preferred, ids)
         if HAS_SKIP:
@@ -211,13 +211,20 @@ if HAS_TRITON:
             tl.store(out, tl.where(hit, biased, x), mask=in_vocab)
 
 
+def _adjacent_ids(contexts: torch.Tensor) -> torch.Tensor:
+    """int64 contexts whose ids are adjacent in memory: a column slice of the sequence (what the
+    hook passes) is used in place, without a copy launch at every step."""
+    contexts = contexts.to(torch.int64)
+    return contexts if contexts.shape[1] <= 1 or contexts.stride(1) == 1 else contexts.contiguous()
+
+
 def _shard_bias_triton(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, out,
                        block_v=BLOCK_V):
     """Launch ``_shard_bias_kernel`` writing into ``out`` (``logits`` itself when in place)."""
     batch, vocab_size = logits.shape
     if batch == 0 or vocab_size == 0:
         return out
-    contexts = contexts.to(torch.int64).contiguous()
+    contexts = _adjacent_ids(contexts)
     _shard_bias_kernel[(batch, triton.cdiv(vocab_size, block_v))](
         logits_ptr=logits,
         out_ptr=out,
@@ -231,6 +238,7 @@ def _shard_bias_triton(logits, keys, salts, contexts, shard_counts, preferred, d
         position_keys_ptr=position_keys.to(torch.int64).contiguous() if position_keys is not None else keys,
         vocab_size=vocab_size,
         num_positions=salts.shape[1] if position_keys is not None else 1,
+        contexts_row_stride=contexts.stride(0),
         logits_row_stride=logits.stride(0),
         logits_col_stride=logits.stride(1),
         out_row_stride=out.stride(0),

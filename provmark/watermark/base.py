@@ -67,11 +67,11 @@ class Watermarker(abc.ABC):
     uses_proxy: ClassVar[bool] = False
     """Whether the scheme reads a proxy LM's distribution (its constructor takes ``proxy=``)."""
     skips_repeated_contexts: ClassVar[bool] = True
+    """Whether generation leaves a step plain when its context already occurred in the row
+    (``kernels.repeated_context``); the detector of such a scheme scores first occurrences."""
     shard_rule: ClassVar[bool] = True
     """Whether ``bias`` is the shard rule of ``step_params`` (so a fused sampler may apply the
     bias itself from the step parameters); False for a scheme that overrides ``bias``."""
-    """Whether generation leaves a step plain when its context already occurred in the row
-    (``kernels.repeated_context``); the detector of such a scheme scores first occurrences."""
 
     def __init__(self, key: WatermarkKey):
         self.key = key

@@ -155,7 +155,8 @@ def generate(
     fused_sampling: bool = False,
     **gen_kwargs,
 ) -> list[Generation]:
-    """Generate one watermarked completion per prompt in a single batched ``model.generate`` call.
+    """Generate one watermarked completion per prompt in a single batched ``model.generate`` call
+    (or, with ``fused_sampling``, one batched run of provmark's own decoding loop).
 
     Args:
         model, tokenizer: any transformers causal LM and its tokenizer.
