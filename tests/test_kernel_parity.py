@@ -1,11 +1,13 @@
 """Every Triton kernel against its torch reference: masks and ids bit for bit, logits within the
 dtype's rounding.
 
-Each test runs twice: ``interpreter`` (CPU tensors under ``TRITON_INTERPRET=1``, which
+Each parity test runs twice: ``interpreter`` (CPU tensors under ``TRITON_INTERPRET=1``, which
 tests/conftest.py sets when no GPU is present: this is what CI runs) and ``gpu`` (CUDA tensors,
 compiled kernels; skipped without a GPU). On a GPU machine the interpreter variant runs with
 ``TRITON_INTERPRET=1 pytest tests/test_kernel_parity.py``. Shapes stay small because the
-interpreter runs every program in numpy; vocabulary sizes straddle the block size.
+interpreter runs every program in numpy; vocabulary sizes straddle the block size. The public
+ops' dispatch is tested on both devices, and every kernel is compiled for sm_90 on the CPU
+(``tests/compile_kernels.py``), which the interpreter alone would not catch.
 """
 
 import importlib
