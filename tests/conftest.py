@@ -1,7 +1,17 @@
-"""Shared fixtures: a tiny random Llama for fast hook tests and the real embedded model (slow)."""
+"""Shared fixtures: a tiny random Llama for fast hook tests and the real embedded model (slow).
+
+Without a GPU, Triton (when installed) runs in interpreter mode so that the kernel parity tests
+run the kernels' own source on CPU tensors. Triton reads the switch when a kernel is decorated,
+so it is set here, before any test module imports provmark.
+"""
+
+import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -106,7 +106,7 @@ def test_majormark_plus_embeds_the_block_the_context_selects():
     marker = MajorMarkPlusWatermarker(key)
     contexts = torch.randint(0, 49152, (6, 2), generator=torch.Generator().manual_seed(2))
     payload = 12345
-    params = marker.step_params(contexts, [payload] * 6)
+    params = marker.step_params(contexts, [payload] * 6).resolved(contexts)
     blocks = key.config.blocks(payload)
     chosen = positions(marker.position_key, contexts, 4)
     detector = create_detector(key)

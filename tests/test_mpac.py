@@ -49,7 +49,7 @@ def test_each_step_prefers_the_colour_of_the_allocated_digit():
     marker = MPACWatermarker(key)
     payloads = [0xBEEF, 0x0123]
     contexts = torch.randint(0, 49152, (2, 2), generator=torch.Generator().manual_seed(1))
-    params = marker.step_params(contexts, payloads)
+    params = marker.step_params(contexts, payloads).resolved(contexts)
     pos = positions(marker.position_key, contexts, 8)
     for row, payload in enumerate(payloads):
         digit = to_digits(payload, 4, 8)[int(pos[row])]

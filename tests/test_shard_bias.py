@@ -131,3 +131,31 @@ def test_bad_shapes_and_shard_counts_raise_value_errors():
         shard_bias(torch.zeros(2, 10), **{**rows, "shard_counts": torch.tensor([4, MAX_SHARDS + 1])})
     with pytest.raises(ValueError, match="logits must have shape"):
         shard_bias(torch.zeros(10), **rows)
+    with pytest.raises(ValueError, match="deltas is on meta but the logits are on cpu"):
+        shard_bias(torch.zeros(2, 10), **{**rows, "deltas": torch.zeros(2, device="meta")})
+    with pytest.raises(ValueError, match="preferred must have shape \\(2, 3\\) \\(a table"):
+        shard_bias(torch.zeros(2, 10), **{**rows, "salts": torch.zeros(2, 3, dtype=torch.int64)},
+                   position_keys=rows["keys"])
+
+
+def test_kernels_import_and_run_their_references_without_triton():
+    # A CPU install has no Triton: the package must import and every op take its reference.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, provmark.kernels as k\n"
+        "from provmark.kernels.prf import split_key\n"
+        "assert not k.HAS_TRITON\n"
+        "rows = dict(keys=torch.tensor([split_key(5)]), salts=torch.zeros(1, dtype=torch.int64),\n"
+        "            contexts=torch.tensor([[1, 2]]), shard_counts=torch.tensor([4]), preferred=torch.tensor([1]))\n"
+        "out = k.shard_bias(torch.zeros(1, 100), deltas=torch.ones(1), **rows)\n"
+        "assert torch.equal(out != 0, k.preferred_mask(*rows.values(), 100))\n"
+        "k.fused_sample(torch.zeros(1, 100), temperatures=torch.ones(1), noise_seeds=k.sampling_seeds(1, 0, 1), **rows,\n"
+        "               deltas=torch.ones(1))\n"
+        "k.available_ids(torch.full((1, 100), 0.01), torch.tensor([1]), torch.tensor([2]), torch.tensor([0]), 10)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -9,20 +9,36 @@ For each row of a batch at one generation step (DESIGN.md, "The shared core"):
 
 Key, salt, shard count S, mask and delta are per row, so one batch can mix keys and payloads.
 KGW uses S = 1/gamma with shard 0 preferred; the multi-bit schemes choose salt and mask from the
-payload. ``_shard_bias_reference`` is the specification and the CPU path; a GPU kernel with the
-same inputs arrives with the fused-kernel work and must match it bit for bit on the mask.
+payload. MPAC and MajorMark+ also let the context choose which payload position (digit, block)
+a step carries: given ``position_keys``, salts and masks are (B, L) tables and each row uses
+column ``fastrange(context_seed(position key, 0, context), L)`` (``select_positions``), so the
+whole step, position choice included, is one kernel launch on a GPU.
+
+``_shard_bias_reference`` is the specification and the CPU path. ``_shard_bias_kernel`` is the
+fused Triton kernel: one pass over the logits that hashes each row's context inside the kernel,
+colours every id and adds delta; its preferred set is bit-identical to the reference's and its
+logits equal the reference's in fp32 (within one rounding of the dtype in fp16 and bf16).
+``shard_bias`` sends CUDA tensors to the kernel and everything else to the reference.
 """
 
 from __future__ import annotations
 
 import torch
 
-from provmark.kernels.prf import context_seeds, fold16, folded_token_hash_table, mix32_unfolded_
+from provmark.kernels._triton import HAS_TRITON, check_devices, triton_ready
+from provmark.kernels.prf import context_seeds, fastrange, fold16, folded_token_hash_table, mix32_unfolded_
 
-__all__ = ["MAX_SHARDS", "preferred_mask", "shard_bias"]
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from provmark.kernels._triton import preferred_flags, row_shard_params
+
+__all__ = ["MAX_SHARDS", "preferred_mask", "select_positions", "shard_bias"]
 
 MAX_SHARDS = 64  # the preferred-shard set is one 64-bit word per row
 _CHUNK_ELEMENTS = 1 << 16  # int64 scratch per vocabulary chunk: stays in cache on CPU
+BLOCK_V = 2048  # vocabulary ids per Triton program; 16 per thread at 4 warps
 
 
 def _word_ranges(shard_counts: torch.Tensor, preferred: torch.Tensor):
@@ -62,24 +78,43 @@ def _preferred_chunk(folded_seeds, shard_counts, preferred, ranges, table_chunk,
     return ((preferred[:, None] >> words) & 1).to(dtype)
 
 
-def _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, deltas, skip):
+def _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, *, values=True):
+    """Raise ``ValueError`` on a malformed row parameter. ``values=False`` checks shapes only:
+    reading a CUDA tensor's values would synchronise the device at every generation step."""
+    table = (batch,) if position_keys is None else (batch, salts.shape[-1] if salts.dim() == 2 else -1)
     shapes = {
         "keys": (keys, (batch, 2)),
-        "salts": (salts, (batch,)),
+        "salts": (salts, table),
         "shard_counts": (shard_counts, (batch,)),
-        "preferred": (preferred, (batch,)),
+        "preferred": (preferred, table),
     }
+    if position_keys is not None:
+        shapes["position_keys"] = (position_keys, (batch, 2))
     for name, (tensor, shape) in shapes.items():
         if tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+            tables = "" if position_keys is None else " (a table of L >= 1 columns, since position_keys is given)"
+            raise ValueError(f"{name} must have shape {shape}{tables}, got {tuple(tensor.shape)}")
+    if position_keys is not None and salts.shape[1] < 1:
+        raise ValueError(f"salts and preferred tables need at least one column, got shape {tuple(salts.shape)}")
     if contexts.dim() != 2 or contexts.shape[0] != batch:
         raise ValueError(f"contexts must have shape ({batch}, h), got {tuple(contexts.shape)}")
     if deltas is not None and tuple(deltas.shape) != (batch,):
         raise ValueError(f"deltas must have shape ({batch},), got {tuple(deltas.shape)}")
     if skip is not None and tuple(skip.shape) != (batch,):
         raise ValueError(f"skip must have shape ({batch},), got {tuple(skip.shape)}")
-    if bool(((shard_counts < 1) | (shard_counts > MAX_SHARDS)).any()):
+    if values and bool(((shard_counts < 1) | (shard_counts > MAX_SHARDS)).any()):
         raise ValueError(f"shard_counts must lie in [1, {MAX_SHARDS}], got {shard_counts.tolist()}")
+
+
+def select_positions(position_keys, contexts, salts, preferred):
+    """(salts (B,), preferred (B,)): each row's column of its (B, L) tables, the column being
+    ``fastrange(context_seed(position key, 0, context), L)``; tables pass through when
+    ``position_keys`` is None."""
+    if position_keys is None:
+        return salts, preferred
+    seeds = context_seeds(position_keys, torch.zeros_like(salts[:, 0]), contexts)
+    column = fastrange(seeds, salts.shape[1])[:, None]
+    return salts.gather(1, column).squeeze(1), preferred.gather(1, column).squeeze(1)
 
 
 def preferred_mask(
@@ -89,25 +124,33 @@ def preferred_mask(
     shard_counts: torch.Tensor,
     preferred: torch.Tensor,
     vocab_size: int,
+    *,
+    position_keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boolean (B, vocab_size) mask of the preferred ids of each row (reference, any device).
 
     Args:
         keys: int64 (B, 2) (low, high) words of each row's 64-bit PRF key.
-        salts: int64 (B,) scheme salt, in [0, 2**32).
+        salts: int64 (B,) scheme salt, in [0, 2**32); (B, L) with ``position_keys``.
         contexts: int64 (B, h) last h tokens before the step, oldest first.
         shard_counts: int64 (B,) number of shards S, in [1, 64].
-        preferred: int64 (B,) bit i set when shard i is preferred.
+        preferred: int64 (B,) bit i set when shard i is preferred; (B, L) with ``position_keys``.
         vocab_size: number of ids to colour.
+        position_keys: int64 (B, 2) key words of the PRF that picks each row's column of the
+            salt and preferred tables (MPAC's digit, MajorMark+'s block), or None.
     """
     batch = keys.shape[0]
-    _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, None, None)
+    _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, None, None, position_keys)
+    salts, preferred = select_positions(position_keys, contexts, salts, preferred)
     seeds = fold16(context_seeds(keys, salts, contexts))
     table = folded_token_hash_table(vocab_size, keys.device)
     return _preferred_chunk(seeds, shard_counts, preferred, _word_ranges(shard_counts, preferred), table)
 
 
-def _shard_bias_reference(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, out):
+def _shard_bias_reference(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, out):
+    if skip is not None and bool(skip.all()):
+        return out
+    salts, preferred = select_positions(position_keys, contexts, salts, preferred)
     seeds = fold16(context_seeds(keys, salts, contexts))
     table = folded_token_hash_table(logits.shape[1], logits.device)
     rows = torch.nonzero(~skip).flatten() if skip is not None and bool(skip.any()) else None
@@ -132,6 +175,85 @@ def _shard_bias_reference(logits, keys, salts, contexts, shard_counts, preferred
     return out
 
 
+if HAS_TRITON:
+
+    @triton.jit
+    def _shard_bias_kernel(
+        logits_ptr, out_ptr, keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, deltas_ptr,
+        skip_ptr, position_keys_ptr, vocab_size, num_positions, contexts_row_stride,
+        logits_row_stride, logits_col_stride, out_row_stride, out_col_stride,
+        CONTEXT_WIDTH: tl.constexpr, HAS_POSITIONS: tl.constexpr, HAS_SKIP: tl.constexpr, INPLACE: tl.constexpr,
+        BLOCK_V: tl.constexpr,
+    ):
+        """Program (row, block): bias ids [block * BLOCK_V, (block + 1) * BLOCK_V) of one row.
+
+        Every program of a row hashes the row's context itself (a few dozen scalar mixes): that
+        costs less than a second launch and a round trip through memory for the seed."""
+        row = tl.program_id(0).to(tl.int64)
+        ids = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+        in_vocab = ids < vocab_size
+        seed, shard_count, preferred = row_shard_params(
+            keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, position_keys_ptr, row, num_positions,
+            contexts_row_stride, CONTEXT_WIDTH, HAS_POSITIONS,
+        )
+        hit = preferred_flags(seed, shard_count, preferred, ids)
+        if HAS_SKIP:
+            hit = hit & (tl.load(skip_ptr + row) == 0)
+        ids64 = ids.to(tl.int64)
+        x = tl.load(logits_ptr + row * logits_row_stride + ids64 * logits_col_stride, mask=in_vocab)
+        # fp32 sum, one rounding to the logits' dtype: what torch's add with a float alpha does.
+        # (Compiled, the rounding is to nearest even; Triton's interpreter truncates to bf16.)
+        biased = (x.to(tl.float32) + tl.load(deltas_ptr + row).to(tl.float32)).to(x.dtype)
+        out = out_ptr + row * out_row_stride + ids64 * out_col_stride
+        if INPLACE:
+            tl.store(out, biased, mask=in_vocab & hit)  # untouched ids are not written at all
+        else:
+            tl.store(out, tl.where(hit, biased, x), mask=in_vocab)
+
+
+def _adjacent_ids(contexts: torch.Tensor) -> torch.Tensor:
+    """int64 contexts whose ids are adjacent in memory: a column slice of the sequence (what the
+    hook passes) is used in place, without a copy launch at every step."""
+    contexts = contexts.to(torch.int64)
+    return contexts if contexts.shape[1] <= 1 or contexts.stride(1) == 1 else contexts.contiguous()
+
+
+def _shard_bias_triton(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, out,
+                       block_v=BLOCK_V):
+    """Launch ``_shard_bias_kernel`` writing into ``out`` (``logits`` itself when in place)."""
+    batch, vocab_size = logits.shape
+    if batch == 0 or vocab_size == 0:
+        return out
+    contexts = _adjacent_ids(contexts)
+    _shard_bias_kernel[(batch, triton.cdiv(vocab_size, block_v))](
+        logits_ptr=logits,
+        out_ptr=out,
+        keys_ptr=keys.to(torch.int64).contiguous(),
+        salts_ptr=salts.to(torch.int64).contiguous(),
+        contexts_ptr=contexts,
+        shard_counts_ptr=shard_counts.to(torch.int64).contiguous(),
+        preferred_ptr=preferred.to(torch.int64).contiguous(),
+        deltas_ptr=deltas.to(torch.float32).contiguous(),
+        skip_ptr=skip.contiguous() if skip is not None else keys,  # unread without HAS_SKIP
+        position_keys_ptr=position_keys.to(torch.int64).contiguous() if position_keys is not None else keys,
+        vocab_size=vocab_size,
+        num_positions=salts.shape[1] if position_keys is not None else 1,
+        contexts_row_stride=contexts.stride(0),
+        logits_row_stride=logits.stride(0),
+        logits_col_stride=logits.stride(1),
+        out_row_stride=out.stride(0),
+        out_col_stride=out.stride(1),
+        CONTEXT_WIDTH=contexts.shape[1],
+        HAS_POSITIONS=position_keys is not None,
+        HAS_SKIP=skip is not None,
+        INPLACE=out.data_ptr() == logits.data_ptr(),
+        BLOCK_V=block_v,
+        num_warps=4,
+        enable_fp_fusion=False,
+    )
+    return out
+
+
 def shard_bias(
     logits: torch.Tensor,
     *,
@@ -142,13 +264,20 @@ def shard_bias(
     preferred: torch.Tensor,
     deltas: torch.Tensor,
     skip: torch.Tensor | None = None,
+    position_keys: torch.Tensor | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
     """Add each row's delta to the logits of its preferred ids.
 
+    CUDA tensors go to the fused Triton kernel (when Triton is installed), everything else to
+    the torch reference. On CUDA the row parameters' values are not range-checked, since reading
+    them would synchronise the device at every step; the watermarkers build them from validated
+    configs.
+
     Args:
-        logits: float (B, V) next-token logits (fp32, fp16 or bf16). -inf stays -inf.
-        keys, salts, contexts, shard_counts, preferred: as in ``preferred_mask``.
+        logits: float (B, V) next-token logits (fp32, fp16 or bf16), any strides. -inf stays
+            -inf and NaN stays NaN.
+        keys, salts, contexts, shard_counts, preferred, position_keys: as in ``preferred_mask``.
         deltas: float (B,) bias added to preferred logits.
         skip: bool (B,) rows left unchanged (for example a repeated context), or None.
         inplace: write into ``logits`` instead of a copy.
@@ -158,10 +287,15 @@ def shard_bias(
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (B, V), got {tuple(logits.shape)}")
+    if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
     batch = logits.shape[0]
-    _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, deltas, skip)
+    fused = triton_ready(logits)
+    _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, values=not fused)
+    check_devices(logits.device, keys=keys, salts=salts, contexts=contexts, shard_counts=shard_counts,
+                  preferred=preferred, deltas=deltas, skip=skip, position_keys=position_keys)
+    if fused:
+        out = logits if inplace else torch.empty_like(logits, memory_format=torch.contiguous_format)
+        return _shard_bias_triton(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, out)
     out = logits if inplace else logits.clone()
-    if skip is not None and bool(skip.all()):
-        return out
-    return _shard_bias_reference(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, out)
-
+    return _shard_bias_reference(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, out)

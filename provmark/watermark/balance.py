@@ -211,6 +211,7 @@ class BalanceWatermarker(VanillaWatermarker):
     """
 
     uses_proxy = True
+    shard_rule = False
 
     def __init__(self, key, proxy=None):
         super().__init__(key)

@@ -10,7 +10,7 @@ import torch
 
 from provmark.errors import ParameterError
 from provmark.kernels.prf import context_seeds, fastrange, split_key
-from provmark.kernels.shard_bias import shard_bias
+from provmark.kernels.shard_bias import select_positions, shard_bias
 
 if TYPE_CHECKING:
     from provmark.watermark.keys import WatermarkKey
@@ -41,13 +41,24 @@ class SchemeConfig:
 
 
 class StepParams(NamedTuple):
-    """Per-row inputs of ``kernels.shard_bias`` for one generation step (all (B,) but keys (B, 2))."""
+    """Per-row inputs of ``kernels.shard_bias`` for one generation step (all (B,) but keys (B, 2)).
+
+    With ``position_keys`` (B, 2), salts and preferred are (B, L) tables over the payload
+    positions and the op picks each row's column from its context (MPAC, MajorMark+): the
+    parameters then stay constant for a whole generation."""
 
     keys: torch.Tensor
     salts: torch.Tensor
     shard_counts: torch.Tensor
     preferred: torch.Tensor
     deltas: torch.Tensor
+    position_keys: torch.Tensor | None = None
+
+    def resolved(self, contexts: torch.Tensor) -> StepParams:
+        """The same step with each row's table column already chosen for ``contexts`` (B, h):
+        salts and preferred (B,), no position keys."""
+        salts, preferred = select_positions(self.position_keys, contexts, self.salts, self.preferred)
+        return self._replace(salts=salts, preferred=preferred, position_keys=None)
 
 
 class Watermarker(abc.ABC):
@@ -58,6 +69,9 @@ class Watermarker(abc.ABC):
     skips_repeated_contexts: ClassVar[bool] = True
     """Whether generation leaves a step plain when its context already occurred in the row
     (``kernels.repeated_context``); the detector of such a scheme scores first occurrences."""
+    shard_rule: ClassVar[bool] = True
+    """Whether ``bias`` is the shard rule of ``step_params`` (so a fused sampler may apply the
+    bias itself from the step parameters); False for a scheme that overrides ``bias``."""
 
     def __init__(self, key: WatermarkKey):
         self.key = key
@@ -65,6 +79,7 @@ class Watermarker(abc.ABC):
         self.context_width = key.config.context_width
         self._shard_key = split_key(key.subkey("shard"))
         self._rows: tuple[tuple, object] | None = None
+        self._params: tuple[tuple, StepParams] | None = None
 
     def payload_rows(self, payloads, build):
         """Per-row constants ``build(payloads)`` of a multi-bit scheme, cached for the last
@@ -75,9 +90,16 @@ class Watermarker(abc.ABC):
             self._rows = (tuple(payloads), build(payloads))
         return self._rows[1]
 
+    def constant_params(self, cache_key: tuple, build) -> StepParams:
+        """``build()``, made once per ``cache_key`` (the last one is kept): a generation asks for
+        the same rows at every step, and on a GPU rebuilding them would copy them over each time."""
+        if self._params is None or self._params[0] != cache_key:
+            self._params = (cache_key, build())
+        return self._params[1]
+
     def key_words(self, batch: int, device: torch.device | str) -> torch.Tensor:
         """int64 (B, 2) copy of the (low, high) words of the colouring sub-key for every row."""
-        return torch.tensor([self._shard_key], dtype=torch.int64, device=device).expand(batch, 2)
+        return torch.tensor([self._shard_key], dtype=torch.int64).expand(batch, 2).contiguous().to(device)
 
     def bias(self, input_ids, scores, contexts, payloads, skip, start):
         """New logits for one step: ``scores`` (B, V) with each row's preferred ids raised.
@@ -96,8 +118,10 @@ class Watermarker(abc.ABC):
             preferred=params.preferred,
             deltas=params.deltas.to(scores.device),
             skip=skip,
+            position_keys=params.position_keys,
         )
 
     @abc.abstractmethod
     def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
-        """Parameters of each row for one step, given contexts int64 (B, h) and the row payloads."""
+        """Parameters of each row for one step, given contexts int64 (B, h) and the row payloads
+        (position tables where the scheme lets the context pick a payload position)."""

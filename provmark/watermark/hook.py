@@ -6,6 +6,11 @@ left-padded batches; the prompt (padding included) is never a watermarked step, 
 shard schemes a step whose context already occurred earlier in the same row's generation is left
 unbiased (see ``kernels.repeated_context``). Place it before temperature and top-k/top-p
 warpers (``generate`` does): Balance-Marking reads the model's distribution from its input.
+
+``generate(..., fused_sampling=True)`` runs provmark's own decoding loop instead of
+``model.generate``: the model with its key/value cache, then one ``kernels.fused_sample`` call per
+step that adds the watermark bias, applies the temperature and draws the token by keyed
+Gumbel-max (one Triton kernel on a GPU; Balance-Marking biases first, then samples).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from provmark.errors import InvalidTextError, ParameterError
+from provmark.kernels.fused_sampling import fused_sample, sampling_seeds
 from provmark.kernels.repeated_context import repeated_context_mask
 from provmark.watermark.keys import WatermarkKey
 from provmark.watermark.models import format_prompts
@@ -73,18 +79,43 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             self._prompt = input_ids.clone()
         return self._prompt.shape[1]
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def step_inputs(self, input_ids: torch.Tensor):
+        """(contexts int64 (B, h), skip bool (B,) or None, start column) of the step after
+        ``input_ids``, or None when there is no full context to seed from yet."""
         start = self._start_column(input_ids)
         width = self.watermarker.context_width
         if input_ids.shape[1] < width:
-            return scores  # no full context yet: nothing to seed from
+            return None
         if self.payloads is not None and len(self.payloads) != input_ids.shape[0]:
             raise ParameterError(f"got {len(self.payloads)} payloads for a batch of {input_ids.shape[0]} rows")
         contexts = input_ids[:, -width:].to(torch.int64)
         skip = None
         if self.watermarker.skips_repeated_contexts:
             skip = repeated_context_mask(input_ids, start=start, context_width=width)
+        return contexts, skip, start
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = self.step_inputs(input_ids)
+        if step is None:
+            return scores
+        contexts, skip, start = step
         return self.watermarker.bias(input_ids, scores, contexts, self.payloads, skip, start)
+
+    def sample(self, input_ids: torch.Tensor, scores: torch.Tensor, temperatures: torch.Tensor,
+               noise_seeds: torch.Tensor) -> torch.Tensor:
+        """int64 (B,) next ids drawn by ``kernels.fused_sample`` from the watermarked
+        distribution: shard schemes hand their step parameters to the fused kernel, others
+        bias ``scores`` first (``__call__``) and sample the result."""
+        step = self.step_inputs(input_ids)
+        if step is None or not self.watermarker.shard_rule:
+            biased = scores if step is None else self.watermarker.bias(input_ids, scores, step[0], self.payloads, step[1], step[2])
+            return fused_sample(biased, temperatures=temperatures, noise_seeds=noise_seeds)
+        contexts, skip, _ = step
+        params = self.watermarker.step_params(contexts, self.payloads)
+        return fused_sample(scores, temperatures=temperatures, noise_seeds=noise_seeds, keys=params.keys,
+                            salts=params.salts, contexts=contexts, shard_counts=params.shard_counts,
+                            preferred=params.preferred, deltas=params.deltas.to(scores.device), skip=skip,
+                            position_keys=params.position_keys)
 
 
 class _ProgressCriteria(StoppingCriteria):
@@ -121,9 +152,11 @@ def generate(
     seed: int | None = None,
     progress: bool = False,
     proxy=None,
+    fused_sampling: bool = False,
     **gen_kwargs,
 ) -> list[Generation]:
-    """Generate one watermarked completion per prompt in a single batched ``model.generate`` call.
+    """Generate one watermarked completion per prompt in a single batched ``model.generate`` call
+    (or, with ``fused_sampling``, one batched run of provmark's own decoding loop).
 
     Args:
         model, tokenizer: any transformers causal LM and its tokenizer.
@@ -135,6 +168,12 @@ def generate(
         progress: show a progress bar on stderr.
         proxy: Balance-Marking's proxy when it is not the generating model (see
             ``WatermarkLogitsProcessor``); by default the generating model serves.
+        fused_sampling: decode with provmark's own loop and ``kernels.fused_sample`` (bias,
+            temperature and Gumbel-max sampling in one kernel on a GPU) instead of
+            ``model.generate``. Its noise is keyed by ``seed`` (drawn from torch's RNG when None),
+            so a seed gives the same text wherever the model's logits agree. It takes only
+            ``max_new_tokens``, ``min_new_tokens`` and ``temperature`` (pure sampling: no
+            top-k/top-p, no greedy decoding).
         gen_kwargs: passed to ``model.generate``; defaults are pure sampling
             (do_sample, temperature 1, no top-k/top-p) and 200 new tokens.
 
@@ -152,7 +191,9 @@ def generate(
     processors = LogitsProcessorList(gen_kwargs.pop("logits_processor", None) or [])
     criteria = StoppingCriteriaList(gen_kwargs.pop("stopping_criteria", None) or [])
     settings = {**_SAMPLING_DEFAULTS, **gen_kwargs}
-    if not settings.get("do_sample", False):
+    if fused_sampling:
+        _check_fused_settings(settings, processors, criteria)
+    elif not settings.get("do_sample", False):
         # Greedy or beam decoding still follows the biased logits, but every identical prompt
         # gives the identical text: say so once rather than silently change the request.
         warnings.warn("watermarking with do_sample=False: outputs are deterministic per prompt", stacklevel=2)
@@ -176,23 +217,85 @@ def generate(
         criteria.append(_ProgressCriteria(bar))
     if seed is not None:
         torch.manual_seed(seed)
+    stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
     try:
         with torch.no_grad():
-            output = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                logits_processor=processors,
-                stopping_criteria=criteria,
-                pad_token_id=tokenizer.pad_token_id,
-                **settings,
-            )
+            if fused_sampling:
+                noise_key = seed if seed is not None else int(torch.randint(0, 2**62, ()))
+                processor = processors[-1] if key is not None else None
+                output = _fused_decode(model, input_ids, attention_mask, processor, settings, noise_key,
+                                       sorted(stop_ids), tokenizer.pad_token_id, bar)
+            else:
+                output = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    logits_processor=processors,
+                    stopping_criteria=criteria,
+                    pad_token_id=tokenizer.pad_token_id,
+                    **settings,
+                )
     finally:
         if bar is not None:
             bar.close()
-    stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
     results = []
     for prompt, ids in zip(prompts, output[:, input_ids.shape[1] :].tolist()):
         end = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
         ids = ids[:end]
         results.append(Generation(prompt=prompt, text=tokenizer.decode(ids, skip_special_tokens=True), token_ids=tuple(ids)))
     return results
+
+
+_FUSED_SETTINGS = {"do_sample", "temperature", "top_k", "top_p", "max_new_tokens", "min_new_tokens"}
+
+
+def _check_fused_settings(settings: dict, processors, criteria) -> None:
+    """Raise ``ParameterError`` for what the fused loop cannot honour (it never drops a setting)."""
+    unknown = sorted(set(settings) - _FUSED_SETTINGS)
+    if unknown or processors or criteria:
+        what = unknown + (["logits_processor"] if processors else []) + (["stopping_criteria"] if criteria else [])
+        raise ParameterError(f"fused_sampling takes only max_new_tokens, min_new_tokens and temperature; got {what}")
+    if not settings["do_sample"]:
+        raise ParameterError("fused_sampling samples; drop do_sample=False or fused_sampling")
+    if settings["top_k"] not in (0, None) or settings["top_p"] not in (1.0, None):
+        raise ParameterError(f"fused_sampling has no top-k/top-p, got top_k={settings['top_k']}, top_p={settings['top_p']}")
+    temperature = settings["temperature"]
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ParameterError(f"temperature must be a number > 0, got {temperature!r}")
+
+
+def _fused_decode(model, input_ids, attention_mask, processor, settings, noise_key, stop_ids, pad_id, bar):
+    """Decode ``settings["max_new_tokens"]`` steps with the key/value cache, sampling each with
+    ``kernels.fused_sample``; a row that emitted a stop id is padded with ``pad_id`` from then on
+    (stop ids are masked before ``min_new_tokens``). Returns int64 (B, T + new) like
+    ``model.generate``."""
+    batch, device = input_ids.shape[0], input_ids.device
+    max_new, min_new = settings["max_new_tokens"], settings.get("min_new_tokens") or 0
+    temperatures = torch.full((batch,), float(settings["temperature"]), device=device)
+    seeds = torch.stack([sampling_seeds(noise_key, step, batch) for step in range(max_new)]).to(device)
+    stop = torch.tensor(stop_ids, dtype=torch.int64, device=device)
+    pad = torch.tensor(pad_id if pad_id is not None else stop_ids[0], device=device)
+    ids, mask = input_ids, attention_mask
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    step_ids, past = ids, None
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for step in range(max_new):
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        scores = out.logits[:, -1, :].float()
+        if step < min_new and stop.numel():
+            scores[:, stop] = float("-inf")
+        if processor is None:
+            next_ids = fused_sample(scores, temperatures=temperatures, noise_seeds=seeds[step])
+        else:
+            next_ids = processor.sample(ids, scores, temperatures, seeds[step])
+        next_ids = torch.where(done, pad, next_ids)
+        ids = torch.cat([ids, next_ids[:, None]], dim=1)
+        done |= torch.isin(next_ids, stop)
+        if bar is not None:
+            bar.update(1)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+        step_ids = next_ids[:, None]
+    return ids

@@ -79,26 +79,19 @@ class KGWConfig(SchemeConfig):
 class KGWWatermarker(Watermarker):
     """Every row: salt 0, S shards, shards 0..k-1 preferred, the config's delta."""
 
-    def __init__(self, key):
-        super().__init__(key)
-        self._params: dict[tuple, StepParams] = {}  # per (batch, device): the rows never change
-
     def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
         if payloads is not None and any(p is not None for p in payloads):
             raise ParameterError("kgw is a zero-bit scheme and carries no payload; drop --payload or use a multi-bit key")
         batch, device = contexts.shape[0], contexts.device
-        cached = self._params.get((batch, device))
-        if cached is None:
-            config: KGWConfig = self.config
+        config: KGWConfig = self.config
 
-            def full(value):
-                return torch.full((batch,), value, dtype=torch.int64, device=device)
+        def full(value):
+            return torch.full((batch,), value, dtype=torch.int64, device=device)
 
-            cached = self._params[(batch, device)] = StepParams(
-                keys=self.key_words(batch, device),
-                salts=full(0),
-                shard_counts=full(config.shard_count),
-                preferred=full((1 << config.green_shards) - 1),
-                deltas=torch.full((batch,), float(config.delta), device=device),
-            )
-        return cached
+        return self.constant_params((batch, device), lambda: StepParams(
+            keys=self.key_words(batch, device),
+            salts=full(0),
+            shard_counts=full(config.shard_count),
+            preferred=full((1 << config.green_shards) - 1),
+            deltas=torch.full((batch,), float(config.delta), device=device),
+        ))

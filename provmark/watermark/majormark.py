@@ -29,7 +29,7 @@ import torch
 
 from provmark.errors import ParameterError
 from provmark.kernels.prf import split_key
-from provmark.watermark.base import SchemeConfig, StepParams, Watermarker, positions
+from provmark.watermark.base import SchemeConfig, StepParams, Watermarker
 from provmark.watermark.kgw import validate_context_width, validate_delta
 from provmark.watermark.payload import from_bits, from_digits, parse_payload, to_bits, to_digits
 
@@ -175,19 +175,20 @@ class MajorMarkWatermarker(Watermarker):
 
     def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
         batch, device = contexts.shape[0], contexts.device
-        salts, preferred = (t.to(device) for t in self.payload_rows(payloads, self._build_rows))
-        return StepParams(
+        salts, preferred = self.payload_rows(payloads, self._build_rows)
+        return self.constant_params((tuple(payloads), device), lambda: StepParams(
             keys=self.key_words(batch, device),
-            salts=salts,
+            salts=salts.to(device),
             shard_counts=torch.full((batch,), self.config.bits, dtype=torch.int64, device=device),
-            preferred=preferred,
+            preferred=preferred.to(device),
             deltas=torch.full((batch,), float(self.config.delta), device=device),
-        )
+        ))
 
 
 class MajorMarkPlusWatermarker(Watermarker):
     """Each row: the context picks block j; salt (j, lambda_j, n_j), s shards, block j's
-    majority-bit shards preferred."""
+    majority-bit shards preferred (the pick happens inside the op: (B, r) tables with the
+    position key)."""
 
     def __init__(self, key):
         super().__init__(key)
@@ -209,12 +210,12 @@ class MajorMarkPlusWatermarker(Watermarker):
     def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
         config: MajorMarkPlusConfig = self.config
         batch, device = contexts.shape[0], contexts.device
-        salts, preferred = (t.to(device) for t in self.payload_rows(payloads, self._build_rows))
-        block = positions(self.position_key, contexts, config.num_blocks)[:, None]
-        return StepParams(
+        salts, preferred = self.payload_rows(payloads, self._build_rows)
+        return self.constant_params((tuple(payloads), device), lambda: StepParams(
             keys=self.key_words(batch, device),
-            salts=salts.gather(1, block).squeeze(1),
+            salts=salts.to(device),
             shard_counts=torch.full((batch,), config.block_size, dtype=torch.int64, device=device),
-            preferred=preferred.gather(1, block).squeeze(1),
+            preferred=preferred.to(device),
             deltas=torch.full((batch,), float(config.delta), device=device),
-        )
+            position_keys=torch.tensor([self.position_key] * batch, dtype=torch.int64, device=device),
+        ))

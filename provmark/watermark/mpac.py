@@ -21,7 +21,7 @@ import torch
 from provmark.errors import ParameterError
 from provmark.kernels.prf import split_key
 from provmark.kernels.shard_bias import MAX_SHARDS
-from provmark.watermark.base import SchemeConfig, StepParams, Watermarker, positions
+from provmark.watermark.base import SchemeConfig, StepParams, Watermarker
 from provmark.watermark.kgw import validate_context_width, validate_delta
 from provmark.watermark.payload import parse_payload, to_bits, to_digits
 
@@ -85,7 +85,8 @@ class MPACConfig(SchemeConfig):
 
 
 class MPACWatermarker(Watermarker):
-    """Each row prefers shard m[p] of its own payload, p chosen by the context."""
+    """Each row prefers shard m[p] of its own payload, p chosen by the context (inside the op:
+    the step parameters are (B, L) tables with the position key)."""
 
     def __init__(self, key):
         super().__init__(key)
@@ -104,13 +105,12 @@ class MPACWatermarker(Watermarker):
     def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
         config: MPACConfig = self.config
         batch, device = contexts.shape[0], contexts.device
-        digits = self.digits(payloads).to(device)
-        position = positions(self.position_key, contexts, config.num_positions)
-        digit = digits.gather(1, position[:, None]).squeeze(1)
-        return StepParams(
+        digits = self.digits(payloads)
+        return self.constant_params((tuple(payloads), device), lambda: StepParams(
             keys=self.key_words(batch, device),
-            salts=torch.zeros(batch, dtype=torch.int64, device=device),
+            salts=torch.zeros(digits.shape, dtype=torch.int64, device=device),
             shard_counts=torch.full((batch,), config.shard_count, dtype=torch.int64, device=device),
-            preferred=torch.ones(batch, dtype=torch.int64, device=device) << digit,
+            preferred=(torch.ones_like(digits) << digits).to(device),
             deltas=torch.full((batch,), float(config.delta), device=device),
-        )
+            position_keys=torch.tensor([self.position_key] * batch, dtype=torch.int64, device=device),
+        ))

@@ -1,0 +1,237 @@
+"""Per-step cost of the watermark bias against the memory floor, and end-to-end generation speed.
+
+**Per-step table.** KGW (gamma 0.25, delta 2, context width 2) on random logits at vocabulary
+32000, 49152, 128256, 152064 and batch 1, 8, 32, 128, 256, on one device. Columns:
+
+- ``fused``: ``kernels.shard_bias`` (out of place, repeated-context skip mask included), which on
+  CUDA is the fused Triton kernel; on a CPU there is no kernel and the column is left empty;
+- ``reference``: the torch reference of the same op on the same device;
+- ``transformers``: transformers' ``WatermarkLogitsProcessor`` (same gamma, delta, context
+  width) on the same device;
+- ``copy``: a device-to-device copy of the logits into a preallocated tensor, one read and one
+  write of the logits: the floor for any out-of-place op over them.
+
+Ratios: fused (or, without a GPU, reference) to the copy floor, and transformers to fused (or
+reference). Times are medians: CUDA events around each call after a cache-clearing write
+(``triton.testing.do_bench``; plain CUDA events without Triton) on a GPU, ``time.perf_counter``
+on a CPU.
+
+**Fused sampling.** A second table times one sampling step at batch 1 and 32 (``--sample-batches``)
+and vocabulary 32000 and 128256 (``--sample-vocabs``): ``kernels.fused_sample`` with the KGW
+bias (the fused kernel on CUDA, empty on a CPU), its torch reference, the unfused path a sampler
+takes after the processor (``shard_bias``, then temperature, softmax and ``torch.multinomial``),
+and the copy floor. vLLM's fused Gumbel-max kernel (about 0.04 ms per step at batch 1) is the bar.
+
+**End-to-end.** Tokens per second of batched generation with the embedded model (or
+``--model DIR``), plain and KGW-watermarked, through ``model.generate`` with the processor and
+through provmark's fused-sampling loop; every row generates exactly ``--new-tokens`` tokens.
+
+    python -m benchmarks.kernels                        # both parts, on CUDA when present
+    python -m benchmarks.kernels --device cpu --vocabs 32000,128256 --batches 1,8,32
+    python -m benchmarks.kernels --skip-e2e             # the per-step table only
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers.generation.logits_process import WatermarkLogitsProcessor as HFWatermarkLogitsProcessor
+
+from provmark.kernels._triton import HAS_TRITON, triton_ready
+from provmark.kernels.fused_sampling import fused_sample, sampling_seeds
+from provmark.kernels.repeated_context import repeated_context_mask
+from provmark.watermark.keys import create_key
+from provmark.watermark.kgw import KGWWatermarker
+
+# the module, not the function of the same name that provmark.kernels exports
+shard_bias_module = importlib.import_module("provmark.kernels.shard_bias")
+fused_sampling_module = importlib.import_module("provmark.kernels.fused_sampling")
+
+VOCABS = (32000, 49152, 128256, 152064)
+BATCHES = (1, 8, 32, 128, 256)
+SAMPLE_VOCABS = (32000, 128256)
+SAMPLE_BATCHES = (1, 32)
+KEY = create_key("kgw", {"gamma": 0.25, "delta": 2.0, "context_width": 2}, secret=bytes(32))
+PROMPTS = Path(__file__).parent / "prompts" / "eval.txt"
+
+
+def _median_seconds(fn, device: torch.device, repeats: int) -> float:
+    """Median seconds of one call of ``fn`` (after a warm-up call)."""
+    if device.type == "cuda" and HAS_TRITON:
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+    if device.type == "cuda":  # no Triton: CUDA events, without do_bench's cache clearing
+        fn()
+        times = []
+        for _ in range(max(repeats, 20)):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return statistics.median(times)
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _step_inputs(vocab: int, batch: int, device: torch.device):
+    """(logits, input ids, KGW row parameters of ``shard_bias``) of one simulated step."""
+    gen = torch.Generator().manual_seed(vocab + batch)
+    logits = torch.randn(batch, vocab, generator=gen).to(device)
+    input_ids = torch.randint(0, vocab, (batch, 32), generator=gen).to(device)
+    contexts = input_ids[:, -KEY.config.context_width :]
+    params = KGWWatermarker(KEY).step_params(contexts, None)
+    skip = repeated_context_mask(input_ids, start=16, context_width=KEY.config.context_width)
+    row_params = dict(keys=params.keys, salts=params.salts, contexts=contexts, shard_counts=params.shard_counts,
+                      preferred=params.preferred, deltas=params.deltas, skip=skip)
+    return logits, input_ids, row_params
+
+
+def step_times(vocab: int, batch: int, device: torch.device, repeats: int) -> dict[str, float | None]:
+    """Median seconds per step of each column for one (vocabulary, batch) cell."""
+    logits, input_ids, row_params = _step_inputs(vocab, batch, device)
+    hf = HFWatermarkLogitsProcessor(vocab_size=vocab, device=device, greenlist_ratio=0.25, bias=2.0,
+                                    context_width=KEY.config.context_width)
+    floor = torch.empty_like(logits)
+
+    def reference():
+        shard_bias_module._shard_bias_reference(logits, *row_params.values(), None, logits.clone())
+
+    times = {
+        "fused": _median_seconds(lambda: shard_bias_module.shard_bias(logits, **row_params), device, repeats)
+        if triton_ready(logits) else None,
+        "reference": _median_seconds(reference, device, repeats),
+        "transformers": _median_seconds(lambda: hf(input_ids, logits), device, repeats),
+        "copy": _median_seconds(lambda: floor.copy_(logits), device, repeats),
+    }
+    return times
+
+
+def print_step_table(device: torch.device, vocabs, batches, repeats: int) -> None:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
+    fused_ready = triton_ready(torch.empty(0, device=device))
+    print(f"per-step KGW bias, fp32 logits, {name}; torch {torch.__version__}"
+          + (f", triton {importlib.import_module('triton').__version__}" if HAS_TRITON else ", no triton"))
+    if not fused_ready:
+        print("no fused column: the Triton kernel runs on CUDA GPUs only (this run has none), so the ratios use the "
+              "torch reference")
+    base = "fused" if fused_ready else "reference"
+    print(f"{'vocab':>7} {'batch':>5} {'fused ms':>9} {'reference ms':>13} {'transformers ms':>16} {'copy ms':>9} "
+          f"{base + '/copy':>15} {'transformers/' + base:>22}")
+    for vocab in vocabs:
+        for batch in batches:
+            t = step_times(vocab, batch, device, repeats)
+            fused = f"{t['fused'] * 1e3:9.3f}" if t["fused"] is not None else f"{'-':>9}"
+            print(f"{vocab:>7} {batch:>5} {fused} {t['reference'] * 1e3:13.3f} {t['transformers'] * 1e3:16.3f} "
+                  f"{t['copy'] * 1e3:9.3f} {t[base] / t['copy']:15.2f} {t['transformers'] / t[base]:22.1f}", flush=True)
+
+
+def sample_times(vocab: int, batch: int, device: torch.device, repeats: int) -> dict[str, float | None]:
+    """Median seconds of one watermarked sampling step, fused and unfused, for one cell."""
+    logits, _, row_params = _step_inputs(vocab, batch, device)
+    temperatures = torch.full((batch,), 0.7, device=device)
+    seeds = sampling_seeds(0, 0, batch).to(device)
+    floor = torch.empty_like(logits)
+
+    def reference():
+        fused_sampling_module._fused_sample_reference(logits, *row_params.values(), None, 1.0 / temperatures, seeds)
+
+    def unfused():
+        biased = shard_bias_module.shard_bias(logits, **row_params)
+        torch.multinomial(torch.softmax(biased / temperatures[:, None], dim=-1), 1)
+
+    return {
+        "fused": _median_seconds(lambda: fused_sample(logits, temperatures=temperatures, noise_seeds=seeds, **row_params),
+                                 device, repeats) if triton_ready(logits) else None,
+        "reference": _median_seconds(reference, device, repeats),
+        "unfused": _median_seconds(unfused, device, repeats),
+        "copy": _median_seconds(lambda: floor.copy_(logits), device, repeats),
+    }
+
+
+def print_sample_table(device: torch.device, vocabs, batches, repeats: int) -> None:
+    fused_ready = triton_ready(torch.empty(0, device=device))
+    base = "fused" if fused_ready else "reference"
+    print(f"\nper-step watermarked sampling (KGW bias, T 0.7), fp32 logits, {device}")
+    print(f"{'vocab':>7} {'batch':>5} {'fused ms':>9} {'reference ms':>13} {'bias+softmax+multinomial ms':>28} "
+          f"{'copy ms':>9} {base + '/copy':>15} {'unfused/' + base:>17}")
+    for vocab in vocabs:
+        for batch in batches:
+            t = sample_times(vocab, batch, device, repeats)
+            fused = f"{t['fused'] * 1e3:9.3f}" if t["fused"] is not None else f"{'-':>9}"
+            print(f"{vocab:>7} {batch:>5} {fused} {t['reference'] * 1e3:13.3f} {t['unfused'] * 1e3:28.3f} "
+                  f"{t['copy'] * 1e3:9.3f} {t[base] / t['copy']:15.2f} {t['unfused'] / t[base]:17.2f}", flush=True)
+
+
+def print_end_to_end(device: torch.device, model_dir: str | None, batch: int, new_tokens: int, repeats: int) -> None:
+    from provmark.watermark.hook import generate
+    from provmark.watermark.models import load_model
+
+    loaded = load_model(model_dir)
+    model = loaded.model.to(device)
+    prompts = [line for line in PROMPTS.read_text().splitlines() if line.strip()][:batch]
+    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    print(f"\nend to end: {loaded.name}, batch {len(prompts)}, {new_tokens} new tokens per row, best of {repeats}, "
+          f"{device}")
+    print(f"{'loop':<22} {'plain tok/s':>12} {'watermarked tok/s':>18} {'slowdown':>9}")
+    for loop, fused in (("transformers generate", False), ("fused sampling", True)):
+        best = {}
+        for _ in range(repeats):  # interleaved, so machine noise hits both alike
+            for label, key in (("plain", None), ("watermarked", KEY)):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                outs = generate(model, loaded.tokenizer, prompts, key, seed=1, fused_sampling=fused, **settings)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                rate = sum(len(g.token_ids) for g in outs) / (time.perf_counter() - start)
+                best[label] = max(best.get(label, 0.0), rate)
+        slowdown = 1 - best["watermarked"] / best["plain"]
+        print(f"{loop:<22} {best['plain']:12.1f} {best['watermarked']:18.1f} {slowdown:9.1%}", flush=True)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--vocabs", type=_ints, default=list(VOCABS))
+    parser.add_argument("--batches", type=_ints, default=list(BATCHES))
+    parser.add_argument("--sample-vocabs", type=_ints, default=list(SAMPLE_VOCABS))
+    parser.add_argument("--sample-batches", type=_ints, default=list(SAMPLE_BATCHES))
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per CPU cell; generation runs per e2e row")
+    parser.add_argument("--skip-e2e", action="store_true", help="only the per-step table")
+    parser.add_argument("--e2e-batch", type=int, default=None, help="rows of the generation batch (CPU 8, GPU 32)")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--model", default=None, help="a local Hugging Face causal LM folder (default: embedded)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    with torch.no_grad():
+        print_step_table(device, args.vocabs, args.batches, args.repeats)
+        print_sample_table(device, args.sample_vocabs, args.sample_batches, args.repeats)
+        if not args.skip_e2e:
+            batch = args.e2e_batch or (32 if device.type == "cuda" else 8)
+            print_end_to_end(device, args.model, batch, args.new_tokens, max(args.repeats // 2, 1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
