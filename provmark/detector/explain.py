@@ -81,7 +81,7 @@ def _shard_hits(detector: PairDetector, contexts: torch.Tensor, tokens: torch.Te
 
     key = detector.key
     payloads = None if payload is None else [payload] * tokens.shape[0]
-    params = watermarker_class(key.scheme)(key).step_params(contexts, payloads)
+    params = watermarker_class(key.scheme)(key).step_params(contexts, payloads).resolved(contexts)
     counts = params.shard_counts
     shard = torch.empty_like(tokens)
     for count in torch.unique(counts).tolist():  # fastrange takes one shard count at a time
