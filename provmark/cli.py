@@ -272,8 +272,11 @@ def records_show(db_path, record_id):
               help="Requests a client may make at once before the rate applies.")
 @click.option("--max-body-bytes", type=click.IntRange(1), default=DEFAULT_MAX_BODY_BYTES, show_default=True,
               help="Larger request bodies get 413.")
+@click.option("--torch-threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch's intra-op threads. Requests already run in parallel, and detection's small tensor "
+                   "operations only pay a thread pool's wake-ups; raise it for a generation-heavy server.")
 @model_option
-def serve(db_path, master_key_file, host, port, rate_limit, burst, max_body_bytes, model_path):
+def serve(db_path, master_key_file, host, port, rate_limit, burst, max_body_bytes, torch_threads, model_path):
     """Serve the HTTP API over the registry (OpenAPI docs at /docs).
 
     Refuses to start without the master key ($PROVMARK_MASTER_KEY or --master-key-file). The
@@ -283,6 +286,7 @@ def serve(db_path, master_key_file, host, port, rate_limit, burst, max_body_byte
 
         PROVMARK_MASTER_KEY=$(openssl rand -base64 32) provmark serve --db registry.db --port 8000
     """
+    import torch
     import uvicorn
 
     from provmark.api.app import create_app
@@ -290,6 +294,7 @@ def serve(db_path, master_key_file, host, port, rate_limit, burst, max_body_byte
 
     registry = _registry(db_path, master_key_file, need_master_key=True)
     _quiet_libraries()
+    torch.set_num_threads(torch_threads)
     models = Models(model_path)
     models.tokenizer()
     app = create_app(registry, models=models, rate=rate_limit, burst=burst, max_body_bytes=max_body_bytes)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -176,8 +177,14 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         field = {404: "path", 405: "method"}.get(exc.status_code, "body" if exc.status_code == 400 else None)
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path; FastAPI has one route per method.
+            path = request.scope["path"]
+            methods = {m for r in app.routes if isinstance(r, APIRoute) and r.path_regex.match(path) for m in r.methods}
+            headers = {"Allow": ", ".join(sorted(methods))}
         return _error_response(exc.status_code, [{"field": field, "message": str(exc.detail), "type": "http"}],
-                               headers=getattr(exc, "headers", None))
+                               headers=headers)
 
     @app.exception_handler(ProvmarkError)
     async def library_error(request: Request, exc: ProvmarkError):
@@ -283,7 +290,11 @@ def create_app(
                 raise NotFoundError(f"no key {key_id!r}", field=f"key_ids.{index}")
         return [by_id[k] for k in dict.fromkeys(key_ids)]
 
-    @app.post("/v1/verify", response_model=schemas.VerifyResponse, responses=_ERRORS, tags=["provenance"])
+    # The token is optional on verify (public keys), which the schema says with an empty alternative.
+    optional_token = {"security": [{}]}  # appended to the bearer requirement FastAPI writes
+
+    @app.post("/v1/verify", response_model=schemas.VerifyResponse, responses=_ERRORS, tags=["provenance"],
+              openapi_extra=optional_token)
     def verify(body: schemas.VerifyRequest, who: Caller = Depends(caller)) -> schemas.VerifyResponse:
         """Detect the text with every key the caller may use (its tenant's keys; without a token,
         the keys open to public verification) and return each result with the matching record."""
@@ -293,7 +304,8 @@ def create_app(
         )
         return _text_out(item)
 
-    @app.post("/v1/verify/batch", response_model=schemas.VerifyBatchResponse, responses=_ERRORS, tags=["provenance"])
+    @app.post("/v1/verify/batch", response_model=schemas.VerifyBatchResponse, responses=_ERRORS, tags=["provenance"],
+              openapi_extra=optional_token)
     def verify_batch(body: schemas.VerifyBatchRequest, who: Caller = Depends(caller)) -> schemas.VerifyBatchResponse:
         """``/v1/verify`` for up to 32 texts at once (each key decodes them in one batch)."""
         items = provenance.verify(

@@ -30,12 +30,14 @@ import numpy as np
 
 from provmark.api.errors import InvalidInputError
 from provmark.api.registry import KeyInfo, Record, Registry
-from provmark.detector import DetectionResult, create_detector
+from provmark.detector import DetectionResult, Detector, create_detector
 from provmark.watermark.hook import Generation, generate
 from provmark.watermark.models import DEFAULT_MODEL_NAME, LoadedModel, load_model, load_tokenizer
 from provmark.watermark.schemes import watermarker_class
 
 __all__ = ["KeyVerification", "Models", "NearRecord", "Provenance", "TextVerification", "text_sha256"]
+
+_MAX_DETECTORS = 1024
 
 
 def text_sha256(text: str) -> str:
@@ -141,6 +143,18 @@ class Provenance:
     def __init__(self, registry: Registry, models: Models):
         self.registry = registry
         self.models = models
+        self._detectors: dict[tuple[str, float], Detector] = {}
+
+    def detector(self, key_id: str, alpha: float) -> Detector:
+        """The key's detector at ``alpha``, built once (detectors hold no per-call state)."""
+        found = self._detectors.get((key_id, alpha))
+        if found is None:
+            key = self.registry.watermark_key(key_id)
+            proxy = self.models.proxy() if watermarker_class(key.scheme).uses_proxy else None
+            if len(self._detectors) >= _MAX_DETECTORS:
+                self._detectors.clear()
+            found = self._detectors[(key_id, alpha)] = create_detector(key, alpha=alpha, proxy=proxy)
+        return found
 
     def generate(
         self, *, tenant_id: str, key_id: str, prompt: str, metadata: dict | None = None, chat: bool | None = None,
@@ -185,11 +199,12 @@ class Provenance:
         per_key_alpha = alpha / max(len(keys), 1)
         columns = []
         for info in keys:
-            key = self.registry.watermark_key(info.key_id)
-            proxy = self.models.proxy() if watermarker_class(key.scheme).uses_proxy else None
-            results = create_detector(key, alpha=per_key_alpha, proxy=proxy).detect_batch(ids)
+            detector = self.detector(info.key_id, per_key_alpha)
+            results = detector.detect_batch(ids)
             public = info.tenant_id != tenant_id
-            columns.append([self._match(key, result, digest, nearest, public) for result, digest in zip(results, hashes)])
+            columns.append(
+                [self._match(detector.key, result, digest, nearest, public) for result, digest in zip(results, hashes)]
+            )
         return [
             TextVerification(digest, len(row), sorted((c[i] for c in columns), key=lambda k: k.result.log10_p_value))
             for i, (digest, row) in enumerate(zip(hashes, ids))

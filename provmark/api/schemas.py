@@ -71,7 +71,8 @@ Scheme = Literal[tuple(SCHEMES)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: "5" is not an integer nor "true" a boolean; what the schema refuses, the API refuses.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ErrorItem(BaseModel):
@@ -140,7 +141,7 @@ class GenerateRequest(_Request):
     key_id: Identifier
     prompt: Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(_utf8), AfterValidator(_not_blank)]
     max_new_tokens: int = Field(200, ge=1, le=1024)
-    temperature: float = Field(1.0, gt=0, le=5)
+    temperature: float = Field(1.0, ge=0.01, le=5, description="Below 0.01 the scaled logits overflow.")
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     chat: bool | None = Field(None, description="Apply the model's chat template (default: when it has one).")
     metadata: Metadata = Field(default_factory=dict, description="Stored on the record as given (a JSON object).")

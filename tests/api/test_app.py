@@ -48,7 +48,7 @@ def test_keys_are_created_and_listed_without_their_secrets(client, fresh_db, acm
     ({"scheme": "mpac", "params": {"bits": "many"}}, "params"),
     ({"scheme": "kgw", "params": {"gamma": [1]}}, "params.gamma.int"),
     ({"scheme": "kgw", "colour": "green"}, "colour"),
-    ({"scheme": "kgw", "public_verify": "maybe"}, "public_verify"),
+    ({"scheme": "kgw", "public_verify": "true"}, "public_verify"),
 ])
 def test_key_creation_names_the_invalid_field(client, acme, body, field):
     assert_error(client.post("/v1/keys", json=body, headers=acme.headers), 422, field)
@@ -126,7 +126,9 @@ def test_malformed_bodies_get_a_4xx_naming_the_body(client, acme, content, statu
 
 def test_unknown_routes_and_methods_share_the_error_shape(client):
     assert_error(client.get("/v2/nothing"), 404, "path")
-    assert_error(client.delete("/v1/keys"), 405, "method")
+    refused = client.delete("/v1/keys")
+    assert_error(refused, 405, "method")
+    assert refused.headers["allow"] == "GET, POST"  # every method of the path, not just the first route's
 
 
 # -- verify -------------------------------------------------------------------------------------
@@ -298,7 +300,8 @@ def test_generate_issues_a_record_that_verify_finds_again(make_client, fresh_db,
     ({"key_id": "k", "prompt": "   "}, "prompt"),
     ({"key_id": "k", "prompt": "hi", "max_new_tokens": 0}, "max_new_tokens"),
     ({"key_id": "k", "prompt": "hi", "max_new_tokens": 10**30}, "max_new_tokens"),
-    ({"key_id": "k", "prompt": "hi", "temperature": 0}, "temperature"),
+    ({"key_id": "k", "prompt": "hi", "temperature": 0.001}, "temperature"),
+    ({"key_id": "k", "prompt": "hi", "max_new_tokens": "5"}, "max_new_tokens"),  # strict: no coercion
     ({"key_id": "k", "prompt": "hi", "seed": -1}, "seed"),
     ({"key_id": "k", "prompt": "hi", "metadata": [1]}, "metadata"),
     ({"key_id": "k", "prompt": "hi", "metadata": {"x": "y" * 20000}}, "metadata"),

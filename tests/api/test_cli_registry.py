@@ -117,14 +117,17 @@ def test_serve_refuses_to_start_without_a_master_key(runner, db_path, monkeypatc
 
 
 def test_serve_runs_the_app_on_the_given_address(runner, db_path, monkeypatch, tokenizer):
+    import torch
     import uvicorn
 
     calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("threads", n)))
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
     result = runner.invoke(cli, ["serve", "--db", str(db_path), "--host", "127.0.0.1", "--port", "8123",
                                  "--rate-limit", "5", "--burst", "7", "--max-body-bytes", "4096"])
     assert result.exit_code == 0, result.output
-    ((app, kwargs),) = calls
+    threads, (app, kwargs) = calls
+    assert threads == ("threads", 1)
     assert kwargs == {"host": "127.0.0.1", "port": 8123, "log_level": "info"}
     assert app.title == "provmark"
 
