@@ -239,7 +239,8 @@ def create_app(
     def create_key(body: schemas.KeyCreate, who: Tenant = Depends(tenant)) -> schemas.KeyOut:
         """Create a key for the caller's tenant; its secret is sealed in the registry and never returned."""
         try:
-            info = registry.create_key(who.id, body.scheme, body.params, public_verify=body.public_verify)
+            info = registry.create_key(who.id, body.scheme, body.params.model_dump(exclude_none=True),
+                                       public_verify=body.public_verify)
         except (ProvmarkError, TypeError) as exc:
             raise InvalidInputError(str(exc), field="params") from None
         return _key_out(info)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from provmark.watermark.schemes import SCHEMES
 
@@ -20,6 +20,7 @@ __all__ = [
     "GenerateResponse",
     "Health",
     "KeyCreate",
+    "KeyParams",
     "KeyList",
     "KeyOut",
     "KeyPatch",
@@ -63,7 +64,12 @@ def _json_object(value: dict) -> dict:
     return value
 
 
-Text = Annotated[str, AfterValidator(_utf8)]
+def _integral(value):
+    # JSON Schema counts 5.0 as an integer; strict pydantic would not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
 Prose = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_utf8), AfterValidator(_not_blank)]
 Identifier = Annotated[str, Field(min_length=1, max_length=100)]
 Metadata = Annotated[dict[str, Any], AfterValidator(_json_object)]
@@ -91,11 +97,25 @@ class ErrorBody(BaseModel):
     errors: list[ErrorItem] = Field(min_length=1)
 
 
+class KeyParams(_Request):
+    """Scheme parameters, as for ``provmark keys create``; the scheme's own defaults fill the rest,
+    and its config checks ranges and the parameters it does not have (a 422 naming ``params``)."""
+
+    gamma: float | None = None
+    delta: float | None = None
+    context_width: Int | None = None
+    bits: Int | None = None
+    radix: Int | None = None
+    block_size: Int | None = None
+    segment_bits: Int | None = None
+    pool_size: Int | None = None
+    head: Int | None = None
+    proxy_context: Literal["text", "prompt"] | None = None
+
+
 class KeyCreate(_Request):
     scheme: Scheme
-    params: dict[str, int | float | str] = Field(default_factory=dict, max_length=16, description=(
-        "Scheme parameters (gamma, delta, context_width, bits, radix, block_size, segment_bits, pool_size, head, "
-        "proxy_context); defaults fill the rest, as for `provmark keys create`."))
+    params: KeyParams = Field(default_factory=KeyParams)
     public_verify: bool = Field(False, description="Let callers without a token verify texts against this key.")
 
 
@@ -140,9 +160,9 @@ class RecordOut(BaseModel):
 class GenerateRequest(_Request):
     key_id: Identifier
     prompt: Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(_utf8), AfterValidator(_not_blank)]
-    max_new_tokens: int = Field(200, ge=1, le=1024)
+    max_new_tokens: Int = Field(200, ge=1, le=1024)
     temperature: float = Field(1.0, ge=0.01, le=5, description="Below 0.01 the scaled logits overflow.")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    seed: Int | None = Field(None, ge=0, le=2**32 - 1)
     chat: bool | None = Field(None, description="Apply the model's chat template (default: when it has one).")
     metadata: Metadata = Field(default_factory=dict, description="Stored on the record as given (a JSON object).")
 
@@ -157,8 +177,8 @@ class _VerifyOptions(_Request):
     key_ids: list[Identifier] | None = Field(
         None, max_length=MAX_KEYS_PER_VERIFY, description="Test only these keys (default: every key the caller may use).")
     alpha: float = Field(1e-3, gt=0, lt=1, description="Family-wise false-positive rate over the keys tested.")
-    min_tokens: int = Field(10, ge=1, le=100_000)
-    nearest: int = Field(5, ge=0, le=50, description="Nearest records listed when a payload matches none.")
+    min_tokens: Int = Field(10, ge=1, le=100_000)
+    nearest: Int = Field(5, ge=0, le=50, description="Nearest records listed when a payload matches none.")
 
 
 class VerifyRequest(_VerifyOptions):

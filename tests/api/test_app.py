@@ -31,7 +31,7 @@ def test_the_openapi_schema_documents_every_route_and_the_error_shape(client):
 # -- keys ---------------------------------------------------------------------------------------
 
 def test_keys_are_created_and_listed_without_their_secrets(client, fresh_db, acme):
-    created = _key(client, acme, "mpac", bits=16, radix=4)
+    created = _key(client, acme, "mpac", bits=16.0, radix=4)  # 16.0 is an integer to JSON Schema
     assert created["scheme"] == "mpac" and created["params"]["bits"] == 16 and created["capacity"] == 2**16
     assert (created["status"], created["public_verify"], created["records"]) == ("active", False, 0)
     listed = client.get("/v1/keys", headers=acme.headers)
@@ -45,8 +45,10 @@ def test_keys_are_created_and_listed_without_their_secrets(client, fresh_db, acm
     ({"params": {}}, "scheme"),
     ({"scheme": "kgw", "params": {"gamma": 2}}, "params"),
     ({"scheme": "kgw", "params": {"bits": 8}}, "params"),
-    ({"scheme": "mpac", "params": {"bits": "many"}}, "params"),
-    ({"scheme": "kgw", "params": {"gamma": [1]}}, "params.gamma.int"),
+    ({"scheme": "mpac", "params": {"bits": "many"}}, "params.bits"),
+    ({"scheme": "kgw", "params": {"gamma": [1]}}, "params.gamma"),
+    ({"scheme": "kgw", "params": {"colour": 1}}, "params.colour"),
+    ({"scheme": "mpac", "params": {"bits": 8.5}}, "params.bits"),
     ({"scheme": "kgw", "colour": "green"}, "colour"),
     ({"scheme": "kgw", "public_verify": "true"}, "public_verify"),
 ])
@@ -268,18 +270,17 @@ def test_a_record_is_read_back_by_id(client, fresh_db, acme):
 
 # -- generate -----------------------------------------------------------------------------------
 
-class TinyModels(Models):
-    """The tiny random Llama over SmolLM2's vocabulary, with the real tokenizer."""
+class PreloadedModels(Models):
+    """Serves a model the test session already loaded."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, loaded: LoadedModel):
         super().__init__()
-        self.name = "tiny-llama"
-        self._loaded = LoadedModel(model=model, tokenizer=tokenizer, name=self.name)
-        self._tokenizer = tokenizer
+        self.name = loaded.name
+        self._loaded, self._tokenizer = loaded, loaded.tokenizer
 
 
 def test_generate_issues_a_record_that_verify_finds_again(make_client, fresh_db, acme, tiny_model, tokenizer):
-    client = make_client(models=TinyModels(tiny_model, tokenizer))
+    client = make_client(models=PreloadedModels(LoadedModel(model=tiny_model, tokenizer=tokenizer, name="tiny-llama")))
     key = _key(client, acme, "mpac", bits=16)
     response = client.post("/v1/generate", json={"key_id": key["key_id"], "prompt": "Tell me about tides.",
                                                  "max_new_tokens": 30, "seed": 1, "metadata": {"user": "u7"}},
@@ -293,6 +294,26 @@ def test_generate_issues_a_record_that_verify_finds_again(make_client, fresh_db,
     (result,) = client.post("/v1/verify", json={"text": body["text"], "min_tokens": 1},
                             headers=acme.headers).json()["results"]
     assert result["match"] == "text" and result["record"] == record
+
+
+@pytest.mark.slow
+def test_an_edited_copy_of_generated_text_is_traced_to_its_record_by_its_payload(make_client, acme, real_model):
+    client = make_client(models=PreloadedModels(real_model))
+    key = _key(client, acme, "mpac", bits=8, radix=4, delta=3.0)
+    made = client.post("/v1/generate", json={"key_id": key["key_id"], "prompt": "Write a story about a lighthouse keeper.",
+                                             "max_new_tokens": 200, "seed": 7}, headers=acme.headers)
+    assert made.status_code == 201, made.text
+    record, text = made.json()["record"], made.json()["text"]
+    assert record["model"] == "SmolLM2-135M-Instruct"
+    edited = text[text.index(". ") + 2:] + " Quoted without its first sentence."
+    (result,) = client.post("/v1/verify", json={"text": edited}, headers=acme.headers).json()["results"]
+    assert result["is_watermarked"]
+    # The key's secret is fresh each run, so an unlucky digit can still be misread (about 1 run in
+    # 20 at these settings): then the record must head the nearest records.
+    if result["match"] == "payload":
+        assert result["record"] == record
+    else:
+        assert result["record"] is None and result["nearest_records"][0]["record"] == record
 
 
 @pytest.mark.parametrize("body,field", [
