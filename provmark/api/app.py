@@ -23,8 +23,8 @@ from provmark.api.auth import token_digest
 from provmark.api.crypto import MasterKeyError
 from provmark.api.db import schema_version
 from provmark.api.errors import APIError, AuthError, InvalidInputError, NotFoundError, RateLimitedError, error_body
-from provmark.api.provenance import KeyVerification, Models, Provenance, TextVerification
 from provmark.api.limits import DEFAULT_BURST, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE, RateLimiter, retry_after
+from provmark.api.provenance import KeyVerification, Models, Provenance, TextVerification
 from provmark.api.registry import KeyInfo, Record, Registry, Tenant
 from provmark.errors import ModelLoadError, ProvmarkError
 

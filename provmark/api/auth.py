@@ -3,8 +3,11 @@
 A token is 32 bytes from ``secrets`` (256 bits), so a fast hash is enough: a slow password hash
 (bcrypt, scrypt) protects low-entropy secrets against guessing, and nobody can enumerate 2**256
 tokens whatever the hash costs. A plain digest also lets the registry find a token's tenant
-through an index instead of trying every stored hash. The stored digest is then compared with
-``hmac.compare_digest``, so the final check takes the same time however much of it matches.
+through an index instead of trying every stored hash. The index lookup compares digests, never
+tokens, so its timing could tell an attacker at most how a stored digest begins, which is useless
+without a preimage of SHA-256; the registry then checks the row's digest against the presented
+one with ``hmac.compare_digest`` as well, so the final equality takes the same time however much
+of it matches.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from provmark.api.auth import new_token, token_digest
+from provmark.api.auth import digests_match, new_token, token_digest
 from provmark.api.crypto import MasterKey, MasterKeyError
 from provmark.api.db import open_database
 from provmark.api.errors import ConflictError, KeyExhaustedError, NotFoundError
@@ -186,13 +186,16 @@ class Registry:
 
     def tenant_for_token(self, token: str) -> Tenant | None:
         """The tenant a token belongs to, or None. The lookup is by SHA-256 (see ``api.auth``)."""
+        digest = token_digest(token)
         with self.lock:
             row = self.db.execute(
-                "SELECT tenants.id, tenants.name, tenants.created_at FROM tokens JOIN tenants ON tenants.id = tokens.tenant_id"
-                " WHERE tokens.digest = ?",
-                [token_digest(token)],
+                "SELECT tenants.id, tenants.name, tenants.created_at, tokens.digest FROM tokens"
+                " JOIN tenants ON tenants.id = tokens.tenant_id WHERE tokens.digest = ?",
+                [digest],
             ).fetchone()
-        return None if row is None else Tenant(id=row[0], name=row[1], created_at=row[2])
+        if row is None or not digests_match(row[3], digest):
+            return None
+        return Tenant(id=row[0], name=row[1], created_at=row[2])
 
     # -- keys ---------------------------------------------------------------------------------
 
