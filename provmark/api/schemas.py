@@ -70,6 +70,9 @@ def _integral(value):
 
 
 Int = Annotated[int, BeforeValidator(_integral)]
+"""An integer that also accepts integral floats. Inside ``X | None`` put bounds before the validator
+(as ``seed`` does), or pydantic writes them into the OpenAPI schema as ``ge``/``le``, not
+``minimum``/``maximum``."""
 Prose = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_utf8), AfterValidator(_not_blank)]
 Identifier = Annotated[str, Field(min_length=1, max_length=100)]
 Metadata = Annotated[dict[str, Any], AfterValidator(_json_object)]
@@ -162,7 +165,7 @@ class GenerateRequest(_Request):
     prompt: Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(_utf8), AfterValidator(_not_blank)]
     max_new_tokens: Int = Field(200, ge=1, le=1024)
     temperature: float = Field(1.0, ge=0.01, le=5, description="Below 0.01 the scaled logits overflow.")
-    seed: Int | None = Field(None, ge=0, le=2**32 - 1)
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1), BeforeValidator(_integral)] | None = None  # bounds first: see Int
     chat: bool | None = Field(None, description="Apply the model's chat template (default: when it has one).")
     metadata: Metadata = Field(default_factory=dict, description="Stored on the record as given (a JSON object).")
 
