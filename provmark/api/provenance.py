@@ -122,8 +122,10 @@ def nearest_records(registry: Registry, key, result: DetectionResult, limit: int
 
     Reads every number issued under the key: linear in the key's records (about a second per
     million on this CPU), and only run when a watermarked payload matched no record."""
+    if result.bit_confidences is None or limit == 0:  # a decoder without per-bit confidences
+        return []
     numbers = registry.record_numbers(key.key_id)
-    if not numbers or limit == 0:
+    if not numbers:
         return []
     config = key.config
     decoded = np.array(config.codeword_bits(result.payload), dtype=bool)

@@ -73,7 +73,10 @@ Int = Annotated[int, BeforeValidator(_integral)]
 """An integer that also accepts integral floats. Inside ``X | None`` put bounds before the validator
 (as ``seed`` does), or pydantic writes them into the OpenAPI schema as ``ge``/``le``, not
 ``minimum``/``maximum``."""
-Prose = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_utf8), AfterValidator(_not_blank)]
+# The schema states "some non-whitespace" as a pattern; _not_blank enforces it with a clearer message.
+_SOME_TEXT = {"pattern": r"\S"}
+Prose = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS, json_schema_extra=_SOME_TEXT), AfterValidator(_utf8),
+                  AfterValidator(_not_blank)]
 Identifier = Annotated[str, Field(min_length=1, max_length=100)]
 Metadata = Annotated[dict[str, Any], AfterValidator(_json_object)]
 Scheme = Literal[tuple(SCHEMES)]
@@ -162,7 +165,8 @@ class RecordOut(BaseModel):
 
 class GenerateRequest(_Request):
     key_id: Identifier
-    prompt: Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(_utf8), AfterValidator(_not_blank)]
+    prompt: Annotated[str, Field(min_length=1, max_length=8000, json_schema_extra=_SOME_TEXT), AfterValidator(_utf8),
+                      AfterValidator(_not_blank)]
     max_new_tokens: Int = Field(200, ge=1, le=1024)
     temperature: float = Field(1.0, ge=0.01, le=5, description="Below 0.01 the scaled logits overflow.")
     seed: Annotated[int, Field(ge=0, le=2**32 - 1), BeforeValidator(_integral)] | None = None  # bounds first: see Int
