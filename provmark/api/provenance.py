@@ -120,8 +120,8 @@ class TextVerification:
 def nearest_records(registry: Registry, key, result: DetectionResult, limit: int) -> list[NearRecord]:
     """The ``limit`` records of ``key`` nearest to the decoded payload (see the module docstring).
 
-    Reads every number issued under the key: linear in the key's records (about a second per
-    million on this CPU), and only run when a watermarked payload matched no record."""
+    Reads every number issued under the key and builds each one's codeword in Python: linear in
+    the key's records, and run only when a watermarked payload matched no record."""
     if result.bit_confidences is None or limit == 0:  # a decoder without per-bit confidences
         return []
     numbers = registry.record_numbers(key.key_id)
