@@ -183,7 +183,9 @@ class GenerateResponse(BaseModel):
 class _VerifyOptions(_Request):
     key_ids: list[Identifier] | None = Field(
         None, max_length=MAX_KEYS_PER_VERIFY, description="Test only these keys (default: every key the caller may use).")
-    alpha: float = Field(1e-3, gt=0, lt=1, description="Family-wise false-positive rate over the keys tested.")
+    alpha: float = Field(1e-3, ge=1e-300, lt=1, description=(
+        "Family-wise false-positive rate over the keys tested; each key decides at alpha / keys, which must stay "
+        "a positive float."))
     min_tokens: Int = Field(10, ge=1, le=100_000)
     nearest: Int = Field(5, ge=0, le=50, description="Nearest records listed when a payload matches none.")
 

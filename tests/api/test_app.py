@@ -220,6 +220,7 @@ def test_verify_can_be_restricted_to_some_keys(client, acme):
     ({"text": "w1 w2 w3"}, "text"),  # 3 tokens, fewer than min_tokens
     ({"text": "w1 " * 20, "min_tokens": 0}, "min_tokens"),
     ({"text": "w1 " * 20, "alpha": 1.5}, "alpha"),
+    ({"text": "w1 " * 20, "alpha": 5e-324}, "alpha"),  # alpha / keys would underflow to 0
     ({"text": "w1 " * 20, "nearest": -1}, "nearest"),
     ({"text": "w1 " * 20, "key_ids": "k_1"}, "key_ids"),
     ({"text": "w1 " * 20, "extra": 1}, "extra"),
