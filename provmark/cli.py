@@ -1,4 +1,5 @@
-"""The ``provmark`` command line: a thin layer over the library (keys, embed, detect)."""
+"""The ``provmark`` command line: a thin layer over the library (keys, embed, detect) and over the
+provenance registry (tenants, registry keys, records, serve)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 
 import click
 
+from provmark.api.limits import DEFAULT_BURST, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE
 from provmark.errors import InvalidTextError, ParameterError, ProvmarkError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -43,6 +45,31 @@ def key_option(func):
     return click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Key file (JSON).")(func)
 
 
+def db_option(func):
+    return click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
+                        help="Registry database (an SQLite file, created on first use).")(func)
+
+
+def master_key_option(func):
+    return click.option("--master-key-file", type=click.Path(dir_okay=False), default=None,
+                        help="File holding the base64 master key that seals key secrets (default: $PROVMARK_MASTER_KEY).")(func)
+
+
+def json_option(func):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+
+
+def _registry(db_path, master_key_file=None, *, need_master_key=False):
+    """Open the registry; the master key is loaded when a command seals or opens secrets."""
+    from provmark.api.crypto import load_master_key
+    from provmark.api.registry import Registry
+
+    master_key = load_master_key(master_key_file) if need_master_key else None
+    registry = Registry.open(db_path, master_key)
+    click.get_current_context().call_on_close(registry.close)
+    return registry
+
+
 @click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="provmark")
 def cli():
@@ -51,13 +78,18 @@ def cli():
 
 @cli.group(cls=_Group)
 def keys():
-    """Create watermark keys."""
+    """Create watermark keys: key files (--out) or registry keys (--db)."""
 
 
 @keys.command("create")
 @click.option("--scheme", required=True,
               help="Watermark scheme: kgw (zero-bit); mpac, majormark, majormark+, balance or vanilla (multi-bit).")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write the key file.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Where to write the key file.")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False),
+              help="Create the key in this registry instead (with --tenant); its secret is sealed there.")
+@click.option("--tenant", "tenant_name", default=None, help="With --db: the tenant that owns the key.")
+@click.option("--public", is_flag=True, help="With --db: let callers without a token verify texts against the key.")
+@master_key_option
 @click.option("--gamma", type=float, default=None, help="kgw: green fraction k/S; mpac: colour-list size 1/S (default 0.25).")
 @click.option("--delta", type=float, default=None, help="Bias added to preferred logits (default 2.0).")
 @click.option("--context-width", type=int, default=None, help="Tokens of context that seed the colouring (default 2).")
@@ -70,12 +102,14 @@ def keys():
 @click.option("--proxy-context", type=click.Choice(["text", "prompt"]), default=None,
               help="balance: what the proxy reads while generating (default text: what the detector reads).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def keys_create(scheme, out_path, gamma, delta, context_width, bits, radix, block_size, segment_bits, pool_size, head,
-                proxy_context, force):
-    """Create a key (a fresh 32-byte secret plus the scheme's parameters) and write it to --out.
+def keys_create(scheme, out_path, db_path, tenant_name, public, master_key_file, gamma, delta, context_width, bits, radix,
+                block_size, segment_bits, pool_size, head, proxy_context, force):
+    """Create a key (a fresh 32-byte secret plus the scheme's parameters): a key file (--out) or a
+    registry key (--db with --tenant).
 
-    The file is written readable by its owner only. Detection needs this file. Options a scheme
-    does not have are refused.
+    A key file is written readable by its owner only; detection needs it. A registry key's
+    secret is sealed with the master key and never leaves the registry; the API generates and
+    verifies with it. Options a scheme does not have are refused.
 
     Example:
 
@@ -83,6 +117,7 @@ def keys_create(scheme, out_path, gamma, delta, context_width, bits, radix, bloc
         provmark keys create --scheme mpac --bits 32 --radix 4 --out mkey.json
         provmark keys create --scheme majormark+ --bits 32 --out mmkey.json
         provmark keys create --scheme balance --bits 20 --out bkey.json
+        provmark keys create --db registry.db --tenant acme --scheme mpac --bits 32 --public
     """
     from provmark.watermark.keys import create_key, save_key
     from provmark.watermark.payload import capacity_bits
@@ -90,12 +125,181 @@ def keys_create(scheme, out_path, gamma, delta, context_width, bits, radix, bloc
     given = {"gamma": gamma, "delta": delta, "context_width": context_width, "bits": bits, "radix": radix,
              "block_size": block_size, "segment_bits": segment_bits, "pool_size": pool_size, "head": head,
              "proxy_context": proxy_context}
-    key = create_key(scheme, {name: value for name, value in given.items() if value is not None})
-    save_key(key, out_path, overwrite=force)
-    line = f"created {key.scheme} key {key.key_id} in {out_path}"
-    if key.config.supports_payload:
-        line += f" (payloads 0 to {key.config.capacity - 1}, {capacity_bits(key.config.capacity):.2f} bits)"
+    params = {name: value for name, value in given.items() if value is not None}
+    if (out_path is None) == (db_path is None):
+        raise ParameterError("give --out FILE (a key file) or --db PATH --tenant NAME (a registry key), not both")
+    if db_path is None:
+        if tenant_name or public:
+            raise ParameterError("--tenant and --public apply to registry keys: add --db PATH, or drop them")
+        key = create_key(scheme, params)
+        save_key(key, out_path, overwrite=force)
+        where, capacity = out_path, key.config.capacity if key.config.supports_payload else None
+    else:
+        if tenant_name is None:
+            raise ParameterError("a registry key belongs to a tenant: give --tenant NAME")
+        if force:
+            raise ParameterError("--force applies to key files (--out); drop it")
+        registry = _registry(db_path, master_key_file, need_master_key=True)
+        key = registry.create_key(registry.tenant(tenant_name).id, scheme, params, public_verify=public)
+        where, capacity = f"{db_path} for tenant {tenant_name}", key.capacity
+    line = f"created {key.scheme} key {key.key_id} in {where}"
+    if capacity is not None:
+        line += f" (payloads 0 to {capacity - 1}, {capacity_bits(capacity):.2f} bits)"
     click.echo(line)
+
+
+def _key_line(key, tenants) -> str:
+    used = f"{key.records}" if key.capacity is None else f"{key.records}/{key.capacity}"
+    flags = ", public" if key.public_verify else ""
+    successor = f" -> {key.replaced_by}" if key.replaced_by else ""
+    return (f"{key.key_id}  {tenants.get(key.tenant_id, key.tenant_id)}  {key.scheme}  {key.status}{flags}  "
+            f"records {used}  {key.created_at}{successor}")
+
+
+@keys.command("list")
+@db_option
+@click.option("--tenant", "tenant_name", default=None, help="Only this tenant's keys.")
+@json_option
+def keys_list(db_path, tenant_name, as_json):
+    """List the registry's keys (never their secrets): id, tenant, scheme, status, records issued.
+
+    Example:
+
+        provmark keys list --db registry.db --tenant acme
+    """
+    registry = _registry(db_path)
+    tenant_id = registry.tenant(tenant_name).id if tenant_name else None
+    found = registry.keys(tenant_id)
+    if as_json:
+        click.echo(json.dumps([k.to_dict() for k in found], indent=2))
+        return
+    tenants = {t.id: t.name for t in registry.tenants()}
+    for key in found:
+        click.echo(_key_line(key, tenants))
+
+
+@keys.command("rotate")
+@db_option
+@master_key_option
+@click.argument("key_id")
+def keys_rotate(db_path, master_key_file, key_id):
+    """Retire KEY_ID and create its successor (same scheme and parameters, fresh secret).
+
+    The retired key keeps verifying the records issued under it; new generations must use the
+    successor. Rotate a multi-bit key before its payloads run out.
+
+    Example:
+
+        provmark keys rotate --db registry.db k_0123456789abcdef
+    """
+    registry = _registry(db_path, master_key_file, need_master_key=True)
+    new = registry.rotate_key(key_id)
+    click.echo(f"retired {key_id}; its successor is {new.key_id} ({new.scheme})")
+
+
+@cli.group(cls=_Group)
+def tenants():
+    """Manage the registry's tenants."""
+
+
+@tenants.command("create")
+@db_option
+@click.argument("name")
+def tenants_create(db_path, name):
+    """Create tenant NAME and print its API token, once: only its hash is stored.
+
+    Example:
+
+        provmark tenants create --db registry.db acme
+    """
+    registry = _registry(db_path)
+    tenant, token = registry.create_tenant(name)
+    click.echo(f"created tenant {tenant.name} ({tenant.id}); its API token, shown only now:")
+    click.echo(token)
+
+
+@cli.group(cls=_Group)
+def records():
+    """Inspect the registry's provenance records."""
+
+
+@records.command("list")
+@db_option
+@click.option("--tenant", "tenant_name", default=None, help="Only this tenant's records.")
+@click.option("--key", "key_id", default=None, help="Only the records of this key.")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="Most recent records shown.")
+@json_option
+def records_list(db_path, tenant_name, key_id, limit, as_json):
+    """List the most recent records, newest first.
+
+    Example:
+
+        provmark records list --db registry.db --tenant acme --limit 5
+    """
+    registry = _registry(db_path)
+    tenant_id = registry.tenant(tenant_name).id if tenant_name else None
+    found = registry.records(tenant_id=tenant_id, key_id=key_id, limit=limit)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in found], indent=2))
+        return
+    for record in found:
+        payload = f"payload {record.payload_hex}" if record.payload_hex else "no payload"
+        text = record.text_sha256[:12] if record.text_sha256 else "no text"
+        click.echo(f"{record.id}  {record.tenant}  {record.created_at}  {record.model}  {payload}  text {text}")
+
+
+@records.command("show")
+@db_option
+@click.argument("record_id")
+def records_show(db_path, record_id):
+    """Print one record as JSON.
+
+    Example:
+
+        provmark records show --db registry.db k_0123456789abcdef.42
+    """
+    click.echo(json.dumps(_registry(db_path).record(record_id).to_dict(), indent=2))
+
+
+@cli.command()
+@db_option
+@master_key_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--rate-limit", type=click.FloatRange(0), default=DEFAULT_RATE, show_default=True,
+              help="Requests per second per API token (per address without one); 0 turns limiting off.")
+@click.option("--burst", type=click.IntRange(1), default=DEFAULT_BURST, show_default=True,
+              help="Requests a client may make at once before the rate applies.")
+@click.option("--max-body-bytes", type=click.IntRange(1), default=DEFAULT_MAX_BODY_BYTES, show_default=True,
+              help="Larger request bodies get 413.")
+@click.option("--torch-threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch's intra-op threads. Requests already run in parallel, and detection's small tensor "
+                   "operations only pay a thread pool's wake-ups; raise it for a generation-heavy server.")
+@model_option
+def serve(db_path, master_key_file, host, port, rate_limit, burst, max_body_bytes, torch_threads, model_path):
+    """Serve the HTTP API over the registry (OpenAPI docs at /docs).
+
+    Refuses to start without the master key ($PROVMARK_MASTER_KEY or --master-key-file). The
+    tokenizer loads at start; the model loads on the first generation (or Balance verification).
+
+    Example:
+
+        PROVMARK_MASTER_KEY=$(openssl rand -base64 32) provmark serve --db registry.db --port 8000
+    """
+    import torch
+    import uvicorn
+
+    from provmark.api.app import create_app
+    from provmark.api.provenance import Models
+
+    registry = _registry(db_path, master_key_file, need_master_key=True)
+    _quiet_libraries()
+    torch.set_num_threads(torch_threads)
+    models = Models(model_path)
+    models.tokenizer()
+    app = create_app(registry, models=models, rate=rate_limit, burst=burst, max_body_bytes=max_body_bytes)
+    click.echo(f"provmark API on http://{host}:{port} (registry {db_path})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 @cli.command()

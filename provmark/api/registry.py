@@ -1,0 +1,423 @@
+"""The provenance registry: tenants, API tokens, keys (secrets sealed at rest) and records.
+
+**Record ids.** A record is numbered within its key, and its id is ``<key_id>.<number>``. For a
+multi-bit key the number *is* the payload embedded in the text, so decoding a text with the key
+names the record. Numbers are drawn at random in [0, capacity) (capped at 2**63, SQLite's
+integer range) rather than counted up: with sequential numbers a single flipped payload bit
+usually lands on another issued record and the text is pinned on the wrong record; with random
+numbers a damaged payload almost always matches no record (a key with N records out of
+capacity C misattributes a random wrong payload with probability N/C), and verify reports the
+nearest records instead. A zero-bit key (kgw) carries no payload: its records are numbered 1, 2,
+3, ... and found again by key and text hash.
+
+**Exhaustion.** When every number of a multi-bit key is taken, ``new_record`` raises
+``KeyExhaustedError`` (HTTP 409): rotate the key (``rotate_key``), which issues a fresh key with the
+same scheme and parameters and retires the old one; the retired key still verifies its records.
+Rotate well before that: the misattribution odds above grow with the fill.
+
+Every write runs in ``db.atomic()``. One connection serves the process; a lock serialises it
+(each operation is a few indexed statements, far below the cost of detection).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import secrets
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlite_utils import Database
+
+from provmark.api.auth import digests_match, new_token, token_digest
+from provmark.api.crypto import MasterKey, MasterKeyError
+from provmark.api.db import open_database
+from provmark.api.errors import ConflictError, KeyExhaustedError, NotFoundError
+from provmark.errors import ParameterError
+from provmark.watermark.keys import KEY_FILE_FORMAT, WatermarkKey, create_key, key_from_dict
+from provmark.watermark.payload import payload_hex
+from provmark.watermark.schemes import config_for
+
+__all__ = ["KeyInfo", "Record", "Registry", "Tenant"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_MAX_NUMBER = 1 << 63  # SQLite integers are signed 64-bit
+_RANDOM_TRIES = 16
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _capacity(scheme: str, params: dict) -> int | None:
+    config = config_for(scheme, params)
+    return config.capacity if config.supports_payload else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tenant:
+    id: str
+    name: str
+    created_at: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyInfo:
+    """A registry key as its tenant sees it: everything but the secret."""
+
+    key_id: str
+    tenant_id: str
+    scheme: str
+    params: dict
+    prf_version: str
+    status: str
+    """"active" (generates and verifies) or "retired" (verifies only; see ``replaced_by``)."""
+    public_verify: bool
+    """Whether callers without a token may verify texts against this key."""
+    created_at: str
+    retired_at: str | None
+    replaced_by: str | None
+    capacity: int | None
+    """Distinct payloads the key carries (None for a zero-bit key)."""
+    records: int
+    """Records issued under the key so far."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    """A provenance record: what generated a text, under which key and payload, and when."""
+
+    id: str
+    tenant_id: str
+    tenant: str
+    """Name of the tenant that issued it."""
+    key_id: str
+    number: int
+    scheme: str
+    params: dict
+    prf_version: str
+    payload: int | None
+    """What the text carries (the number), for multi-bit keys; None for zero-bit keys."""
+    payload_hex: str | None
+    model: str | None
+    metadata: dict
+    created_at: str
+    text_sha256: str | None
+    """``provenance.text_sha256`` of the text, when the registry knows it."""
+
+    def to_dict(self, *, public: bool = False) -> dict:
+        """JSON-ready dict; ``public`` drops the caller-supplied metadata (verify through a public key)."""
+        data = asdict(self)
+        if public:
+            data["metadata"] = None
+        return data
+
+
+class Registry:
+    """Tenants, tokens, keys and records in one SQLite database (see the module docstring).
+
+    ``tenant_id`` arguments scope a lookup to one tenant: another tenant's key or record is
+    reported exactly as a missing one. ``None`` (the operator's command line) sees everything.
+    """
+
+    def __init__(self, db: Database, master_key: MasterKey | None = None):
+        self.db = db
+        self.master_key = master_key
+        self.lock = threading.RLock()
+        self._secrets: dict[str, WatermarkKey] = {}
+        if master_key is not None:
+            self._check_master_key(master_key)
+
+    @classmethod
+    def open(cls, path, master_key: MasterKey | None = None) -> Registry:
+        """The registry in the SQLite file ``path`` (None: in memory), schema migrated."""
+        return cls(open_database(path), master_key)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _check_master_key(self, master_key: MasterKey) -> None:
+        with self.lock, self.db.atomic():
+            row = self.db.execute("SELECT value FROM settings WHERE name = 'master_key_check'").fetchone()
+            if row is None:
+                self.db["settings"].insert({"name": "master_key_check", "value": master_key.check_value})
+            elif row[0] != master_key.check_value:
+                raise MasterKeyError(
+                    f"this master key (check value {master_key.check_value}) is not the one the registry's keys "
+                    f"were sealed with (check value {row[0]})"
+                )
+
+    def _master(self) -> MasterKey:
+        if self.master_key is None:
+            raise MasterKeyError("no master key: set PROVMARK_MASTER_KEY or pass --master-key-file")
+        return self.master_key
+
+    # -- tenants and tokens -------------------------------------------------------------------
+
+    def create_tenant(self, name: str) -> tuple[Tenant, str]:
+        """A new tenant and its first API token (returned once; only its SHA-256 is stored)."""
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ParameterError(f"tenant name must be 1 to 64 letters, digits, '.', '_' or '-', got {name!r}")
+        tenant = Tenant(id="t_" + secrets.token_hex(8), name=name, created_at=_now())
+        token = new_token()
+        with self.lock, self.db.atomic():
+            if self.db.execute("SELECT 1 FROM tenants WHERE name = ?", [name]).fetchone():
+                raise ConflictError(f"a tenant named {name!r} exists", field="name")
+            self.db["tenants"].insert(asdict(tenant))
+            self.db["tokens"].insert({"digest": token_digest(token), "tenant_id": tenant.id, "created_at": _now()})
+        return tenant, token
+
+    def tenants(self) -> list[Tenant]:
+        with self.lock:
+            rows = self.db.execute("SELECT id, name, created_at FROM tenants ORDER BY name").fetchall()
+        return [Tenant(id=r[0], name=r[1], created_at=r[2]) for r in rows]
+
+    def tenant(self, name: str) -> Tenant:
+        with self.lock:
+            row = self.db.execute("SELECT id, name, created_at FROM tenants WHERE name = ?", [name]).fetchone()
+        if row is None:
+            raise NotFoundError(f"no tenant named {name!r}", field="tenant")
+        return Tenant(id=row[0], name=row[1], created_at=row[2])
+
+    def tenant_for_token(self, token: str) -> Tenant | None:
+        """The tenant a token belongs to, or None. The lookup is by SHA-256 (see ``api.auth``)."""
+        digest = token_digest(token)
+        with self.lock:
+            row = self.db.execute(
+                "SELECT tenants.id, tenants.name, tenants.created_at, tokens.digest FROM tokens"
+                " JOIN tenants ON tenants.id = tokens.tenant_id WHERE tokens.digest = ?",
+                [digest],
+            ).fetchone()
+        if row is None or not digests_match(row[3], digest):
+            return None
+        return Tenant(id=row[0], name=row[1], created_at=row[2])
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    _KEY_COLUMNS = (
+        "keys.id, keys.tenant_id, keys.scheme, keys.params, keys.prf_version, keys.status, keys.public_verify,"
+        " keys.created_at, keys.retired_at, keys.replaced_by,"
+        " (SELECT count(*) FROM records WHERE records.key_id = keys.id)"
+    )
+
+    @staticmethod
+    def _key_info(row) -> KeyInfo:
+        params = json.loads(row[3])
+        return KeyInfo(
+            key_id=row[0], tenant_id=row[1], scheme=row[2], params=params, prf_version=row[4], status=row[5],
+            public_verify=bool(row[6]), created_at=row[7], retired_at=row[8], replaced_by=row[9],
+            capacity=_capacity(row[2], params), records=row[10],
+        )
+
+    def _insert_key(self, tenant_id: str, key: WatermarkKey, public_verify: bool) -> None:
+        sealed = self._master().seal(key.secret, f"{key.key_id}@{tenant_id}")
+        self.db["keys"].insert(
+            {
+                "id": key.key_id, "tenant_id": tenant_id, "scheme": key.scheme,
+                "params": json.dumps(key.config.to_params()), "prf_version": key.prf_version, "secret": sealed,
+                "status": "active", "public_verify": int(public_verify), "created_at": _now(),
+            }
+        )
+
+    def create_key(self, tenant_id: str, scheme: str, params: dict | None = None, *, public_verify: bool = False) -> KeyInfo:
+        """A fresh key (new 32-byte secret) for the tenant, its secret sealed under the master key."""
+        key = create_key(scheme, params)
+        with self.lock, self.db.atomic():
+            self._insert_key(tenant_id, key, public_verify)
+        return self.key(key.key_id, tenant_id=tenant_id)
+
+    def keys(self, tenant_id: str | None = None, *, public_only: bool = False) -> list[KeyInfo]:
+        """Keys of one tenant (None: all), oldest first; ``public_only`` keeps the publicly verifiable ones."""
+        where, args = [], []
+        if tenant_id is not None:
+            where.append("keys.tenant_id = ?")
+            args.append(tenant_id)
+        if public_only:
+            where.append("keys.public_verify = 1")
+        sql = f"SELECT {self._KEY_COLUMNS} FROM keys"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self.lock:
+            rows = self.db.execute(sql + " ORDER BY keys.created_at, keys.id", args).fetchall()
+        return [self._key_info(row) for row in rows]
+
+    def key(self, key_id: str, *, tenant_id: str | None = None) -> KeyInfo:
+        """One key; ``NotFoundError`` (field ``key_id``) when it is absent or another tenant's."""
+        with self.lock:
+            row = self.db.execute(f"SELECT {self._KEY_COLUMNS} FROM keys WHERE keys.id = ?", [key_id]).fetchone()
+        if row is None or (tenant_id is not None and row[1] != tenant_id):
+            raise NotFoundError(f"no key {key_id!r}", field="key_id")
+        return self._key_info(row)
+
+    def watermark_key(self, key_id: str) -> WatermarkKey:
+        """The key with its secret opened (cached per process: a key's secret never changes)."""
+        cached = self._secrets.get(key_id)
+        if cached is not None:
+            return cached
+        with self.lock:
+            row = self.db.execute(
+                "SELECT tenant_id, scheme, params, prf_version, secret, created_at FROM keys WHERE id = ?", [key_id]
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no key {key_id!r}", field="key_id")
+        secret = self._master().open(row[4], f"{key_id}@{row[0]}")
+        key = key_from_dict(
+            {"format": KEY_FILE_FORMAT, "key_id": key_id, "scheme": row[1], "params": json.loads(row[2]),
+             "prf_version": row[3], "created_at": row[5], "secret": secret.hex()}
+        )
+        self._secrets[key_id] = key
+        return key
+
+    def rotate_key(self, key_id: str, *, tenant_id: str | None = None) -> KeyInfo:
+        """Retire an active key and issue its successor (same scheme, parameters and public flag)."""
+        old = self.key(key_id, tenant_id=tenant_id)
+        if old.status != "active":
+            raise ConflictError(f"key {key_id} is already retired (replaced by {old.replaced_by})", field="key_id")
+        new = create_key(old.scheme, old.params)
+        with self.lock, self.db.atomic():
+            self._insert_key(old.tenant_id, new, old.public_verify)
+            updated = self.db.execute(
+                "UPDATE keys SET status = 'retired', retired_at = ?, replaced_by = ? WHERE id = ? AND status = 'active'",
+                [_now(), new.key_id, key_id],
+            ).rowcount
+            if updated != 1:  # a concurrent rotation won
+                raise ConflictError(f"key {key_id} is already retired", field="key_id")
+        return self.key(new.key_id)
+
+    def set_public_verify(self, key_id: str, public_verify: bool, *, tenant_id: str | None = None) -> KeyInfo:
+        """Open a key to verification without a token, or close it again."""
+        self.key(key_id, tenant_id=tenant_id)
+        with self.lock, self.db.atomic():
+            self.db.execute("UPDATE keys SET public_verify = ? WHERE id = ?", [int(public_verify), key_id])
+        return self.key(key_id)
+
+    # -- records ------------------------------------------------------------------------------
+
+    _RECORD_COLUMNS = (
+        "records.id, tenants.name, records.key_id, records.number, records.scheme, records.params,"
+        " records.prf_version, records.model, records.metadata, records.created_at, records.text_sha256,"
+        " records.tenant_id"
+    )
+    _RECORD_FROM = " FROM records JOIN tenants ON tenants.id = records.tenant_id"
+
+    @staticmethod
+    def _record(row) -> Record:
+        params = json.loads(row[5])
+        config = config_for(row[4], params)
+        payload = row[3] if config.supports_payload else None
+        return Record(
+            id=row[0], tenant_id=row[11], tenant=row[1], key_id=row[2], number=row[3], scheme=row[4], params=params, prf_version=row[6],
+            payload=payload, payload_hex=None if payload is None else payload_hex(payload, config.bits),
+            model=row[7], metadata=json.loads(row[8]), created_at=row[9], text_sha256=row[10],
+        )
+
+    def _free_number(self, key: KeyInfo) -> int:
+        def taken(number):
+            return self.db.execute("SELECT 1 FROM records WHERE key_id = ? AND number = ?", [key.key_id, number]).fetchone()
+
+        if key.capacity is None:
+            return self.db.execute("SELECT coalesce(max(number), 0) + 1 FROM records WHERE key_id = ?", [key.key_id]).fetchone()[0]
+        limit = min(key.capacity, _MAX_NUMBER)
+        for _ in range(_RANDOM_TRIES):
+            number = secrets.randbelow(limit)
+            if not taken(number):
+                return number
+        # Dense key: the smallest free number, if any.
+        if not taken(0):
+            return 0
+        row = self.db.execute(
+            "SELECT r.number + 1 FROM records r WHERE r.key_id = :key AND r.number + 1 < :limit AND NOT EXISTS"
+            " (SELECT 1 FROM records s WHERE s.key_id = :key AND s.number = r.number + 1) ORDER BY r.number LIMIT 1",
+            {"key": key.key_id, "limit": limit},
+        ).fetchone()
+        if row is None:
+            raise KeyExhaustedError(
+                f"key {key.key_id} has issued all {limit} of its payloads; rotate it "
+                "(POST /v1/keys/{key_id}/rotate or `provmark keys rotate`) and use its successor",
+                field="key_id",
+            )
+        return row[0]
+
+    def new_record(
+        self, key_id: str, *, tenant_id: str | None, model: str | None, metadata: dict[str, Any] | None = None,
+        text_sha256: str | None = None,
+    ) -> Record:
+        """Issue a record under an active key: allocate its number (the payload to embed) and store it."""
+        with self.lock, self.db.atomic():
+            key = self.key(key_id, tenant_id=tenant_id)
+            if key.status != "active":
+                raise ConflictError(f"key {key_id} is retired; use its successor {key.replaced_by}", field="key_id")
+            number = self._free_number(key)
+            record_id = f"{key_id}.{number}"
+            self.db["records"].insert(
+                {
+                    "id": record_id, "tenant_id": key.tenant_id, "key_id": key_id, "number": number,
+                    "scheme": key.scheme, "params": json.dumps(key.params), "prf_version": key.prf_version,
+                    "model": model, "metadata": json.dumps(metadata or {}), "created_at": _now(),
+                    "text_sha256": text_sha256,
+                }
+            )
+        return self.record(record_id)
+
+    def set_record_text(self, record_id: str, text_sha256: str) -> Record:
+        """Store the hash of the text a record's generation produced."""
+        with self.lock, self.db.atomic():
+            self.db.execute("UPDATE records SET text_sha256 = ? WHERE id = ?", [text_sha256, record_id])
+        return self.record(record_id)
+
+    def delete_record(self, record_id: str) -> None:
+        """Withdraw a record whose generation failed (it was never acknowledged)."""
+        with self.lock, self.db.atomic():
+            self.db.execute("DELETE FROM records WHERE id = ?", [record_id])
+
+    def _records(self, where: str, args, suffix: str = "") -> list[Record]:
+        with self.lock:
+            rows = self.db.execute(f"SELECT {self._RECORD_COLUMNS}{self._RECORD_FROM} WHERE {where}{suffix}", args).fetchall()
+        return [self._record(row) for row in rows]
+
+    def record(self, record_id: str, *, tenant_id: str | None = None) -> Record:
+        """One record; ``NotFoundError`` (field ``record_id``) when absent or another tenant's."""
+        found = self._records("records.id = ?", [record_id])
+        if not found or (tenant_id is not None and found[0].tenant_id != tenant_id):
+            raise NotFoundError(f"no record {record_id!r}", field="record_id")
+        return found[0]
+
+    def records(self, *, tenant_id: str | None = None, key_id: str | None = None, limit: int = 100) -> list[Record]:
+        """The most recent records, newest first, optionally of one tenant and/or key."""
+        where, args = ["1"], []
+        if tenant_id is not None:
+            where.append("records.tenant_id = ?")
+            args.append(tenant_id)
+        if key_id is not None:
+            where.append("records.key_id = ?")
+            args.append(key_id)
+        return self._records(" AND ".join(where), [*args, limit], " ORDER BY records.created_at DESC, records.id LIMIT ?")
+
+    def record_by_number(self, key_id: str, number: int) -> Record | None:
+        if not 0 <= number < _MAX_NUMBER:
+            return None
+        found = self._records("records.key_id = ? AND records.number = ?", [key_id, number])
+        return found[0] if found else None
+
+    def record_by_text(self, key_id: str, text_sha256: str) -> Record | None:
+        """The earliest record of the key whose text has this hash."""
+        found = self._records("records.key_id = ? AND records.text_sha256 = ?", [key_id, text_sha256], " ORDER BY records.number LIMIT 1")
+        return found[0] if found else None
+
+    def record_numbers(self, key_id: str) -> list[int]:
+        """Every number issued under a key (for nearest-record search)."""
+        with self.lock:
+            return [row[0] for row in self.db.execute("SELECT number FROM records WHERE key_id = ?", [key_id]).fetchall()]
+
+    def records_by_numbers(self, key_id: str, numbers: list[int]) -> list[Record]:
+        """The key's records with these numbers, in the order given."""
+        if not numbers:
+            return []
+        marks = ", ".join("?" * len(numbers))
+        by_number = {r.number: r for r in self._records(f"records.key_id = ? AND records.number IN ({marks})", [key_id, *numbers])}
+        return [by_number[n] for n in numbers if n in by_number]

@@ -1,0 +1,244 @@
+"""Request and response bodies of the HTTP API (pydantic), with their limits.
+
+Strings refuse lone UTF-16 surrogates (JSON allows ``"\\ud800"``, UTF-8 does not) and metadata
+must serialise as strict JSON (no NaN or infinity) within ``MAX_METADATA_BYTES``, so every stored
+and echoed value is valid JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from provmark.watermark.schemes import SCHEMES
+
+__all__ = [
+    "ErrorBody",
+    "GenerateRequest",
+    "GenerateResponse",
+    "Health",
+    "KeyCreate",
+    "KeyParams",
+    "KeyList",
+    "KeyOut",
+    "KeyPatch",
+    "RecordOut",
+    "VerifyBatchRequest",
+    "VerifyBatchResponse",
+    "VerifyRequest",
+    "VerifyResponse",
+]
+
+MAX_METADATA_BYTES = 16 * 1024
+MAX_TEXT_CHARS = 200_000
+MAX_BATCH = 32
+MAX_KEYS_PER_VERIFY = 64
+
+
+def _utf8(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain some non-whitespace text")
+    return value
+
+
+def _json_object(value: dict) -> dict:
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        size = len(text.encode("utf-8"))
+    except ValueError:
+        raise ValueError("must be strict JSON: no NaN or infinite numbers") from None
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"must serialise to at most {MAX_METADATA_BYTES} bytes of JSON, got {size}")
+    return value
+
+
+def _integral(value):
+    # JSON Schema counts 5.0 as an integer; strict pydantic would not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+"""An integer that also accepts integral floats. Inside ``X | None`` put bounds before the validator
+(as ``seed`` does), or pydantic writes them into the OpenAPI schema as ``ge``/``le``, not
+``minimum``/``maximum``."""
+# The schema states "some non-whitespace" as a pattern; _not_blank enforces it with a clearer message.
+_SOME_TEXT = {"pattern": r"\S"}
+Prose = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS, json_schema_extra=_SOME_TEXT), AfterValidator(_utf8),
+                  AfterValidator(_not_blank)]
+Identifier = Annotated[str, Field(min_length=1, max_length=100)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_json_object)]
+Scheme = Literal[tuple(SCHEMES)]
+
+
+class _Request(BaseModel):
+    # Strict: "5" is not an integer nor "true" a boolean; what the schema refuses, the API refuses.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ErrorItem(BaseModel):
+    field: str | None
+    """The request field the problem concerns, dotted for nested ones (``texts.2``)."""
+    message: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response has this shape (``api.errors``)."""
+
+    ok: Literal[False]
+    status: int
+    error: str
+    errors: list[ErrorItem] = Field(min_length=1)
+
+
+class KeyParams(_Request):
+    """Scheme parameters, as for ``provmark keys create``; the scheme's own defaults fill the rest,
+    and its config checks ranges and the parameters it does not have (a 422 naming ``params``)."""
+
+    gamma: float | None = None
+    delta: float | None = None
+    context_width: Int | None = None
+    bits: Int | None = None
+    radix: Int | None = None
+    block_size: Int | None = None
+    segment_bits: Int | None = None
+    pool_size: Int | None = None
+    head: Int | None = None
+    proxy_context: Literal["text", "prompt"] | None = None
+
+
+class KeyCreate(_Request):
+    scheme: Scheme
+    params: KeyParams = Field(default_factory=KeyParams)
+    public_verify: bool = Field(False, description="Let callers without a token verify texts against this key.")
+
+
+class KeyPatch(_Request):
+    public_verify: bool
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    scheme: str
+    params: dict[str, Any]
+    prf_version: str
+    status: Literal["active", "retired"]
+    public_verify: bool
+    created_at: str
+    retired_at: str | None
+    replaced_by: str | None
+    capacity: int | None = Field(description="Distinct payloads (null for zero-bit keys).")
+    records: int
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+
+
+class RecordOut(BaseModel):
+    id: str = Field(description="<key_id>.<number>; for multi-bit keys the number is the payload in the text.")
+    tenant: str
+    key_id: str
+    number: int
+    scheme: str
+    params: dict[str, Any]
+    prf_version: str
+    payload: int | None
+    payload_hex: str | None
+    model: str | None
+    metadata: dict[str, Any] | None = Field(description="Caller-supplied; null when verified through a public key.")
+    created_at: str
+    text_sha256: str | None
+
+
+class GenerateRequest(_Request):
+    key_id: Identifier
+    prompt: Annotated[str, Field(min_length=1, max_length=8000, json_schema_extra=_SOME_TEXT), AfterValidator(_utf8),
+                      AfterValidator(_not_blank)]
+    max_new_tokens: Int = Field(200, ge=1, le=1024)
+    temperature: float = Field(1.0, ge=0.01, le=5, description="Below 0.01 the scaled logits overflow.")
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1), BeforeValidator(_integral)] | None = None  # bounds first: see Int
+    chat: bool | None = Field(None, description="Apply the model's chat template (default: when it has one).")
+    metadata: Metadata = Field(default_factory=dict, description="Stored on the record as given (a JSON object).")
+
+
+class GenerateResponse(BaseModel):
+    text: str
+    num_tokens: int
+    record: RecordOut
+
+
+class _VerifyOptions(_Request):
+    key_ids: list[Identifier] | None = Field(
+        None, max_length=MAX_KEYS_PER_VERIFY, description="Test only these keys (default: every key the caller may use).")
+    alpha: float = Field(1e-3, ge=1e-300, lt=1, description=(
+        "Family-wise false-positive rate over the keys tested; each key decides at alpha / keys, which must stay "
+        "a positive float."))
+    min_tokens: Int = Field(10, ge=1, le=100_000)
+    nearest: Int = Field(5, ge=0, le=50, description="Nearest records listed when a payload matches none.")
+
+
+class VerifyRequest(_VerifyOptions):
+    text: Prose
+
+
+class VerifyBatchRequest(_VerifyOptions):
+    texts: list[Prose] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class NearRecordOut(BaseModel):
+    record: RecordOut
+    bit_distance: float
+    bits_differ: int
+
+
+class KeyVerificationOut(BaseModel):
+    """A ``DetectionResult`` (every field) and the record the text points to."""
+
+    scheme: str
+    key_id: str
+    prf_version: str
+    is_watermarked: bool
+    p_value: float
+    log10_p_value: float
+    score: float
+    num_scored_tokens: int
+    alpha: float
+    payload: int | None
+    payload_hex: str | None
+    bit_confidences: list[float] | None
+    spans: list[list[int]]
+    match: Literal["text", "payload"] | None
+    record: RecordOut | None
+    nearest_records: list[NearRecordOut]
+    note: str | None
+
+
+class VerifyResponse(BaseModel):
+    text_sha256: str
+    num_tokens: int
+    watermarked: bool
+    results: list[KeyVerificationOut]
+
+
+class VerifyBatchResponse(BaseModel):
+    items: list[VerifyResponse]
+
+
+class Health(BaseModel):
+    ok: bool
+    schema_version: int
+    version: str
+

@@ -1,0 +1,122 @@
+"""Registry and API fixtures in sqlite-utils' manner: an in-memory ``fresh_db`` registry, a file
+``db_path`` under tmp_path, every registry closed after its test; plus a word-level tokenizer
+and a watermarked-text maker, so verification runs without loading a model."""
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from provmark.api.app import create_app
+from provmark.api.crypto import MasterKey
+from provmark.api.provenance import Models
+from provmark.api.registry import Registry
+from provmark.watermark.hook import WatermarkLogitsProcessor
+
+MASTER_KEY = MasterKey(bytes(range(32)))
+VOCAB = 4096
+
+
+class WordTokenizer:
+    """Text "w12 w7 w3001" <-> ids [12, 7, 3001]; anything else is id 0."""
+
+    def __call__(self, texts, add_special_tokens=False):
+        single = isinstance(texts, str)
+        rows = [[int(w[1:]) if w[:1] == "w" and w[1:].isdigit() and int(w[1:]) < VOCAB else 0 for w in t.split()]
+                for t in ([texts] if single else texts)]
+        return {"input_ids": rows[0] if single else rows}
+
+
+class WordModels(Models):
+    """Serves the word tokenizer; loading model weights is a test failure."""
+
+    def tokenizer(self):
+        return WordTokenizer()
+
+    def loaded(self):
+        raise AssertionError("this test must not load a model")
+
+
+def watermarked_text(key, payload=None, *, tokens=300, seed=0) -> str:
+    """Text sampled from uniform logits through the key's processor (so strongly watermarked)."""
+    processor = WatermarkLogitsProcessor(key, None if payload is None else [payload])
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(VOCAB, (1, key.config.context_width), generator=generator)
+    for _ in range(tokens):
+        scores = processor(ids, torch.zeros(1, VOCAB))
+        ids = torch.cat([ids, torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)], dim=1)
+    return " ".join(f"w{i}" for i in ids[0, key.config.context_width:].tolist())
+
+
+def plain_text(*, tokens=300, seed=1) -> str:
+    generator = torch.Generator().manual_seed(seed)
+    return " ".join(f"w{i}" for i in torch.randint(VOCAB, (tokens,), generator=generator).tolist())
+
+
+@pytest.fixture
+def registries():
+    opened = []
+    yield opened
+    for registry in opened:
+        registry.close()
+
+
+@pytest.fixture
+def fresh_db(registries) -> Registry:
+    """An in-memory registry with the test master key."""
+    registry = Registry.open(None, MASTER_KEY)
+    registries.append(registry)
+    return registry
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "registry.db"
+
+
+@pytest.fixture
+def make_client(fresh_db):
+    """``make_client(**create_app_kwargs)``: a TestClient over ``fresh_db`` (word tokenizer, no model)."""
+
+    def make(registry=None, **kwargs):
+        kwargs.setdefault("models", WordModels())
+        kwargs.setdefault("rate", 0)
+        return TestClient(create_app(registry or fresh_db, **kwargs))
+
+    return make
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+class Tenant:
+    """A tenant and its Authorization header."""
+
+    def __init__(self, registry, name):
+        self.tenant, self.token = registry.create_tenant(name)
+        self.id = self.tenant.id
+        self.headers = {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def acme(fresh_db):
+    return Tenant(fresh_db, "acme")
+
+
+@pytest.fixture
+def globex(fresh_db):
+    return Tenant(fresh_db, "globex")
+
+
+def assert_error(response, status: int, field: str | None):
+    """The one error shape (api.errors), with the status and the field of the first problem."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"ok", "status", "error", "errors"}, body
+    assert body["ok"] is False and body["status"] == status
+    assert isinstance(body["error"], str) and body["error"]
+    assert body["errors"] and all(set(e) == {"field", "message", "type"} for e in body["errors"]), body
+    assert body["errors"][0]["field"] == field, body
+    return body

@@ -1,0 +1,139 @@
+"""The registry commands (tenants, keys --db, records, serve) through CliRunner."""
+
+import base64
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from provmark.api.crypto import MASTER_KEY_ENV
+from provmark.api.registry import Registry
+from provmark.cli import cli
+from tests.api.conftest import MASTER_KEY
+
+
+@pytest.fixture
+def runner(monkeypatch):
+    monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(bytes(range(32))).decode())
+    return CliRunner()
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _error(result):
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    (line,) = result.output.strip().splitlines()
+    return line
+
+
+@pytest.fixture
+def acme_db(runner, db_path):
+    _ok(runner.invoke(cli, ["tenants", "create", "--db", str(db_path), "acme"]))
+    return db_path
+
+
+def test_tenants_create_prints_the_token_once_and_it_works(runner, db_path, registries):
+    lines = _ok(runner.invoke(cli, ["tenants", "create", "--db", str(db_path), "acme"])).splitlines()
+    registry = Registry.open(db_path)
+    registries.append(registry)
+    tenant = registry.tenant("acme")
+    assert lines[0] == f"created tenant acme ({tenant.id}); its API token, shown only now:"
+    assert registry.tenant_for_token(lines[1]) == tenant
+    assert _error(runner.invoke(cli, ["tenants", "create", "--db", str(db_path), "acme"])) == \
+        "Error: a tenant named 'acme' exists"
+
+
+def test_keys_create_in_the_registry_then_list_and_rotate(runner, acme_db, registries):
+    db = str(acme_db)
+    out = _ok(runner.invoke(cli, ["keys", "create", "--db", db, "--tenant", "acme", "--scheme", "mpac", "--bits", "8",
+                                  "--public"]))
+    registry = Registry.open(acme_db, MASTER_KEY)
+    registries.append(registry)
+    (key,) = registry.keys()
+    assert out == f"created mpac key {key.key_id} in {db} for tenant acme (payloads 0 to 255, 8.00 bits)\n"
+    assert key.public_verify and key.params["bits"] == 8
+    listed = _ok(runner.invoke(cli, ["keys", "list", "--db", db]))
+    assert listed == f"{key.key_id}  acme  mpac  active, public  records 0/256  {key.created_at}\n"
+    rotated = _ok(runner.invoke(cli, ["keys", "rotate", "--db", db, key.key_id]))
+    successor = registry.key(key.key_id).replaced_by
+    assert rotated == f"retired {key.key_id}; its successor is {successor} (mpac)\n"
+    as_json = json.loads(_ok(runner.invoke(cli, ["keys", "list", "--db", db, "--tenant", "acme", "--json"])))
+    assert [(k["key_id"], k["status"]) for k in as_json] == [(key.key_id, "retired"), (successor, "active")]
+    assert "secret" not in json.dumps(as_json)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--scheme", "kgw"], "Error: give --out FILE (a key file) or --db PATH --tenant NAME (a registry key), not both"),
+    (["--scheme", "kgw", "--out", "k.json", "--db", "r.db"],
+     "Error: give --out FILE (a key file) or --db PATH --tenant NAME (a registry key), not both"),
+    (["--scheme", "kgw", "--out", "k.json", "--public"],
+     "Error: --tenant and --public apply to registry keys: add --db PATH, or drop them"),
+    (["--scheme", "kgw", "--db", "DB"], "Error: a registry key belongs to a tenant: give --tenant NAME"),
+    (["--scheme", "kgw", "--db", "DB", "--tenant", "nobody"], "Error: no tenant named 'nobody'"),
+    (["--scheme", "kgw", "--db", "DB", "--tenant", "acme", "--force"], "Error: --force applies to key files (--out); drop it"),
+])
+def test_keys_create_keeps_key_files_and_registry_keys_apart(runner, acme_db, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    args = [str(acme_db) if a == "DB" else a for a in args]
+    assert _error(runner.invoke(cli, ["keys", "create", *args])) == message
+
+
+def test_registry_keys_need_the_master_key(runner, acme_db, monkeypatch):
+    monkeypatch.delenv(MASTER_KEY_ENV)
+    line = _error(runner.invoke(cli, ["keys", "create", "--db", str(acme_db), "--tenant", "acme", "--scheme", "kgw"]))
+    assert line.startswith("Error: no master key: set PROVMARK_MASTER_KEY or pass --master-key-file")
+
+
+def test_the_master_key_can_come_from_a_file(runner, acme_db, tmp_path, monkeypatch):
+    monkeypatch.delenv(MASTER_KEY_ENV)
+    path = tmp_path / "master.key"
+    path.write_text(base64.b64encode(bytes(range(32))).decode())
+    _ok(runner.invoke(cli, ["keys", "create", "--db", str(acme_db), "--tenant", "acme", "--scheme", "kgw",
+                            "--master-key-file", str(path)]))
+
+
+def test_records_list_and_show(runner, acme_db, registries):
+    registry = Registry.open(acme_db, MASTER_KEY)
+    registries.append(registry)
+    tenant = registry.tenant("acme")
+    key = registry.create_key(tenant.id, "mpac", {"bits": 8})
+    record = registry.new_record(key.key_id, tenant_id=tenant.id, model="m", metadata={"user": "u"},
+                                 text_sha256="ab" * 32)
+    listed = _ok(runner.invoke(cli, ["records", "list", "--db", str(acme_db), "--tenant", "acme"]))
+    assert listed == f"{record.id}  acme  {record.created_at}  m  payload {record.payload_hex}  text abababababab\n"
+    shown = json.loads(_ok(runner.invoke(cli, ["records", "show", "--db", str(acme_db), record.id])))
+    assert shown == record.to_dict()
+    as_json = json.loads(_ok(runner.invoke(cli, ["records", "list", "--db", str(acme_db), "--key", key.key_id, "--json"])))
+    assert [r["id"] for r in as_json] == [record.id]
+    assert _error(runner.invoke(cli, ["records", "show", "--db", str(acme_db), "nope"])) == "Error: no record 'nope'"
+
+
+def test_serve_refuses_to_start_without_a_master_key(runner, db_path, monkeypatch):
+    monkeypatch.delenv(MASTER_KEY_ENV)
+    assert _error(runner.invoke(cli, ["serve", "--db", str(db_path)])).startswith("Error: no master key")
+
+
+def test_serve_runs_the_app_on_the_given_address(runner, db_path, monkeypatch, tokenizer):
+    import torch
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("threads", n)))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
+    result = runner.invoke(cli, ["serve", "--db", str(db_path), "--host", "127.0.0.1", "--port", "8123",
+                                 "--rate-limit", "5", "--burst", "7", "--max-body-bytes", "4096"])
+    assert result.exit_code == 0, result.output
+    threads, (app, kwargs) = calls
+    assert threads == ("threads", 1)
+    assert kwargs == {"host": "127.0.0.1", "port": 8123, "log_level": "info"}
+    assert app.title == "provmark"
+
+
+@pytest.mark.parametrize("command", [["tenants", "create"], ["keys", "list"], ["keys", "rotate"], ["records", "list"],
+                                     ["records", "show"], ["serve"]])
+def test_registry_commands_have_help_with_h(runner, command):
+    result = runner.invoke(cli, [*command, "-h"])
+    assert result.exit_code == 0 and "Usage:" in result.output and "Example:" in result.output

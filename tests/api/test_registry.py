@@ -1,0 +1,183 @@
+"""The registry: schema and durability settings, tenants and tokens, sealed keys, record numbering."""
+
+import json
+import sqlite3
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from provmark.api.crypto import MasterKey, MasterKeyError
+from provmark.api.db import open_database, schema_version
+from provmark.api.errors import ConflictError, KeyExhaustedError, NotFoundError
+from provmark.api.registry import Registry
+from provmark.errors import ParameterError
+from tests.api.conftest import MASTER_KEY
+
+
+def test_a_file_registry_uses_wal_and_full_synchronous_writes(db_path):
+    db = open_database(db_path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    db.close()
+
+
+def test_migrations_apply_once_and_reopening_keeps_the_data(db_path, registries):
+    first = Registry.open(db_path, MASTER_KEY)
+    registries.append(first)
+    first.create_tenant("acme")
+    again = Registry.open(db_path, MASTER_KEY)
+    registries.append(again)
+    assert schema_version(again.db) == 1
+    assert [t.name for t in again.tenants()] == ["acme"]
+
+
+def test_tokens_are_stored_only_as_their_sha256(db_path, registries):
+    registry = Registry.open(db_path, MASTER_KEY)
+    registries.append(registry)
+    tenant, token = registry.create_tenant("acme")
+    assert token.startswith("pmk_") and len(token) == 47
+    assert registry.tenant_for_token(token) == tenant
+    assert registry.tenant_for_token(token + "x") is None
+    registry.close()
+    assert token.encode() not in db_path.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["", "a b", "-lead", "x" * 65, "é"])
+def test_tenant_names_are_refused_unless_simple(fresh_db, name):
+    with pytest.raises(ParameterError, match="tenant name must be"):
+        fresh_db.create_tenant(name)
+
+
+def test_tenant_names_are_unique(fresh_db):
+    fresh_db.create_tenant("acme")
+    with pytest.raises(ConflictError, match="a tenant named 'acme' exists"):
+        fresh_db.create_tenant("acme")
+
+
+def test_key_secrets_are_sealed_at_rest_and_open_with_the_master_key(db_path, registries):
+    registry = Registry.open(db_path, MASTER_KEY)
+    registries.append(registry)
+    tenant, _ = registry.create_tenant("acme")
+    info = registry.create_key(tenant.id, "kgw")
+    secret = registry.watermark_key(info.key_id).secret
+    registry.close()
+    raw = db_path.read_bytes()
+    assert secret not in raw and secret.hex().encode() not in raw
+    reopened = Registry.open(db_path, MASTER_KEY)
+    registries.append(reopened)
+    assert reopened.watermark_key(info.key_id).secret == secret
+
+
+def test_a_different_master_key_is_refused_at_open(db_path, registries):
+    registries.append(Registry.open(db_path, MASTER_KEY))
+    with pytest.raises(MasterKeyError, match="is not the one the registry's keys were sealed with"):
+        Registry.open(db_path, MasterKey(bytes(32)))
+
+
+def test_a_sealed_secret_moved_to_another_key_row_does_not_open(fresh_db, acme):
+    a = fresh_db.create_key(acme.id, "kgw")
+    b = fresh_db.create_key(acme.id, "kgw")
+    sealed = fresh_db.db.execute("SELECT secret FROM keys WHERE id = ?", [a.key_id]).fetchone()[0]
+    fresh_db.db.execute("UPDATE keys SET secret = ? WHERE id = ?", [sealed, b.key_id])
+    with pytest.raises(MasterKeyError, match=f"cannot decrypt the secret of {b.key_id}@"):
+        fresh_db.watermark_key(b.key_id)
+
+
+def test_key_creation_without_a_master_key_is_refused(registries):
+    registry = Registry.open(None)
+    registries.append(registry)
+    tenant, _ = registry.create_tenant("acme")
+    with pytest.raises(MasterKeyError, match="no master key"):
+        registry.create_key(tenant.id, "kgw")
+
+
+def test_multi_bit_records_are_numbered_at_random_within_the_capacity_until_exhausted(fresh_db, acme):
+    info = fresh_db.create_key(acme.id, "mpac", {"bits": 4})
+    records = [fresh_db.new_record(info.key_id, tenant_id=acme.id, model="m") for _ in range(16)]
+    assert sorted(r.number for r in records) == list(range(16))
+    assert [r.number for r in records] != list(range(16))  # drawn at random (1 in 16! to fail)
+    assert all(r.payload == r.number and r.id == f"{info.key_id}.{r.number}" for r in records)
+    with pytest.raises(KeyExhaustedError, match="has issued all 16 of its payloads; rotate it") as raised:
+        fresh_db.new_record(info.key_id, tenant_id=acme.id, model="m")
+    assert raised.value.field == "key_id" and raised.value.status == 409
+
+
+def test_majormark_capacity_excludes_its_forbidden_codewords(fresh_db, acme):
+    info = fresh_db.create_key(acme.id, "majormark", {"bits": 3})
+    numbers = {fresh_db.new_record(info.key_id, tenant_id=acme.id, model=None).number for _ in range(6)}
+    assert info.capacity == 6 and numbers == set(range(6))
+    with pytest.raises(KeyExhaustedError):
+        fresh_db.new_record(info.key_id, tenant_id=acme.id, model=None)
+
+
+def test_zero_bit_records_count_up_and_carry_no_payload(fresh_db, acme):
+    info = fresh_db.create_key(acme.id, "kgw")
+    records = [fresh_db.new_record(info.key_id, tenant_id=acme.id, model=None) for _ in range(3)]
+    assert [r.number for r in records] == [1, 2, 3]
+    assert all(r.payload is None and r.payload_hex is None for r in records)
+    assert info.capacity is None
+
+
+def test_rotation_retires_the_key_and_its_successor_takes_over(fresh_db, acme):
+    old = fresh_db.create_key(acme.id, "mpac", {"bits": 8}, public_verify=True)
+    fresh_db.new_record(old.key_id, tenant_id=acme.id, model=None)
+    new = fresh_db.rotate_key(old.key_id, tenant_id=acme.id)
+    retired = fresh_db.key(old.key_id)
+    assert (retired.status, retired.replaced_by, retired.records) == ("retired", new.key_id, 1)
+    assert (new.status, new.scheme, new.params, new.public_verify) == ("active", "mpac", old.params, True)
+    assert fresh_db.watermark_key(new.key_id).secret != fresh_db.watermark_key(old.key_id).secret
+    with pytest.raises(ConflictError, match=f"key {old.key_id} is retired; use its successor {new.key_id}"):
+        fresh_db.new_record(old.key_id, tenant_id=acme.id, model=None)
+    with pytest.raises(ConflictError, match="already retired"):
+        fresh_db.rotate_key(old.key_id)
+
+
+def test_another_tenants_key_or_record_reads_as_missing(fresh_db, acme, globex):
+    info = fresh_db.create_key(acme.id, "kgw")
+    record = fresh_db.new_record(info.key_id, tenant_id=acme.id, model=None)
+    with pytest.raises(NotFoundError):
+        fresh_db.key(info.key_id, tenant_id=globex.id)
+    with pytest.raises(NotFoundError):
+        fresh_db.record(record.id, tenant_id=globex.id)
+    with pytest.raises(NotFoundError):
+        fresh_db.new_record(info.key_id, tenant_id=globex.id, model=None)
+    assert fresh_db.keys(globex.id) == [] and fresh_db.records(tenant_id=globex.id) == []
+
+
+def test_a_failed_insert_leaves_nothing_behind(fresh_db, acme):
+    info = fresh_db.create_key(acme.id, "kgw")
+    with pytest.raises(sqlite3.IntegrityError):
+        with fresh_db.db.atomic():
+            fresh_db.db["records"].insert({"id": "x", "tenant_id": acme.id, "key_id": info.key_id, "number": 1,
+                                           "scheme": "kgw", "params": "{}", "prf_version": "prf-v1",
+                                           "metadata": "{}", "created_at": "now"})
+            fresh_db.db["records"].insert({"id": "x", "tenant_id": acme.id, "key_id": info.key_id, "number": 2,
+                                           "scheme": "kgw", "params": "{}", "prf_version": "prf-v1",
+                                           "metadata": "{}", "created_at": "now"})
+    assert fresh_db.records() == []
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_categories=("Cs",))),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(metadata=st.dictionaries(st.text(st.characters(exclude_categories=("Cs",)), max_size=12), json_values, max_size=6),
+       model=st.none() | st.text(st.characters(exclude_categories=("Cs",)), max_size=30),
+       digest=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64))
+def test_record_fields_round_trip(fresh_db, metadata, model, digest):
+    if not fresh_db.tenants():
+        tenant, _ = fresh_db.create_tenant("acme")
+        fresh_db.create_key(tenant.id, "mpac", {"bits": 32})
+    key = fresh_db.keys()[0]
+    stored = fresh_db.new_record(key.key_id, tenant_id=None, model=model, metadata=metadata, text_sha256=digest)
+    again = fresh_db.record(stored.id)
+    assert again == stored
+    assert (again.metadata, again.model, again.text_sha256) == (json.loads(json.dumps(metadata)), model, digest)
+    assert again.params == key.params and again.scheme == "mpac" and again.prf_version == "prf-v1"
