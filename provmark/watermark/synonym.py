@@ -26,7 +26,9 @@ current previous word; the first ``max_candidates`` kept are scored:
   sentence as it now stands with the candidate (so drift over several substitutions in one
   sentence is bounded too); it must reach ``similarity_threshold``.
 
-The word is replaced by the fittest candidate that keeps the meaning and passes the guard, or kept. Because the bit of
+The word is replaced by the fittest candidate that keeps the meaning and passes the guard, or kept;
+with one word of context, a candidate within ``LOOKAHEAD_MARGIN`` nats of the fittest that also
+gives the next eligible word bit 1 is preferred. Because the bit of
 word i+1 hashes word i, the pass runs left to right on the text as already substituted (the
 paper's iterative version), so each decision sees the bit it will really get.
 
@@ -58,6 +60,8 @@ __all__ = ["SynonymConfig", "Substitution", "SynonymEmbedding", "SynonymEmbedder
 MAX_CONTEXT_TOKENS = 256
 """Context the LM keeps before a word; past it the context restarts at the word's sentence."""
 MAX_CANDIDATES = 64
+LOOKAHEAD_MARGIN = 2.0
+"""Nats of fit the embedder gives up to pick a synonym that also gives the next word bit 1."""
 _UPOS = {"n": "NOUN", "v": "VERB", "a": "ADJ", "r": "ADV"}
 _BASE_TAG = {"n": "NN", "v": "VB", "a": "JJ", "r": "RB"}
 
@@ -290,8 +294,17 @@ class SynonymEmbedder:
             gap = text[split : w.start]
             original_fit, *fits = scorer.score([gap + w.text] + [gap + c for c in keep], text[w.end : hi])
             best = max(range(len(keep)), key=fits.__getitem__)
-            if fits[best] >= original_fit - config.max_fit_drop:
-                replaced[i] = forms[i] = keep[best]
+            if fits[best] < original_fit - config.max_fit_drop:
+                continue
+            nxt = i + 1
+            if nxt < len(words) and tw.eligible[nxt] and config.context_width == 1:
+                # The candidate is the next word's context: among near-best fits, prefer one that
+                # gives the next word bit 1 too (one substitution fewer, or a bit its own synonyms
+                # could not reach).
+                helps = [k for k in range(len(keep)) if fits[k] >= fits[best] - LOOKAHEAD_MARGIN
+                         and word_bit(self._subkey, (keep[k],), forms[nxt]) == 1]
+                best = max(helps, key=fits.__getitem__, default=best)
+            replaced[i] = forms[i] = keep[best]
         substitutions = tuple(Substitution(i, words[i].start, words[i].end, words[i].text, r) for i, r in sorted(replaced.items()))
         return SynonymEmbedding(render(0, len(text)), substitutions, len(words), sum(tw.eligible))
 
