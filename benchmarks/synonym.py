@@ -5,7 +5,8 @@ Language Reference prose), cuts every text to its first 400 words and:
 
 - **False positives**: detects every original at 50/100/200/400 words under ``--null-keys``
   random keys (model-free, so thousands of tests are cheap) and under the embedding key.
-- **Embedding**: watermarks the first ``--embed`` texts (alternating the two sources) with one
+- **Embedding**: watermarks the first ``--embed`` texts of 400 words or more (alternating the two
+  sources) with one
   fixed key, timing each; records the share of words changed and the sentence-embedding
   similarity of original and watermarked text (all-MiniLM-L6-v2 cosine, the mean over 100-word
   chunks, since MiniLM reads at most 256 word pieces).
@@ -180,7 +181,9 @@ def main(argv=None) -> int:
     loaded, encoder = load_model(), load_sentence_encoder()
     embedder = SynonymEmbedder(key, model=loaded.model, tokenizer=loaded.tokenizer, encoder=encoder)
     embedder.embed("Warm up the small engine quickly before the long journey.")
-    by_source = {s: [r for r in rows if r["source"] == s] for s in sources}
+    # Texts with all 400 words, so that every length bucket holds the same texts.
+    by_source = {s: [r for r in rows if r["source"] == s and len(WORD_PATTERN.findall(r["text"])) >= max(LENGTHS)]
+                 for s in sources}
     order = [r for group in zip(*by_source.values()) for r in group][: args.embed]
     out_rows, marked, embed_time, embed_words = [], [], 0.0, 0
     began = time.perf_counter()
