@@ -140,10 +140,10 @@ def _random_texts(count, words, seed):
 
 
 def test_false_positive_rate_on_unwatermarked_texts_is_at_most_alpha():
-    # 20 keys x 250 texts of 120 words drawn from a small vocabulary (many repeated pairs).
-    texts = _random_texts(250, 120, seed=3)
+    # 10 keys x 300 texts of 100 words drawn from a small vocabulary (many repeated pairs).
+    texts = _random_texts(300, 100, seed=3)
     p_values = []
-    for k in range(20):
+    for k in range(10):
         detector = create_detector(create_key("synonym", secret=bytes([k + 1]) * 32))
         p_values += [r.p_value for r in detector.detect_batch(texts)]
     for alpha in (0.05, 0.01):
@@ -286,11 +286,11 @@ def test_cli_embeds_text_and_detects_it_without_a_model(tmp_path):
     key_path = tmp_path / "s.json"
     save_key(KEY, key_path)
     source = tmp_path / "in.txt"
-    source.write_text(PARAGRAPH + "\n")
+    source.write_text(PARAGRAPH.split(". ")[0] + ".\n")
     embedded = runner.invoke(cli, ["embed", "--key", str(key_path), "--text", str(source), "--json"])
     assert embedded.exit_code == 0, embedded.output
     payload = json.loads(embedded.stdout)
-    assert payload["scheme"] == "synonym" and payload["substitutions"] and payload["text"].endswith("shore.\n")
+    assert payload["scheme"] == "synonym" and payload["substitutions"] and payload["text"].endswith("boats.\n")
     marked = tmp_path / "out.txt"
     marked.write_text(payload["text"])
     detected = runner.invoke(cli, ["detect", "--key", str(key_path), str(marked)])
