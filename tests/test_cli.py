@@ -199,6 +199,8 @@ def test_detect_with_a_synonym_key_loads_no_model_and_refuses_locate(runner, tmp
     assert data["scheme"] == "synonym" and data["num_scored_tokens"] == len(data["word_bits"]) >= 3
     assert _error_line(runner.invoke(cli, ["detect", "--key", str(skey), str(text), "--locate"])) == \
         "Error: --locate works with balance and vanilla keys, not synonym"
+    assert _error_line(runner.invoke(cli, ["detect", "--key", str(skey), str(text), "--explain"])) == \
+        "Error: --explain and --html show tokens; synonym scores words: --json lists each one (word_bits)"
     assert _error_line(runner.invoke(cli, ["detect", "--key", str(skey), "-"], input=b"the and of")) == \
         "Error: text too short to score: 0 eligible words, need at least 10"
 

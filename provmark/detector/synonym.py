@@ -22,7 +22,7 @@ from provmark.detector.base import DEFAULT_ALPHA, Detector, Evidence
 from provmark.detector.result import DetectionResult
 from provmark.detector.stats import binomial_log_sf
 from provmark.errors import InvalidTextError, ParameterError
-from provmark.watermark.words import analyse, normalise, word_bit
+from provmark.watermark.words import TextWords, analyse, normalise, word_bit
 
 __all__ = ["SynonymDetector"]
 
@@ -38,10 +38,10 @@ class SynonymDetector(Detector):
         super().__init__(key, alpha=alpha)
         self._subkey = key.subkey("word-bit").to_bytes(8, "big")
 
-    def word_bits(self, text: str) -> list[tuple[int, int, int]]:
-        """(start, end, bit) of every scored word of ``text``, in text order: the eligible words,
-        each distinct (context, word) pair once."""
-        tw = analyse(text)
+    def word_bits(self, text: str | TextWords) -> list[tuple[int, int, int]]:
+        """(start, end, bit) of every scored word of ``text`` (or of its ``words.analyse``), in
+        text order: the eligible words, each distinct (context, word) pair once."""
+        tw = text if isinstance(text, TextWords) else analyse(text)
         seen, out = set(), []
         for i, w in enumerate(tw.words):
             if not tw.eligible[i]:
@@ -54,13 +54,14 @@ class SynonymDetector(Detector):
             out.append((w.start, w.end, word_bit(self._subkey, context, w.text)))
         return out
 
-    def detect_batch(self, sequences: Sequence[str], *, prompt_ids=None) -> list[DetectionResult]:
-        """Detect the watermark in each text of ``sequences`` (strings)."""
+    def detect_batch(self, sequences: Sequence[str | TextWords], *, prompt_ids=None) -> list[DetectionResult]:
+        """Detect the watermark in each text of ``sequences`` (strings, or their ``words.analyse``
+        to test one text under many keys without cutting it again)."""
         if prompt_ids is not None:
             raise ParameterError("synonym detection reads finished text and takes no prompt")
         results = []
         for text in sequences:
-            if not isinstance(text, str):
+            if not isinstance(text, (str, TextWords)):
                 raise InvalidTextError(f"synonym detection reads text (str), got {type(text).__name__}")
             bits = self.word_bits(text)
             n, ones = len(bits), sum(b for _, _, b in bits)
