@@ -24,7 +24,8 @@ current previous word; the first ``max_candidates`` kept are scored:
   and the LM is what rejects the senses that do not fit).
 - *meaning*: the cosine between all-MiniLM-L6-v2 embeddings of the original sentence and the
   sentence as it now stands with the candidate (so drift over several substitutions in one
-  sentence is bounded too); it must reach ``similarity_threshold``.
+  sentence is bounded too); it must reach ``similarity_threshold``. Only the ``LM_CANDIDATES``
+  most similar are scored for fit (the LM is the cost of embedding).
 
 The word is replaced by the fittest candidate that keeps the meaning and passes the guard, or kept;
 with one word of context, a candidate within ``LOOKAHEAD_MARGIN`` nats of the fittest that also
@@ -60,6 +61,8 @@ __all__ = ["SynonymConfig", "Substitution", "SynonymEmbedding", "SynonymEmbedder
 MAX_CONTEXT_TOKENS = 256
 """Context the LM keeps before a word; past it the context restarts at the word's sentence."""
 MAX_CANDIDATES = 64
+LM_CANDIDATES = 4
+"""Candidates, the most similar first, that the LM scores per word: its cost grows with them."""
 LOOKAHEAD_MARGIN = 2.0
 """Nats of fit the embedder gives up to pick a synonym that also gives the next word bit 1."""
 _UPOS = {"n": "NOUN", "v": "VERB", "a": "ADJ", "r": "ADV"}
@@ -282,7 +285,8 @@ class SynonymEmbedder:
                 original_embeddings[s] = self.encoder.embed([text[lo:hi]])[0]
             variants = [render(lo, w.start) + c + text[w.end : hi] for c in candidates]
             similarity = (self.encoder.embed(variants) @ original_embeddings[s]).tolist()
-            keep = [c for c, sim in zip(candidates, similarity) if sim >= config.similarity_threshold]
+            ranked = sorted(zip(similarity, range(len(candidates))), reverse=True)[:LM_CANDIDATES]
+            keep = [candidates[k] for sim, k in sorted(ranked, key=lambda x: x[1]) if sim >= config.similarity_threshold]
             if not keep:
                 continue
             split = w.start  # the white space before a word goes with it, as the LM's tokens have it
