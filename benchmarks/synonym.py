@@ -40,7 +40,7 @@ from provmark.detector import create_detector
 from provmark.watermark.keys import create_key
 from provmark.watermark.models import format_prompts, load_model, load_sentence_encoder
 from provmark.watermark.synonym import SynonymEmbedder, candidate_forms
-from provmark.watermark.words import WORD_PATTERN, analyse, match_case
+from provmark.watermark.words import WORD_PATTERN, analyse, match_case, replace_words, sentences
 
 LENGTHS = (50, 100, 200, 400)
 ALPHA = 1e-3
@@ -88,26 +88,14 @@ def substitute_words(text: str, share: float, rng: random.Random) -> str:
     options = {i: candidate_forms(w.text.lower()) for i, w in enumerate(tw.words) if w.text.isalpha()}
     options = {i: c for i, c in options.items() if c}
     chosen = rng.sample(sorted(options), min(len(options), round(share * len(tw.words))))
-    out, last = [], 0
-    for i in sorted(chosen):
-        w = tw.words[i]
-        out += [text[last : w.start], match_case(rng.choice(options[i]), w.text)]
-        last = w.end
-    out.append(text[last:])
-    return "".join(out)
+    return replace_words(text, tw.words, {i: match_case(rng.choice(options[i]), tw.words[i].text) for i in sorted(chosen)})
 
 
 def paraphrase_sentences(texts: list[str], share: float, rng: random.Random, loaded, batch: int = 24) -> list[str]:
     """Each text with a random ``share`` of its sentences rewritten by the LM."""
     jobs = []  # (text index, start, end, sentence)
     for t, text in enumerate(texts):
-        tw = analyse(text)
-        firsts = [i for i, s in enumerate(tw.sentence_start) if s]
-        spans = []
-        for k, i in enumerate(firsts):
-            end = tw.words[firsts[k + 1]].start if k + 1 < len(firsts) else len(text)
-            end = len(text[:end].rstrip())
-            spans.append((tw.words[i].start, end))
+        _, spans = sentences(analyse(text))
         for start, end in rng.sample(spans, round(share * len(spans))):
             jobs.append((t, start, end, text[start:end]))
     tokenizer, model = loaded.tokenizer, loaded.model

@@ -13,7 +13,7 @@ from provmark.errors import InvalidTextError, ParameterError
 from provmark.watermark import lexicon
 from provmark.watermark.keys import create_key
 from provmark.watermark.synonym import SynonymConfig, candidate_forms
-from provmark.watermark.words import WORD_PATTERN, analyse, form_is_eligible, match_case, replace_words, word_bit
+from provmark.watermark.words import analyse, form_is_eligible, match_case, replace_words, sentences, word_bit
 
 SECRET = bytes(range(32))
 KEY = create_key("synonym", secret=SECRET)
@@ -52,6 +52,13 @@ def test_replacing_words_changes_only_their_characters():
     tw = analyse(text)
     out = replace_words(text, tw.words, {1: "huge", 4: "objects"})
     assert out == "Hello,  huge\tworld!\n(Small) objects..."
+
+
+def test_sentences_span_from_first_word_to_before_the_next():
+    text = "One small step. Then (another) one!\n\nNew paragraph here"
+    sentence_of, spans = sentences(analyse(text))
+    assert [text[a:b] for a, b in spans] == ["One small step.", "Then (another) one!", "New paragraph here"]
+    assert sentence_of == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
 # -- eligibility -------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from provmark.errors import ProvmarkError
 
-__all__ = ["LEXNAMES", "WORDNET_ENV", "WordNetMissingError", "wordnet_dir", "install_wordnet", "wordnet",
+__all__ = ["LEXNAMES", "POS_ORDER", "WORDNET_ENV", "WordNetMissingError", "wordnet_dir", "install_wordnet", "wordnet",
            "has_synonyms", "synonym_lemmas"]
 
 WORDNET_ENV = "PROVMARK_WORDNET_DIR"

@@ -54,7 +54,7 @@ from provmark.errors import InvalidTextError, ParameterError
 from provmark.watermark import lexicon
 from provmark.watermark.base import SchemeConfig
 from provmark.watermark.kgw import validate_context_width
-from provmark.watermark.words import analyse, form_is_eligible, match_case, word_bit
+from provmark.watermark.words import analyse, form_is_eligible, match_case, sentences, word_bit
 
 __all__ = ["SynonymConfig", "Substitution", "SynonymEmbedding", "SynonymEmbedder", "candidate_forms", "embed_text"]
 
@@ -158,8 +158,7 @@ class _LMScorer:
     def __init__(self, model, tokenizer, lookahead: int):
         self.model, self.tokenizer, self.lookahead = model, tokenizer, lookahead
         self.device = next(model.parameters()).device
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        self._start_id = start
+        self._start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.origin = None
         self.fed_to = 0
         self.length = 0
@@ -249,7 +248,7 @@ class SynonymEmbedder:
         words = tw.words
         forms = [w.text for w in words]
         starts = [w.start for w in words]
-        sentence_of, sentence_spans = _sentences(tw)
+        sentence_of, sentence_spans = sentences(tw)
         replaced: dict[int, str] = {}
         original_embeddings: dict[int, torch.Tensor] = {}
         scorer = _LMScorer(self.model, self.tokenizer, config.lm_lookahead)
@@ -311,21 +310,6 @@ class SynonymEmbedder:
             replaced[i] = forms[i] = keep[best]
         substitutions = tuple(Substitution(i, words[i].start, words[i].end, words[i].text, r) for i, r in sorted(replaced.items()))
         return SynonymEmbedding(render(0, len(text)), substitutions, len(words), sum(tw.eligible))
-
-
-def _sentences(tw) -> tuple[list[int], list[tuple[int, int]]]:
-    """Sentence index of every word and each sentence's character span (from its first word to
-    the next sentence's first word, trailing white space dropped)."""
-    firsts = [i for i, s in enumerate(tw.sentence_start) if s]
-    spans = []
-    for k, i in enumerate(firsts):
-        end = tw.words[firsts[k + 1]].start if k + 1 < len(firsts) else len(tw.text)
-        spans.append((tw.words[i].start, len(tw.text[:end].rstrip())))
-    sentence_of = []
-    for k, i in enumerate(firsts):
-        nxt = firsts[k + 1] if k + 1 < len(firsts) else len(tw.words)
-        sentence_of += [k] * (nxt - i)
-    return sentence_of, spans
 
 
 def embed_text(key, text: str, **kwargs) -> SynonymEmbedding:

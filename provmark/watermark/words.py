@@ -52,7 +52,7 @@ from typing import NamedTuple
 from provmark.watermark import lexicon
 
 __all__ = ["WORD_BIT_VERSION", "WORD_PATTERN", "STOPWORDS", "Word", "TextWords", "analyse", "word_bit", "normalise",
-           "replace_words", "form_is_eligible", "match_case"]
+           "replace_words", "form_is_eligible", "match_case", "sentences"]
 
 WORD_BIT_VERSION = "word-bit-v1"
 """Version of the bit derivation; a change to it, the normalisation or the eligibility rule is a
@@ -177,3 +177,16 @@ def replace_words(text: str, words: Sequence[Word], replacements: dict[int, str]
         last = words[i].end
     out.append(text[last:])
     return "".join(out)
+
+
+def sentences(tw: TextWords) -> tuple[list[int], list[tuple[int, int]]]:
+    """The sentence index of every word and each sentence's character span, from its first word
+    to the next sentence's first word with the trailing white space dropped (rule 2's starts)."""
+    firsts = [i for i, s in enumerate(tw.sentence_start) if s]
+    spans, sentence_of = [], []
+    for k, i in enumerate(firsts):
+        nxt = firsts[k + 1] if k + 1 < len(firsts) else len(tw.words)
+        end = tw.words[nxt].start if nxt < len(tw.words) else len(tw.text)
+        spans.append((tw.words[i].start, len(tw.text[:end].rstrip())))
+        sentence_of += [k] * (nxt - i)
+    return sentence_of, spans
