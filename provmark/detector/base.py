@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -61,6 +61,9 @@ class Evidence(NamedTuple):
 class Detector(abc.ABC):
     """Scores token ids against one key; an empty or too-short text gets p = 1 and is not
     watermarked. Subclasses implement ``detect_batch``."""
+
+    reads_text: ClassVar[bool] = False
+    """Whether the detector reads strings (the synonym scheme) rather than token ids."""
 
     def __init__(self, key: WatermarkKey, *, alpha: float = DEFAULT_ALPHA):
         if not isinstance(alpha, (int, float)) or not 0 < alpha < 1:

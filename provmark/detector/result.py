@@ -30,12 +30,15 @@ class DetectionResult:
     bit_confidences: tuple[float, ...] | None = None
     spans: tuple[tuple[int, int], ...] = field(default_factory=tuple)
     """Token spans (start, end) that carry the watermark, when the detector localises it."""
+    word_bits: tuple[tuple[int, int, int], ...] = field(default_factory=tuple)
+    """Synonym scheme: the character span (start, end) of every scored word and its keyed bit."""
 
     def to_dict(self) -> dict:
         """JSON-ready dict of every field."""
         data = asdict(self)
         data["bit_confidences"] = None if self.bit_confidences is None else list(self.bit_confidences)
         data["spans"] = [list(span) for span in self.spans]
+        data["word_bits"] = [list(item) for item in self.word_bits]
         return data
 
     def to_json(self, **kwargs) -> str:

@@ -33,6 +33,8 @@ class SchemeConfig:
 
     scheme: ClassVar[str]
     supports_payload: ClassVar[bool] = False
+    generation_time: ClassVar[bool] = True
+    """Whether the scheme watermarks while a model generates (False: it rewrites finished text)."""
     context_width: int
 
     def to_params(self) -> dict:

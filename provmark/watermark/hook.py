@@ -188,6 +188,7 @@ def generate(
             raise InvalidTextError("a prompt is empty; give some text to continue")
     if payloads is not None and len(payloads) != len(prompts):
         raise ParameterError(f"got {len(payloads)} payloads for {len(prompts)} prompts; give one per prompt")
+    scheme_class = watermarker_class(key.scheme) if key is not None else None  # refuses a scheme for finished text
     processors = LogitsProcessorList(gen_kwargs.pop("logits_processor", None) or [])
     criteria = StoppingCriteriaList(gen_kwargs.pop("stopping_criteria", None) or [])
     settings = {**_SAMPLING_DEFAULTS, **gen_kwargs}
@@ -204,7 +205,7 @@ def generate(
     input_ids = encoded["input_ids"].to(device)
     attention_mask = encoded["attention_mask"].to(device)
     if key is not None:
-        if proxy is None and watermarker_class(key.scheme).uses_proxy and key.config.proxy_context == "text":
+        if proxy is None and scheme_class.uses_proxy and key.config.proxy_context == "text":
             from provmark.watermark.proxy import Proxy
 
             proxy = Proxy(model, tokenizer)

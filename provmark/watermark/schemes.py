@@ -16,16 +16,19 @@ from provmark.watermark.majormark import (
     MajorMarkWatermarker,
 )
 from provmark.watermark.mpac import MPACConfig, MPACWatermarker
+from provmark.watermark.synonym import SynonymConfig
 
 __all__ = ["SCHEMES", "config_for", "watermarker_class"]
 
-SCHEMES: dict[str, tuple[type[SchemeConfig], type[Watermarker]]] = {
+# A scheme that rewrites finished text (generation_time False) has no watermarker class.
+SCHEMES: dict[str, tuple[type[SchemeConfig], type[Watermarker] | None]] = {
     "kgw": (KGWConfig, KGWWatermarker),
     "mpac": (MPACConfig, MPACWatermarker),
     "majormark": (MajorMarkConfig, MajorMarkWatermarker),
     "majormark+": (MajorMarkPlusConfig, MajorMarkPlusWatermarker),
     "vanilla": (VanillaConfig, VanillaWatermarker),
     "balance": (BalanceConfig, BalanceWatermarker),
+    "synonym": (SynonymConfig, None),
 }
 
 
@@ -51,5 +54,12 @@ def config_for(scheme: str, params: Mapping | None = None) -> SchemeConfig:
 
 
 def watermarker_class(scheme: str) -> type[Watermarker]:
-    """The watermarker class that embeds ``scheme``."""
-    return _entry(scheme)[1]
+    """The watermarker class that embeds ``scheme`` while a model generates; a scheme that
+    rewrites finished text has none and raises ``ParameterError``."""
+    watermarker = _entry(scheme)[1]
+    if watermarker is None:
+        raise ParameterError(
+            f"{scheme} watermarks finished text, not generation: use provmark.watermark.synonym.embed_text "
+            "(provmark embed --key KEY --text FILE)"
+        )
+    return watermarker

@@ -43,6 +43,10 @@ SPLIT_CASES = [  # (order seed, coin seed, pool index, pool size, head) over GOL
     (0, 0, 0, 64, 0), (12345, 678, 5, 64, 8), (0xFFFFFFFF, 0xDEADBEEF, 63, 64, 40), (42, 43, 1, 2, 3),
 ]
 GOLDEN_VOCAB = 40
+SYNONYM_CASES = [{}, {"context_width": 2, "similarity_threshold": 0.95}]
+SYNONYM_TEXT = ("Rapid growth followed. The quick brown fox jumps over the lazy dog, and the quick brown fox jumps "
+                "again! Maria said \"large house\" near https://example.com while the old well-known river runs "
+                "quietly through the town.\n\nChildren watched the boats.")
 SCHEME_TOKENS = [17, 4242, 9, 49151, 0, 1, 2, 3, 9, 49151, 0, 1, 128255, 77, 77, 77, 5, 6, 7, 8]
 SHARD_CASES = [  # (key, salt, context, shard count, preferred mask, vocab size)
     (42, 0, [7], 4, 0b1, 37),
@@ -65,6 +69,15 @@ def _scheme_case(scheme: str, params: dict) -> dict:
     result = detector.detect(SCHEME_TOKENS)
     return {"secret": key.secret.hex(), "params": key.config.to_params(), "key_id": key.key_id, "tokens": SCHEME_TOKENS,
             "scored": pairs.tolist(), "token_scores": token_scores.tolist(), "num_scored_tokens": result.num_scored_tokens,
+            "payload": result.payload, "log10_p_value": result.log10_p_value.hex()}
+
+
+def _synonym_case(params: dict) -> dict:
+    """The synonym detector end to end on SYNONYM_TEXT: each scored word's span and keyed bit."""
+    key = create_key("synonym", params, secret=bytes(range(32)))
+    result = create_detector(key).detect(SYNONYM_TEXT)
+    return {"secret": key.secret.hex(), "params": key.config.to_params(), "key_id": key.key_id, "text": SYNONYM_TEXT,
+            "word_bits": [list(item) for item in result.word_bits], "num_scored_tokens": result.num_scored_tokens,
             "payload": result.payload, "log10_p_value": result.log10_p_value.hex()}
 
 
@@ -132,6 +145,7 @@ def compute() -> dict:
     majormark_plus = [_scheme_case("majormark+", params) for params in MAJORMARK_PLUS_CASES]
     vanilla = [_codable_case("vanilla", params) for params in VANILLA_CASES]
     balance = [_codable_case("balance", params) for params in BALANCE_CASES]
+    synonym = [_synonym_case(params) for params in SYNONYM_CASES]
     splits = [_split_case(*case) for case in SPLIT_CASES]
     subkeys = [{"secret": secret.hex(), "scheme": "kgw", "purpose": purpose,
                 "subkey": str(derive_subkey(secret, PRF_VERSION, "kgw", purpose))}
@@ -150,6 +164,7 @@ def compute() -> dict:
         "balanced_splits": splits,
         "vanilla": vanilla,
         "balance": balance,
+        "synonym": synonym,
         "subkeys": subkeys,
     }
 
