@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,19 @@ def test_majormark_plus_never_produces_a_constant_block():
         seen.add(tuple(map(tuple, blocks)))
     assert len(seen) == 196
     assert math.log2(MajorMarkPlusConfig(bits=32).capacity) == pytest.approx(30.46, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [MajorMarkConfig(bits=6), MajorMarkConfig(bits=64), MajorMarkPlusConfig(bits=8), MajorMarkPlusConfig(bits=64, block_size=8)],
+)
+def test_payloads_of_many_codewords_decode_like_payload_of(config):
+    payloads = sorted({0, 1, config.capacity - 1, config.capacity // 3, config.capacity // 7})
+    if isinstance(config, MajorMarkPlusConfig):
+        codewords = [config.blocks(p) for p in payloads]
+    else:
+        codewords = [config.codeword_bits(p) for p in payloads]
+    assert config.payloads_of(np.array(codewords)) == payloads == [config.payload_of(c) for c in codewords]
 
 
 def test_majority_ties_go_to_one_and_candidates_cover_every_block():
