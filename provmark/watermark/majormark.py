@@ -73,7 +73,11 @@ def block_candidates(size: int) -> list[tuple[int, int]]:
 
 
 def _preferred_bits(bits: list[int], majority_bit: int) -> int:
-    return sum(1 << i for i, bit in enumerate(bits) if bit == majority_bit)
+    """The shards whose bit is the majority bit, as the kernels' int64 mask (bit i: shard i).
+    Shard 63 of a 64-bit codeword is the sign bit: the mask is returned in two's complement,
+    which ``(mask >> shard) & 1`` reads like any other bit."""
+    mask = sum(1 << i for i, bit in enumerate(bits) if bit == majority_bit)
+    return mask - (1 << 64) if mask >> 63 else mask
 
 
 @dataclass(frozen=True, kw_only=True)
