@@ -13,6 +13,7 @@ from provmark import attacks
 from provmark.attacks import (ATTACKS, INSERT_WORDS, STRENGTHS, apply, copy_paste, delete_words, insert_words,
                               lm_synonyms, paraphrase, swap_words, truncate, wordnet_synonyms)
 from provmark.attacks.base import words_of
+from provmark.attacks.paraphrase import paraphrase_batch
 from provmark.attacks.synonyms import LM_CANDIDATES, content_words
 from provmark.errors import InvalidTextError, ParameterError, ProvmarkError
 from provmark.watermark.synonym import candidate_forms
@@ -318,6 +319,18 @@ def test_paraphrase_rewrites_only_the_picked_sentences_and_leaves_torch_rng_alon
             assert text[slice(*span)] in out
     first = min(picked)[0]
     assert out[:first] == text[:first]
+
+
+def test_paraphrase_batch_rewrites_the_picked_sentences_of_every_text(tiny_model, tokenizer):
+    texts = ["One small step. Another quiet walk.", "A third sentence here. The last one ends. Really the end."]
+    rng, spans = random.Random(3), [sentences(analyse(t))[1] for t in texts]
+    picked = [rng.sample(s, half_up(0.5 * len(s))) for s in spans]  # the draws paraphrase_batch makes
+    out = paraphrase_batch(texts, 0.5, random.Random(3), tiny_model, tokenizer, batch=1)
+    assert len(out) == 2
+    for text, new, all_spans, chosen in zip(texts, out, spans, picked):
+        assert all(text[slice(*span)] in new for span in all_spans if span not in chosen)
+    with pytest.raises(ParameterError, match="texts must be a list of strings"):
+        paraphrase_batch(texts[0], 0.5, random.Random(3), tiny_model, tokenizer)
 
 
 # -- the real model (slow) ----------------------------------------------------------------------
