@@ -7,6 +7,8 @@ STAMP := $(VENV)/.provmark-installed
 # (or copied from /usr/share/wordnet when the package is installed), plus the lexnames file it lacks.
 WORDNET := $(VENV)/nltk_data/corpora/wordnet/lexnames
 WORDNET_DEB := $(VENV)/.wordnet-deb
+# (not python -m: the package imports the module first, and runpy warns about it)
+INSTALL_WORDNET := $(BIN)/python -c "import sys; from provmark.watermark.lexicon import main; sys.exit(main())"
 DEMO := .demo
 PROMPT ?= Write a short story about a lighthouse keeper who finds a message in a bottle.
 
@@ -28,10 +30,10 @@ wordnet: $(WORDNET)
 $(WORDNET): | $(STAMP)
 	rm -rf $(WORDNET_DEB) && mkdir -p $(WORDNET_DEB)
 	if [ -f /usr/share/wordnet/data.noun ]; then \
-		$(BIN)/python -m provmark.watermark.lexicon /usr/share/wordnet $(dir $(WORDNET)); \
+		$(INSTALL_WORDNET) /usr/share/wordnet $(dir $(WORDNET)); \
 	else \
 		cd $(WORDNET_DEB) && apt-get download wordnet-base && dpkg-deb -x wordnet-base_*.deb root && cd $(CURDIR) && \
-		$(BIN)/python -m provmark.watermark.lexicon $(WORDNET_DEB)/root/usr/share/wordnet $(dir $(WORDNET)); \
+		$(INSTALL_WORDNET) $(WORDNET_DEB)/root/usr/share/wordnet $(dir $(WORDNET)); \
 	fi
 	rm -rf $(WORDNET_DEB)
 

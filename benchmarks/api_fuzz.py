@@ -4,7 +4,8 @@ phases, positive and negative data, every check. Bounded by --max-examples per o
 
 The server runs with a tiny random Llama (``--model``), so generation requests cost milliseconds,
 and with rate limiting off (rate limiting has its own tests). The tenant has an mpac key, a
-public kgw key and one generated record, so verify and records answer with real matches.
+public kgw key, a synonym key (embedding ranks synonyms with the same tiny model) and one
+generated record, so verify and records answer with real matches.
 
     python -m benchmarks.api_fuzz --max-examples 100 --out benchmarks/results/api_fuzz.txt
 """
@@ -33,7 +34,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="provmark-fuzz-"))
     model = tiny_model_dir(folder / "tiny-llama")
-    server = ServerFixture(folder=str(folder), keys=[["--scheme", "mpac", "--bits", "16"], ["--scheme", "kgw", "--public"]],
+    server = ServerFixture(folder=str(folder), keys=[["--scheme", "mpac", "--bits", "16"], ["--scheme", "kgw", "--public"], ["--scheme", "synonym"]],
                            serve_args=["--rate-limit", "0", "--model", str(model)])
     with server:
         server.start(log=folder / "server.log")

@@ -100,8 +100,9 @@ def keys():
 @click.option("--segment-bits", type=int, default=None, help="balance, vanilla: bits per exhaustively decoded segment (default 20).")
 @click.option("--pool-size", type=int, default=None, help="balance, vanilla: partitions per context, a power of two (default 64).")
 @click.option("--head", type=int, default=None, help="balance: proxy ids split by probability mass (default 256).")
-@click.option("--proxy-context", type=click.Choice(["text", "prompt"]), default=None,
-              help="balance: what the proxy reads while generating (default text: what the detector reads).")
+@click.option("--proxy-context", type=click.Choice(["text", "window", "prompt"]), default=None,
+              help="balance: what the proxy reads (default text: the generated text; window: its last 10 ids, "
+                   "which copy-paste localisation needs; prompt: the prompt too, no extra forward pass).")
 @click.option("--similarity-threshold", type=float, default=None,
               help="synonym: least sentence similarity (MiniLM cosine) a substitution keeps (default 0.9).")
 @click.option("--max-candidates", type=int, default=None, help="synonym: bit-1 synonyms scored per word (default 12).")
@@ -481,6 +482,10 @@ def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, as_jso
         detector = create_detector(key, alpha=alpha, proxy=proxy)
         if not isinstance(detector, VanillaDetector):
             raise ParameterError(f"--locate works with balance and vanilla keys, not {key.scheme}")
+        if getattr(key.config, "proxy_context", "window") == "text":
+            click.echo("note: this balance key's proxy reads the whole text (proxy_context 'text'), so a span pasted "
+                       "after other text loses most of its evidence; keys made with --proxy-context window are "
+                       "located reliably", err=True)
         result = detector.locate(tokenizer(text, add_special_tokens=False)["input_ids"])
     else:
         result = detect_text(key, text, tokenizer, alpha=alpha, min_tokens=min_tokens, proxy=proxy)

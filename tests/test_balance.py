@@ -35,7 +35,7 @@ SECRET = bytes(range(32))
         ("vanilla", {"delta": 0}, "delta must be"),
         ("vanilla", {"head": 8}, "unknown parameter"),
         ("balance", {"head": 0}, "head must be an integer in \\[1, 131072\\]"),
-        ("balance", {"proxy_context": "window"}, "proxy_context must be 'text' or 'prompt'"),
+        ("balance", {"proxy_context": "windowed"}, "proxy_context must be 'text', 'window' or 'prompt'"),
     ],
 )
 def test_bad_parameters_are_refused_with_the_field_named(scheme, params, message):
@@ -238,10 +238,11 @@ def test_false_positive_rate_on_unwatermarked_sequences_is_at_most_alpha(scheme)
     assert rates[0.1] >= 0.03, rates
 
 
-@pytest.mark.parametrize("scheme", ["vanilla", "balance"])
-def test_per_row_payloads_round_trip_through_generation(tiny_model, tokenizer, scheme):
-    key = create_key(scheme, {"bits": 16, "segment_bits": 8, "delta": 6.0, "head": 64} if scheme == "balance"
-                     else {"bits": 16, "segment_bits": 8, "delta": 6.0}, secret=SECRET)
+@pytest.mark.parametrize("scheme,params", [
+    ("vanilla", {}), ("balance", {"head": 64}), ("balance", {"head": 64, "proxy_context": "window"}),
+])
+def test_per_row_payloads_round_trip_through_generation(tiny_model, tokenizer, scheme, params):
+    key = create_key(scheme, {"bits": 16, "segment_bits": 8, "delta": 6.0, **params}, secret=SECRET)
     payloads = [0x1234, 0xBEEF, 0x0F0F]
     proxy = Proxy(tiny_model, tokenizer) if scheme == "balance" else None
     gens = generate(tiny_model, tokenizer, ["a", "b c", "d e f"], key, payloads, chat=False, seed=3, max_new_tokens=120, proxy=proxy)
@@ -250,12 +251,30 @@ def test_per_row_payloads_round_trip_through_generation(tiny_model, tokenizer, s
     assert all(r.is_watermarked for r in results)
 
 
-def test_copy_paste_span_is_located_and_decoded(tiny_model, tokenizer):
-    key = create_key("vanilla", {"bits": 16, "segment_bits": 16, "delta": 6.0}, secret=SECRET)
-    (gen,) = generate(tiny_model, tokenizer, ["x"], key, [0xC0DE], chat=False, seed=4, max_new_tokens=150)
+def test_window_heads_read_only_the_ids_before_each_position(tiny_model, tokenizer):
+    proxy = Proxy(tiny_model, tokenizer, batch_size=2)
+    sequences = [list(range(100, 125)), [7, 8, 9], [5]]
+    heads = proxy.window_heads(sequences, 8, 10, rows_per_pass=7)  # chunks mix sequences and window lengths
+    assert [h[0].shape for h in heads] == [(24, 8), (2, 8), (0, 8)]
+    for seq, (mass, ids) in zip(sequences, heads):
+        for i in range(1, len(seq)):
+            window = torch.tensor([seq[max(0, i - 10) : i]])
+            want_mass, want_ids = head_of(proxy.window_probs(window), 8)
+            assert torch.equal(ids[i - 1], want_ids[0])
+            assert torch.allclose(mass[i - 1], want_mass[0], rtol=1e-5, atol=1e-9)
+    with torch.no_grad():  # and the window is what the model sees without padding
+        direct = torch.softmax(tiny_model(torch.tensor([sequences[0][3:13]])).logits[0, -1].float(), dim=-1)
+    assert torch.allclose(head_of(direct[None], 8)[0][0], heads[0][0][12], rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("scheme,params", [("vanilla", {}), ("balance", {"head": 64, "proxy_context": "window"})])
+def test_copy_paste_span_is_located_and_decoded(tiny_model, tokenizer, scheme, params):
+    key = create_key(scheme, {"bits": 16, "segment_bits": 16, "delta": 6.0, **params}, secret=SECRET)
+    proxy = Proxy(tiny_model, tokenizer) if scheme == "balance" else None
+    (gen,) = generate(tiny_model, tokenizer, ["x"], key, [0xC0DE], chat=False, seed=4, max_new_tokens=150, proxy=proxy)
     host = _zipf_sequences(1, 600, seed=9)[0]
     text = host[:300] + list(gen.token_ids) + host[300:]
-    result = create_detector(key).locate(text, window=150, stride=25)
+    result = create_detector(key, proxy=proxy).locate(text, window=150, stride=25)
     (start, end) = result.spans[0]
     overlap = max(0, min(end, 450) - max(start, 300))
     assert overlap >= 0.8 * 150 and (end - start) <= 1.2 * 150

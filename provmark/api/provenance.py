@@ -1,6 +1,7 @@
 """Provenance: generate watermarked text under a new record, and verify text back to its record.
 
-These are the operations behind ``POST /v1/generate`` and ``POST /v1/verify``; the HTTP layer
+These are the operations behind ``POST /v1/generate``, ``POST /v1/embed`` (finished text, synonym
+keys) and ``POST /v1/verify``; the HTTP layer
 (``api.app``) only authenticates, validates and formats.
 
 **Verify.** Each text is detected with every key the caller may use. With K keys tested the
@@ -33,7 +34,8 @@ from provmark.api.registry import KeyInfo, Record, Registry
 from provmark.detector import DetectionResult, Detector, create_detector
 from provmark.watermark.hook import Generation, generate
 from provmark.watermark.models import DEFAULT_MODEL_NAME, LoadedModel, load_model, load_tokenizer
-from provmark.watermark.schemes import watermarker_class
+from provmark.watermark.schemes import SCHEMES, watermarker_class
+from provmark.watermark.synonym import SynonymEmbedder, SynonymEmbedding
 
 __all__ = ["KeyVerification", "Models", "NearRecord", "Provenance", "TextVerification", "text_sha256"]
 
@@ -49,8 +51,9 @@ def text_sha256(text: str) -> str:
 
 class Models:
     """The serving model (embedded SmolLM2 by default, or a local folder), loaded once per process
-    on first use: the tokenizer alone for model-free detection, the weights for generation and as
-    Balance-Marking's proxy. Generation holds ``generate_lock``: the model runs one batch at a time."""
+    on first use: the tokenizer alone for model-free detection, the weights for generation, as
+    Balance-Marking's proxy and to rank synonyms, and the sentence encoder for the synonym scheme.
+    Generation and embedding hold ``generate_lock``: the model runs one batch at a time."""
 
     def __init__(self, path=None):
         self.path = path
@@ -61,6 +64,7 @@ class Models:
         self._tokenizer = None
         self._loaded: LoadedModel | None = None
         self._proxy = None
+        self._encoder = None
 
     def tokenizer(self):
         with self._lock:
@@ -82,6 +86,14 @@ class Models:
             if self._proxy is None:
                 self._proxy = Proxy(loaded.model, loaded.tokenizer)
             return self._proxy
+
+    def encoder(self):
+        from provmark.watermark.models import load_sentence_encoder
+
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = load_sentence_encoder()
+            return self._encoder
 
 
 @dataclass(frozen=True)
@@ -152,7 +164,7 @@ class Provenance:
         found = self._detectors.get((key_id, alpha))
         if found is None:
             key = self.registry.watermark_key(key_id)
-            proxy = self.models.proxy() if watermarker_class(key.scheme).uses_proxy else None
+            proxy = self.models.proxy() if key.config.generation_time and watermarker_class(key.scheme).uses_proxy else None
             if len(self._detectors) >= _MAX_DETECTORS:
                 self._detectors.clear()
             found = self._detectors[(key_id, alpha)] = create_detector(key, alpha=alpha, proxy=proxy)
@@ -166,6 +178,7 @@ class Provenance:
         store the text's hash on the record. The record comes first, so a key that cannot issue one
         (unknown, retired, exhausted) fails before the model loads; a generation that fails
         withdraws its record."""
+        self._require_scheme(key_id, tenant_id, generation_time=True)
         record = self.registry.new_record(key_id, tenant_id=tenant_id, model=self.models.name, metadata=metadata)
         payloads = None if record.payload is None else [record.payload]
         try:
@@ -180,6 +193,36 @@ class Provenance:
             self.registry.delete_record(record.id)
             raise
         return generation, self.registry.set_record_text(record.id, text_sha256(generation.text))
+
+    def embed(
+        self, *, tenant_id: str, key_id: str, text: str, metadata: dict | None = None
+    ) -> tuple[SynonymEmbedding, Record]:
+        """Issue a record under a key that watermarks finished text (synonym), watermark ``text``
+        with it, store the watermarked text's hash on the record (zero-bit: verification finds the
+        record by that hash). Failures withdraw the record, as ``generate`` does."""
+        self._require_scheme(key_id, tenant_id, generation_time=False)
+        record = self.registry.new_record(key_id, tenant_id=tenant_id, model=self.models.name, metadata=metadata)
+        try:
+            key = self.registry.watermark_key(key_id)
+            loaded, encoder = self.models.loaded(), self.models.encoder()
+            embedder = SynonymEmbedder(key, model=loaded.model, tokenizer=loaded.tokenizer, encoder=encoder)
+            with self.models.generate_lock:
+                embedding = embedder.embed(text)
+        except BaseException:
+            self.registry.delete_record(record.id)
+            raise
+        return embedding, self.registry.set_record_text(record.id, text_sha256(embedding.text))
+
+    def _require_scheme(self, key_id: str, tenant_id: str, *, generation_time: bool) -> None:
+        """Refuse (422, field ``key_id``) a key whose scheme embeds the other way: while generating
+        (``/v1/generate``) or into finished text (``/v1/embed``)."""
+        scheme = self.registry.key(key_id, tenant_id=tenant_id).scheme
+        if SCHEMES[scheme][0].generation_time != generation_time:
+            if generation_time:
+                message = f"key {key_id} is a {scheme} key, which watermarks finished text: use /v1/embed"
+            else:
+                message = f"key {key_id} is a {scheme} key, which watermarks while a model generates: use /v1/generate"
+            raise InvalidInputError(message, field="key_id")
 
     def verify(
         self, texts: list[str], keys: list[KeyInfo], *, tenant_id: str | None, alpha: float = 1e-3, min_tokens: int = 10,
@@ -202,7 +245,7 @@ class Provenance:
         columns = []
         for info in keys:
             detector = self.detector(info.key_id, per_key_alpha)
-            results = detector.detect_batch(ids)
+            results = detector.detect_batch(texts if detector.reads_text else ids)
             public = info.tenant_id != tenant_id
             columns.append(
                 [self._match(detector.key, result, digest, nearest, public) for result, digest in zip(results, hashes)]

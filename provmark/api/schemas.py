@@ -15,6 +15,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from provmark.watermark.schemes import SCHEMES
 
 __all__ = [
+    "EmbedRequest",
+    "EmbedResponse",
     "ErrorBody",
     "GenerateRequest",
     "GenerateResponse",
@@ -35,6 +37,7 @@ MAX_METADATA_BYTES = 16 * 1024
 MAX_TEXT_CHARS = 200_000
 MAX_BATCH = 32
 MAX_KEYS_PER_VERIFY = 64
+MAX_EMBED_CHARS = 20_000
 
 
 def _utf8(value: str) -> str:
@@ -116,7 +119,9 @@ class KeyParams(_Request):
     segment_bits: Int | None = None
     pool_size: Int | None = None
     head: Int | None = None
-    proxy_context: Literal["text", "prompt"] | None = None
+    proxy_context: Literal["text", "window", "prompt"] | None = None
+    similarity_threshold: float | None = None
+    max_candidates: Int | None = None
 
 
 class KeyCreate(_Request):
@@ -180,6 +185,30 @@ class GenerateResponse(BaseModel):
     record: RecordOut
 
 
+class EmbedRequest(_Request):
+    key_id: Identifier
+    text: Annotated[str, Field(min_length=1, max_length=MAX_EMBED_CHARS, json_schema_extra=_SOME_TEXT),
+                    AfterValidator(_utf8), AfterValidator(_not_blank)] = Field(
+        description="Finished text to watermark (synonym keys). Embedding ranks candidates with the model: "
+                    "about 5 words a second on a CPU core.")
+    metadata: Metadata = Field(default_factory=dict, description="Stored on the record as given (a JSON object).")
+
+
+class SubstitutionOut(BaseModel):
+    start: int = Field(description="Character offset of the replaced word in the original text.")
+    end: int
+    original: str
+    replacement: str
+
+
+class EmbedResponse(BaseModel):
+    text: str = Field(description="The text watermarked; every character outside the replaced words as given.")
+    num_words: int
+    num_eligible: int
+    substitutions: list[SubstitutionOut]
+    record: RecordOut
+
+
 class _VerifyOptions(_Request):
     key_ids: list[Identifier] | None = Field(
         None, max_length=MAX_KEYS_PER_VERIFY, description="Test only these keys (default: every key the caller may use).")
@@ -220,6 +249,7 @@ class KeyVerificationOut(BaseModel):
     payload_hex: str | None
     bit_confidences: list[float] | None
     spans: list[list[int]]
+    word_bits: list[list[int]] = Field(description="Synonym keys: [start, end, bit] of every scored word.")
     match: Literal["text", "payload"] | None
     record: RecordOut | None
     nearest_records: list[NearRecordOut]

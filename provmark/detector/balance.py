@@ -41,7 +41,7 @@ from provmark.detector.stats import log_pmf_of_sum, log_upper_tail
 from provmark.errors import ParameterError
 from provmark.kernels.balanced_split import available_in_pool, partition_starts
 from provmark.kernels.prf import context_seeds, split_key
-from provmark.watermark.balance import VanillaConfig, order_seeds_of, parity, pool_indices, pool_words, segments_of
+from provmark.watermark.balance import PROXY_WINDOW, VanillaConfig, order_seeds_of, parity, pool_indices, pool_words, segments_of
 from provmark.watermark.payload import from_digits
 
 __all__ = ["VanillaDetector", "BalanceDetector", "walsh_hadamard"]
@@ -110,7 +110,11 @@ class VanillaDetector(Detector):
             prompt = _as_ids(prompt_ids[index] if prompt_ids is not None else None)
             fulls.append(torch.cat([prompt, _as_ids(ids)]))
             firsts.append(prompt.numel())
-        heads = self.proxy.heads([f.tolist() for f in fulls], self.config.head) if self.config.head else None
+        heads = None
+        if self.config.head and getattr(self.config, "proxy_context", "text") == "window":
+            heads = self.proxy.window_heads([f.tolist() for f in fulls], self.config.head, PROXY_WINDOW)
+        elif self.config.head:
+            heads = self.proxy.heads([f.tolist() for f in fulls], self.config.head)
         out = []
         for index, (full, offset) in enumerate(zip(fulls, firsts)):
             first = max(offset, h)

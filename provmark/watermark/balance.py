@@ -21,9 +21,10 @@ Choices where provmark departs from the official code, each to fix a pitfall of 
   does not shift every later token into the wrong segment.
 - *Proxy ids are the model's ids*: the proxy must share the tokenizer (``watermark.proxy``);
   there is no string mapping between vocabularies. The proxy reads the generated text alone by
-  default, as the detector will (the official code's 10-token window serves the same purpose);
-  ``proxy_context="prompt"`` reuses the generating model's own logits instead (no second forward
-  pass, weaker detection).
+  default, as the detector will; ``proxy_context="window"`` reads only the last 10 ids, as the
+  official code does, so a span pasted into other text (or text edited far from a position)
+  keeps its splits; ``proxy_context="prompt"`` reuses the generating model's own logits instead
+  (no second forward pass, weaker detection).
 - Every step is watermarked, from the first generated token (the seed needs only the previous
   token); repeated contexts are not skipped, as in the paper. The bias goes to every id, not only
   the model's top 1000.
@@ -42,10 +43,12 @@ from provmark.watermark.base import SchemeConfig, StepParams, Watermarker, posit
 from provmark.watermark.kgw import validate_context_width, validate_delta
 from provmark.watermark.payload import parse_payload, to_bits, to_digits
 
-__all__ = ["VanillaConfig", "BalanceConfig", "VanillaWatermarker", "BalanceWatermarker", "pool_words", "pool_indices", "order_seeds_of", "segments_of"]
+__all__ = ["PROXY_WINDOW", "VanillaConfig", "BalanceConfig", "VanillaWatermarker", "BalanceWatermarker", "pool_words", "pool_indices", "order_seeds_of", "segments_of"]
 
 MAX_SEGMENT_BITS = 24  # exhaustive decoding holds 2**b counts per segment
 MAX_POOL_SIZE = 1 << 12
+PROXY_WINDOW = 10
+"""Ids the proxy reads with ``proxy_context="window"`` (the official code's prefix length P)."""
 
 
 def _is_int(value) -> bool:
@@ -119,16 +122,19 @@ class BalanceConfig(VanillaConfig):
     proxy_context: str = "text"
     """What the proxy reads at generation. "text": the generated text alone, exactly what the
     detector (which never sees the prompt) will read, at the price of a second forward pass per
-    step. "prompt": the prompt and the text, so with the generating model as proxy its own logits
-    serve and generation costs nothing extra, but the detector's distributions differ from
-    generation's and part of the evidence is lost."""
+    step. "window": the last ``PROXY_WINDOW`` ids of the generated text (the paper's choice), as the
+    detector will read them: weaker per token than "text" (the proxy knows less), but a split
+    depends only on the 10 ids before it, so a span pasted into other text can be located and
+    decoded. "prompt": the prompt and the text, so with the generating model as proxy its own
+    logits serve and generation costs nothing extra, but the detector's distributions differ
+    from generation's and part of the evidence is lost."""
 
     def __post_init__(self):
         super().__post_init__()
         if not _is_int(self.head) or not 1 <= self.head <= 1 << 17:
             raise ParameterError(f"head must be an integer in [1, 131072], got {self.head!r}; 256 is the default")
-        if self.proxy_context not in ("text", "prompt"):
-            raise ParameterError(f"proxy_context must be 'text' or 'prompt', got {self.proxy_context!r}")
+        if self.proxy_context not in ("text", "window", "prompt"):
+            raise ParameterError(f"proxy_context must be 'text', 'window' or 'prompt', got {self.proxy_context!r}")
 
 
 def pool_words(pool_key: tuple[int, int], contexts: torch.Tensor, segments: torch.Tensor, config: VanillaConfig):
@@ -206,8 +212,8 @@ class BalanceWatermarker(VanillaWatermarker):
     Args:
         key: a balance key.
         proxy: a ``watermark.proxy.Proxy``. Required when the key's ``proxy_context`` is "text"
-            (``hook.generate`` builds one over the generating model); with "prompt", None uses
-            the generating model's own logits.
+            or "window" (``hook.generate`` builds one over the generating model); with "prompt",
+            None uses the generating model's own logits.
     """
 
     uses_proxy = True
@@ -215,9 +221,9 @@ class BalanceWatermarker(VanillaWatermarker):
 
     def __init__(self, key, proxy=None):
         super().__init__(key)
-        if proxy is None and key.config.proxy_context == "text":
+        if proxy is None and key.config.proxy_context != "prompt":
             raise ParameterError(
-                "this balance key's proxy reads the generated text alone (proxy_context 'text'): give a proxy "
+                f"this balance key's proxy reads the generated text (proxy_context {key.config.proxy_context!r}): give a proxy "
                 "(watermark.proxy.Proxy over the generating model), or use hook.generate, which builds one"
             )
         self.proxy = proxy
@@ -229,10 +235,14 @@ class BalanceWatermarker(VanillaWatermarker):
         salts = self.partition_salts(contexts, payloads)
         coin_seeds = context_seeds(self.key_words(batch, device), salts, contexts)
         order_seeds = order_seeds_of(self.order_key, contexts)
-        if config.proxy_context == "text":
+        if config.proxy_context != "prompt":
             generated = input_ids[:, start:]
-            # The first token has no text before it; the detector never scores it.
-            probs = torch.softmax(scores.float(), dim=-1) if generated.shape[1] == 0 else self.proxy.step_probs(generated)
+            if generated.shape[1] == 0:  # the first token has no text before it; the detector never scores it
+                probs = torch.softmax(scores.float(), dim=-1)
+            elif config.proxy_context == "window":
+                probs = self.proxy.window_probs(generated[:, -PROXY_WINDOW:])
+            else:
+                probs = self.proxy.step_probs(generated)
         else:
             probs = torch.softmax(scores.float(), dim=-1) if self.proxy is None else self.proxy.step_probs(input_ids)
         starts = partition_starts(salts, config.pool_size)

@@ -205,7 +205,7 @@ def generate(
     input_ids = encoded["input_ids"].to(device)
     attention_mask = encoded["attention_mask"].to(device)
     if key is not None:
-        if proxy is None and scheme_class.uses_proxy and key.config.proxy_context == "text":
+        if proxy is None and scheme_class.uses_proxy and key.config.proxy_context != "prompt":
             from provmark.watermark.proxy import Proxy
 
             proxy = Proxy(model, tokenizer)

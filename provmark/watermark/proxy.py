@@ -11,6 +11,10 @@ detection the proxy reads the text alone, in one forward pass per batch of texts
 (``heads``): it cannot see the prompt the text answered, so its distributions differ from the
 ones generation used, most at the start of the text; the split is cut by mass, so a small
 difference moves few ids across the cut.
+
+With a window (the paper's choice: the last 10 ids), the proxy reads only the ids just before
+each position, at generation (``window_probs``) as at detection (``window_heads``): text pasted
+or edited more than a window away cannot change a position's split.
 """
 
 from __future__ import annotations
@@ -80,6 +84,49 @@ class Proxy:
                 probs = torch.softmax(logits[row, : max(n - 1, 0)].float(), dim=-1).cpu()
                 results[i] = head_of(probs, head)
         return results
+
+    @torch.no_grad()
+    def _last_probs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """float (B, V) next-token distribution after each left-padded row of ``ids`` (B, T)."""
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                            position_ids=positions.to(self.device), logits_to_keep=1).logits
+        return torch.softmax(logits[:, -1].float(), dim=-1)
+
+    def window_probs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """float (B, V) next-token distribution after each row of ``input_ids`` (B, T), read
+        without a cache: the caller passes the window (the last ids of the generated text)."""
+        return self._last_probs(input_ids, torch.ones_like(input_ids))
+
+    @torch.no_grad()
+    def window_heads(self, sequences: Sequence[Sequence[int]], head: int, window: int,
+                     rows_per_pass: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``heads`` with the proxy reading only the ``window`` ids before each position: for each
+        sequence x of n ids, ``head_of`` the distribution of x_i given x_max(0, i-window)..x_{i-1},
+        for i = 1..n-1, exactly as ``window_probs`` gives it at generation (left padding)."""
+        windows, lengths, owners = [], [], []
+        for index, seq in enumerate(sequences):
+            seq = torch.as_tensor(list(seq), dtype=torch.int64)
+            for i in range(1, seq.numel()):
+                windows.append(seq[max(0, i - window) : i])
+                owners.append(index)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        masses, ids = [], []
+        for start in range(0, len(windows), rows_per_pass):
+            chunk = windows[start : start + rows_per_pass]
+            width = max(w.numel() for w in chunk)
+            batch = torch.full((len(chunk), width), pad, dtype=torch.int64)
+            mask = torch.zeros((len(chunk), width), dtype=torch.int64)
+            for row, w in enumerate(chunk):
+                batch[row, width - w.numel() :] = w
+                mask[row, width - w.numel() :] = 1
+            mass, top = head_of(self._last_probs(batch, mask).cpu(), head)
+            masses.append(mass)
+            ids.append(top)
+        owners = torch.tensor(owners, dtype=torch.int64)
+        mass = torch.cat(masses) if masses else torch.empty((0, head), dtype=torch.float64)
+        top = torch.cat(ids) if ids else torch.empty((0, head), dtype=torch.int64)
+        return [(mass[owners == index], top[owners == index]) for index in range(len(sequences))]
 
     @torch.no_grad()
     def step_probs(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ def test_healthz_needs_no_token(client):
 def test_the_openapi_schema_documents_every_route_and_the_error_shape(client):
     schema = client.get("/openapi.json").json()
     assert set(schema["paths"]) == {"/healthz", "/v1/keys", "/v1/keys/{key_id}", "/v1/keys/{key_id}/rotate",
-                                    "/v1/generate", "/v1/verify", "/v1/verify/batch", "/v1/records/{record_id}"}
+                                    "/v1/generate", "/v1/embed", "/v1/verify", "/v1/verify/batch",
+                                    "/v1/records/{record_id}"}
     assert "ErrorBody" in schema["components"]["schemas"]
     assert schema["paths"]["/v1/verify"]["post"]["responses"]["422"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ErrorBody"}
@@ -352,6 +353,80 @@ def test_generate_refuses_unknown_retired_and_exhausted_keys_before_loading_a_mo
                  409, "key_id")  # and WordModels.loaded() was never called: it fails the test
 
 
+# -- embed (finished text, synonym keys) ---------------------------------------------------------
+
+PARAGRAPH = (
+    "The old harbour town grew quiet every winter. Fishermen repaired their heavy nets, painted the "
+    "small boats and waited for calmer weather. Children walked along the narrow streets to the "
+    "school near the church, and the bakery sold warm bread early each morning. Visitors rarely came, "
+    "but the few who did often stayed longer than they had planned, charmed by the simple life and "
+    "the bright lights of the distant lighthouse. In spring the markets opened again and the town "
+    "slowly filled with noise, trade and happy voices."
+)
+
+
+class EncoderModels(PreloadedModels):
+    """A preloaded model plus the packaged sentence encoder, loaded once for the module."""
+
+    encoder_loaded = None
+
+    def encoder(self):
+        if EncoderModels.encoder_loaded is None:
+            from provmark.watermark.models import load_sentence_encoder
+
+            EncoderModels.encoder_loaded = load_sentence_encoder()
+        return EncoderModels.encoder_loaded
+
+
+def test_embed_watermarks_finished_text_under_a_record_that_verify_finds(make_client, acme, tiny_model, tokenizer):
+    client = make_client(models=EncoderModels(LoadedModel(model=tiny_model, tokenizer=tokenizer, name="tiny-llama")))
+    key = _key(client, acme, "synonym", similarity_threshold=0.8)
+    response = client.post("/v1/embed", json={"key_id": key["key_id"], "text": PARAGRAPH, "metadata": {"user": "u1"}},
+                           headers=acme.headers)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["substitutions"], "no word of the paragraph was replaced"
+    rebuilt, last = [], 0
+    for s in body["substitutions"]:  # the original with each replacement put in is the returned text
+        assert PARAGRAPH[s["start"]:s["end"]] == s["original"] != s["replacement"]
+        rebuilt += [PARAGRAPH[last:s["start"]], s["replacement"]]
+        last = s["end"]
+    assert "".join(rebuilt) + PARAGRAPH[last:] == body["text"]
+    record = body["record"]
+    assert record["key_id"] == key["key_id"] and record["payload"] is None and record["metadata"] == {"user": "u1"}
+    assert record["text_sha256"] == text_sha256(body["text"]) and record["model"] == "tiny-llama"
+    (result,) = client.post("/v1/verify", json={"text": body["text"], "key_ids": [key["key_id"]]},
+                            headers=acme.headers).json()["results"]
+    assert result["match"] == "text" and result["record"] == record
+    assert result["scheme"] == "synonym" and len(result["word_bits"]) == result["num_scored_tokens"] > 0
+    assert all(body["text"][a:b].strip() and bit in (0, 1) for a, b, bit in result["word_bits"])
+
+
+def test_generate_and_embed_refuse_a_key_of_the_other_kind_before_loading_a_model(client, acme):
+    synonym, mpac = _key(client, acme, "synonym"), _key(client, acme, "mpac", bits=8)
+    refused = client.post("/v1/generate", json={"key_id": synonym["key_id"], "prompt": "hi"}, headers=acme.headers)
+    assert "/v1/embed" in assert_error(refused, 422, "key_id")["errors"][0]["message"]
+    refused = client.post("/v1/embed", json={"key_id": mpac["key_id"], "text": PARAGRAPH}, headers=acme.headers)
+    assert "/v1/generate" in assert_error(refused, 422, "key_id")["errors"][0]["message"]
+    assert [k["records"] for k in client.get("/v1/keys", headers=acme.headers).json()["keys"]] == [0, 0]
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"text": "Some text."}, "key_id"),
+    ({"key_id": "k"}, "text"),
+    ({"key_id": "k", "text": " \n "}, "text"),
+    ({"key_id": "k", "text": "word " * 5000}, "text"),
+    ({"key_id": "k", "text": "Some text.", "metadata": [1]}, "metadata"),
+    ({"key_id": "k", "text": "Some text.", "prompt": "hi"}, "prompt"),
+])
+def test_embed_names_the_invalid_field(client, acme, body, field):
+    assert_error(client.post("/v1/embed", json=body, headers=acme.headers), 422, field)
+
+
+def test_embed_needs_a_token(client):
+    assert_error(client.post("/v1/embed", json={"key_id": "k", "text": "Some text."}), 401, "authorization")
+
+
 # -- tenants never see each other ---------------------------------------------------------------
 
 def test_every_cross_tenant_access_is_refused(client, fresh_db, acme, globex):
@@ -364,6 +439,7 @@ def test_every_cross_tenant_access_is_refused(client, fresh_db, acme, globex):
     assert_error(client.patch(f"/v1/keys/{k}", json={"public_verify": True}, headers=g), 404, "key_id")
     assert_error(client.post(f"/v1/keys/{k}/rotate", headers=g), 404, "key_id")
     assert_error(client.post("/v1/generate", json={"key_id": k, "prompt": "hi"}, headers=g), 404, "key_id")
+    assert_error(client.post("/v1/embed", json={"key_id": k, "text": "Some text."}, headers=g), 404, "key_id")
     assert_error(client.get(f"/v1/records/{record.id}", headers=g), 404, "record_id")
     assert_error(client.post("/v1/verify", json={"text": text, "key_ids": [k]}, headers=g), 404, "key_ids.0")
     assert_error(client.post("/v1/verify/batch", json={"texts": [text], "key_ids": [k]}, headers=g), 404, "key_ids.0")
