@@ -1,7 +1,7 @@
 """The unwatermarked corpus of the synonym benchmark: two sources of English paragraphs.
 
 - ``lm``: the embedded SmolLM2-135M-Instruct answering the first N prompts of
-  ``benchmarks/prompts/eval.txt`` (asked for 400 words; sampled at temperature 0.8, 640 new
+  ``provmark/evaluation/prompts.txt`` (asked for 400 words; sampled at temperature 0.8, 640 new
   tokens, seed 0).
 - ``human``: the prose paragraphs of the Python Language Reference help topics that CPython
   ships offline in ``pydoc_data/topics.py`` (PSF licence): headings and indented code
@@ -21,7 +21,6 @@ import re
 import sys
 from pathlib import Path
 
-PROMPTS = Path(__file__).parent / "prompts" / "eval.txt"
 MIN_WORDS = 400
 
 
@@ -49,10 +48,11 @@ def human_texts(limit: int) -> list[str]:
 
 def lm_texts(limit: int, batch: int) -> list[str]:
     """Plain (unwatermarked) answers of the embedded model to the first ``limit`` prompts."""
+    from provmark.evaluation.prompts import load_prompts
     from provmark.watermark.hook import generate
     from provmark.watermark.models import load_model
 
-    prompts = [p.strip() for p in PROMPTS.read_text().splitlines() if p.strip()][:limit]
+    prompts = load_prompts()[:limit]
     loaded = load_model()
     out = []
     for start in range(0, len(prompts), batch):

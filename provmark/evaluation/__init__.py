@@ -1,0 +1,1 @@
+"""Evaluation of the watermark schemes: the prompts, batched generation and the quality metrics."""
