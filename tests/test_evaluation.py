@@ -231,3 +231,25 @@ def test_cli_runs_a_suite_and_lists_what_it_wrote(tmp_path, monkeypatch, tiny_mo
                          "detection_rate_0.01.png", "detection_rate_0.001.png", "report.md")]
     assert lines[5].startswith("suite small: 8 detections in ")
     assert "- command: `provmark eval --suite small --out " in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_the_window_cache_gives_the_proxy_heads_and_reads_each_kept_window_once(tiny_model, tokenizer):
+    from provmark.evaluation.cache import WindowCache
+    from provmark.watermark.proxy import Proxy
+
+    ids = torch.randint(100, 49000, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    cache = WindowCache(tiny_model, tokenizer)
+    cache.keep = True
+    for (mass, top), (plain_mass, plain_top) in zip(cache.window_heads([ids, ids[:25]], 16, 10),
+                                                    Proxy(tiny_model, tokenizer).window_heads([ids, ids[:25]], 16, 10)):
+        assert torch.equal(top, plain_top)
+        torch.testing.assert_close(mass, plain_mass, rtol=0, atol=1e-6)
+    assert cache.windows_read == 39  # the prefix's windows are the text's
+    cache.window_heads([ids[:30]], 16, 10)
+    assert cache.windows_read == 39
+    cache.keep = False
+    edited = ids[:20] + [7] + ids[20:]
+    cache.window_heads([edited], 16, 10)
+    assert cache.windows_read == 39 + 10  # the windows that hold the new id
+    cache.window_heads([edited], 16, 10)
+    assert cache.windows_read == 39 + 20  # not kept: read again

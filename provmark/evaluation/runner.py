@@ -15,8 +15,9 @@ text included, as a verifier would.
 Copy-paste pastes text i into a host made of the other prompts' unwatermarked texts (joined, and
 repeated when they are too few for the share), cut to the share by ``attacks.copy_paste``.
 Balance- and Vanilla-Marking detect pasted text with ``detector.locate`` (windows of
-``suite.tokens`` tokens), whose p-value is corrected for the windows searched; the other schemes
-detect the whole text.
+``suite.tokens`` tokens, a quarter apart), whose p-value is corrected for the windows searched; the
+other schemes detect the whole text. Balance's proxy is a ``cache.WindowCache``: each distinct
+10-id window is read once.
 
 A text is detected at alpha when its calibrated p-value is at most alpha (compared in log10, so
 that p-values below float range count).
@@ -41,6 +42,7 @@ from provmark.attacks import STRENGTHS, apply, paraphrase_batch
 from provmark.attacks.base import words_of
 from provmark.detector import VanillaDetector, create_detector
 from provmark.errors import InvalidTextError
+from provmark.evaluation.cache import WindowCache
 from provmark.evaluation.prompts import generate_batched, load_prompts
 from provmark.evaluation.quality import bit_accuracy, quality
 from provmark.evaluation.suites import SchemeSpec, Suite
@@ -51,6 +53,8 @@ __all__ = ["ALPHAS", "FIELDS", "SUMMARY_FIELDS", "Evaluation", "run_suite", "sum
 
 ALPHAS = (1e-2, 1e-3)
 """Significance levels every detection is judged at."""
+LOCATE_STRIDES = 4
+"""``locate`` searches windows of the suite's length at strides of a quarter window."""
 UNWATERMARKED = "unwatermarked"
 """The ``kind`` of the control texts, and the label of their quality row in the summary."""
 FIELDS = ["suite", "scheme", "attack", "strength", "prompt_index", "kind", "num_tokens", "num_scored_tokens",
@@ -156,12 +160,10 @@ class _Scheme:
         config = self.key.config
         payload_rng = _rng(seed, spec.label, "payloads")
         self.payloads = [payload_rng.randrange(config.capacity) for _ in range(prompts)] if config.supports_payload else None
-        proxy = None
+        self.proxy = None
         if config.generation_time and watermarker_class(self.key.scheme).uses_proxy:
-            from provmark.watermark.proxy import Proxy
-
-            proxy = Proxy(model, tokenizer)
-        self.detector = create_detector(self.key, proxy=proxy)
+            self.proxy = WindowCache(model, tokenizer)
+        self.detector = create_detector(self.key, proxy=self.proxy)
         self.texts: list[str] = []
         self.token_ids: list[list[int]] = []
 
@@ -171,7 +173,7 @@ class _Scheme:
             return self.detector.detect_batch(list(texts)), [len(words_of(t)) for t in texts]
         ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         if locate and isinstance(self.detector, VanillaDetector):
-            results = [self.detector.locate(i, window=window, stride=max(1, window // 8)) for i in ids]
+            results = [self.detector.locate(i, window=window, stride=max(1, window // LOCATE_STRIDES)) for i in ids]
         else:
             results = self.detector.detect_batch(ids)
         return results, [len(i) for i in ids]
@@ -244,6 +246,8 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
             bar.update(1)
             for scheme in schemes:
                 label = scheme.spec.label
+                if scheme.proxy is not None:  # remember the unattacked texts' windows: attacks share them
+                    scheme.proxy.keep = attack == "none"
                 step(f"{label} under {_condition(attack, strength)}")
                 marked = [t for t, _ in attack_texts(attack, strength, scheme.texts, hosts,
                                                       _rng(seed, label, attack, strength), model, tokenizer)]

@@ -93,7 +93,7 @@ be located. The synonym scheme watermarks the unwatermarked generations afterwar
 SUITES: Mapping[str, Suite] = MappingProxyType({
     # Under 10 minutes on a 2-core CPU with the embedded model: short texts, no LM attacks.
     "quick": Suite("quick", SCHEMES, ("delete", "insert", "swap", "wordnet_synonyms", "truncate", "copy_paste"),
-                   prompts=8, tokens=100, batch=8),
+                   prompts=8, tokens=80, batch=8),
     "full": Suite("full", SCHEMES, tuple(ATTACKS), prompts=40, tokens=200, batch=20),
 })
 
