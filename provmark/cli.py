@@ -533,7 +533,7 @@ def _explain(key, text, tokenizer, *, alpha, min_tokens, proxy, html_path, as_js
 
 @cli.command("eval")
 @click.option("--suite", "suite_name", default="quick", show_default=True,
-              help="Named suite: quick (8 prompts x 80 tokens, model-free attacks; minutes on a CPU) or full "
+              help="Named suite: quick (6 prompts x 80 tokens, model-free attacks; minutes on a CPU) or full "
                    "(40 prompts x 200 tokens, every attack, the LM ones included).")
 @click.option("--out", "out_dir", required=True, type=click.Path(),
               help="Folder for results.csv, summary.csv, the PNG plots and report.md (created when missing).")

@@ -7,8 +7,9 @@ controls, read unattacked first), and a 5% deletion leaves most untouched. Readi
 again is most of an evaluation's cost on a CPU, so ``WindowCache`` reads each distinct window
 once.
 
-Windows read while ``keep`` is on (the unattacked texts) are remembered for the whole run; the
-others only within one call, which bounds the memory by the unattacked texts' windows. A window's
+Windows read while ``keep`` is on (the runner turns it on for the unattacked, truncated and pasted
+texts) are remembered for the whole run; the others only within one call, which bounds the memory
+by the windows of those texts. A window's
 head is computed in a different batch than without the cache, so its floats may differ in the
 last bits (as generation's batches already do); a split can move only where two ids tie at the
 half-mass cut.

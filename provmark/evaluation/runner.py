@@ -17,7 +17,7 @@ repeated when they are too few for the share), cut to the share by ``attacks.cop
 Balance- and Vanilla-Marking detect pasted text with ``detector.locate`` (windows of
 ``suite.tokens`` tokens, a quarter apart), whose p-value is corrected for the windows searched; the
 other schemes detect the whole text. Balance's proxy is a ``cache.WindowCache``: each distinct
-10-id window is read once.
+10-id window of the unattacked, truncated and pasted texts is read once.
 
 A text is detected at alpha when its calibrated p-value is at most alpha (compared in log10, so
 that p-values below float range count).
@@ -55,13 +55,18 @@ ALPHAS = (1e-2, 1e-3)
 """Significance levels every detection is judged at."""
 LOCATE_STRIDES = 4
 """``locate`` searches windows of the suite's length at strides of a quarter window."""
+KEPT_WINDOWS = ("none", "truncate", "copy_paste")
+"""Conditions whose proxy windows the ``WindowCache`` keeps: the unattacked texts' windows are
+what truncated and pasted texts are made of, and a host's seams recur at every copy-paste
+strength and in both the watermarked and the unwatermarked text pasted into it."""
 UNWATERMARKED = "unwatermarked"
 """The ``kind`` of the control texts, and the label of their quality row in the summary."""
 FIELDS = ["suite", "scheme", "attack", "strength", "prompt_index", "kind", "num_tokens", "num_scored_tokens",
           "log10_p_value", *(f"detected_{a:g}" for a in ALPHAS), "bit_accuracy", "exact_match", "perplexity",
           "top5_hit_rate"]
 """Columns of the per-text CSV: one row per (scheme, attack, strength, prompt, kind), kind being
-"watermarked" or "unwatermarked" (the control detected with the same key). Multi-bit columns are
+"watermarked" or "unwatermarked" (the control detected with the same key). ``num_tokens`` counts
+the text's tokens as detection read them (words, for the synonym scheme). Multi-bit columns are
 empty for zero-bit schemes and control texts; quality columns are filled for unattacked texts."""
 SUMMARY_FIELDS = ["suite", "scheme", "attack", "strength", "n", *(f"detection_rate_{a:g}" for a in ALPHAS),
                   *(f"fpr_{a:g}" for a in ALPHAS), "median_log10_p_value", "bit_accuracy", "exact_match",
@@ -246,8 +251,8 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
             bar.update(1)
             for scheme in schemes:
                 label = scheme.spec.label
-                if scheme.proxy is not None:  # remember the unattacked texts' windows: attacks share them
-                    scheme.proxy.keep = attack == "none"
+                if scheme.proxy is not None:
+                    scheme.proxy.keep = attack in KEPT_WINDOWS
                 step(f"{label} under {_condition(attack, strength)}")
                 marked = [t for t, _ in attack_texts(attack, strength, scheme.texts, hosts,
                                                       _rng(seed, label, attack, strength), model, tokenizer)]
