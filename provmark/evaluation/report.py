@@ -144,9 +144,10 @@ def plot_detection(evaluation: Evaluation, path: Path, alpha: float) -> None:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(f"detection rate at alpha {alpha:g}")
-    axes.flat[0].legend(fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
     fig.suptitle(f"suite {suite.name}: {suite.prompts} prompts x {suite.tokens} tokens")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -98,7 +98,7 @@ def _rng(seed: int, *parts) -> random.Random:
     return random.Random(_secret(seed, "/".join(map(str, parts))))
 
 
-def machine_description(model) -> str:
+def _machine(model) -> str:
     """One line naming where the run happened."""
     device = next(model.parameters()).device
     if device.type == "cuda":
@@ -134,7 +134,7 @@ class _Hosts:
 _warned_empty = False
 
 
-def attack_texts(attack: str, strength: float | None, texts: Sequence[str], hosts: _Hosts, rng: random.Random,
+def _attack_texts(attack: str, strength: float | None, texts: Sequence[str], hosts: _Hosts, rng: random.Random,
                  model, tokenizer) -> list[tuple[str, tuple[int, int]]]:
     """(attacked text, character span of the marked text in it) for each of ``texts``."""
     global _warned_empty
@@ -246,7 +246,7 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
         rows = []
         for attack, strength in conditions:
             step(f"attacking unwatermarked texts: {_condition(attack, strength)}")
-            controls = [t for t, _ in attack_texts(attack, strength, plain_texts, hosts,
+            controls = [t for t, _ in _attack_texts(attack, strength, plain_texts, hosts,
                                                     _rng(seed, UNWATERMARKED, attack, strength), model, tokenizer)]
             bar.update(1)
             for scheme in schemes:
@@ -254,7 +254,7 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
                 if scheme.proxy is not None:
                     scheme.proxy.keep = attack in KEPT_WINDOWS
                 step(f"{label} under {_condition(attack, strength)}")
-                marked = [t for t, _ in attack_texts(attack, strength, scheme.texts, hosts,
+                marked = [t for t, _ in _attack_texts(attack, strength, scheme.texts, hosts,
                                                       _rng(seed, label, attack, strength), model, tokenizer)]
                 locate = attack == "copy_paste"
                 for kind, texts, quality_of in (("watermarked", marked, qualities[label]),
@@ -268,7 +268,7 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
         bar.close()
     summary = summarise(rows, suite, plain_quality)
     return Evaluation(suite=suite, seed=seed, model=model_name, rows=tuple(rows), summary=tuple(summary),
-                      seconds=time.perf_counter() - started, machine=machine_description(model))
+                      seconds=time.perf_counter() - started, machine=_machine(model))
 
 
 def _whole(scores: list[dict]) -> list[tuple[float, float]]:
