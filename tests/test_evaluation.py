@@ -223,7 +223,8 @@ def test_write_outputs_refuses_an_unwritable_folder(result, tmp_path):
 def test_cli_runs_a_suite_and_lists_what_it_wrote(tmp_path, monkeypatch, tiny_model, tokenizer):
     small = Suite("small", TINY.schemes[:1], ("delete",), prompts=2, tokens=16, batch=2, strengths={"delete": (0.1,)})
     monkeypatch.setattr("provmark.evaluation.suites.SUITES", {"small": small})
-    monkeypatch.setattr("provmark.watermark.models.load_model", lambda path=None: LoadedModel(tiny_model, tokenizer, "tiny"))
+    monkeypatch.setattr("provmark.watermark.models.load_model",
+                        lambda path=None: LoadedModel(tiny_model, tokenizer, "tiny"))
     out = CliRunner().invoke(cli, ["eval", "--suite", "small", "--out", str(tmp_path / "r"), "--seed", "2"])
     assert out.exit_code == 0, out.output
     lines = out.stdout.splitlines()

@@ -83,8 +83,8 @@ def markdown_report(evaluation: Evaluation, command: str, plots: list[str] = ())
         "- schemes: " + "; ".join(s.describe() for s in suite.schemes),
         "- attacks: " + "; ".join(f"{a} at {', '.join(f'{x:g}' for x in suite.strengths[a])}" for a in suite.attacks),
         "",
-        f"Every cell holds {n} texts, so a rate moves in steps of {1 / max(n, 1):.3g}. A text is detected at alpha when "
-        "its calibrated p-value is at most alpha. The false-positive rate is measured on the unwatermarked texts, "
+        f"Every cell holds {n} texts, so a rate moves in steps of {1 / max(n, 1):.3g}. A text is detected at alpha "
+        "when its calibrated p-value is at most alpha. The false-positive rate is measured on the unwatermarked texts, "
         "attacked the same way and detected with the same key. Copy-paste pastes each text into the other prompts' "
         "unwatermarked texts; balance and vanilla search the result with `locate`. For truncate and copy-paste a "
         "smaller number is the stronger attack.",

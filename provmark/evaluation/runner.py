@@ -164,7 +164,9 @@ class _Scheme:
         self.key = create_key(spec.scheme, dict(spec.params), secret=_secret(seed, spec.label))
         config = self.key.config
         payload_rng = _rng(seed, spec.label, "payloads")
-        self.payloads = [payload_rng.randrange(config.capacity) for _ in range(prompts)] if config.supports_payload else None
+        self.payloads = None
+        if config.supports_payload:
+            self.payloads = [payload_rng.randrange(config.capacity) for _ in range(prompts)]
         self.proxy = None
         if config.generation_time and watermarker_class(self.key.scheme).uses_proxy:
             self.proxy = WindowCache(model, tokenizer)
@@ -217,8 +219,8 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
             step(f"watermarking with {spec.label}")
             scheme = _Scheme(spec, seed, len(prompts), model, tokenizer)
             if scheme.key.config.generation_time:
-                generations = generate_batched(model, tokenizer, prompts, scheme.key, scheme.payloads, tokens=suite.tokens,
-                                               seed=seed + 100_003 * number, batch=suite.batch,
+                generations = generate_batched(model, tokenizer, prompts, scheme.key, scheme.payloads,
+                                               tokens=suite.tokens, seed=seed + 100_003 * number, batch=suite.batch,
                                                temperature=suite.temperature)
                 scheme.texts = [g.text for g in generations]
                 scheme.token_ids = [list(g.token_ids) for g in generations]
@@ -236,7 +238,8 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
             bar.update(1)
 
         step("scoring quality")
-        plain_quality = _whole(quality(model, tokenizer, prompts, [list(g.token_ids) for g in plain], None, suite.batch))
+        plain_ids = [list(g.token_ids) for g in plain]
+        plain_quality = _whole(quality(model, tokenizer, prompts, plain_ids, None, suite.batch))
         qualities = {s.spec.label: _whole(quality(model, tokenizer, prompts, s.token_ids, None, suite.batch))
                      for s in schemes}
         bar.update(1)
@@ -316,8 +319,9 @@ def summarise(rows: Sequence[dict], suite: Suite, plain_quality: Sequence[tuple[
                 continue
             marked, controls = kinds.get("watermarked", []), kinds.get(UNWATERMARKED, [])
             cell = dict.fromkeys(SUMMARY_FIELDS, "")
-            cell.update(suite=suite.name, scheme=spec.label, attack=attack, strength="" if strength is None else strength,
-                        n=len(marked), median_log10_p_value=round(statistics.median(r["log10_p_value"] for r in marked), 4),
+            median = round(statistics.median(r["log10_p_value"] for r in marked), 4)
+            cell.update(suite=suite.name, scheme=spec.label, attack=attack,
+                        strength="" if strength is None else strength, n=len(marked), median_log10_p_value=median,
                         bit_accuracy=_mean(marked, "bit_accuracy"), exact_match=_mean(marked, "exact_match"),
                         perplexity=_mean(marked, "perplexity"), top5_hit_rate=_mean(marked, "top5_hit_rate"))
             for alpha in ALPHAS:

@@ -69,7 +69,8 @@ class Suite:
         if len(set(labels)) != len(labels) or not labels:
             raise ParameterError(f"a suite needs schemes with distinct labels, got {labels}")
         if isinstance(self.prompts, bool) or not isinstance(self.prompts, int) or self.prompts < 2:
-            raise ParameterError(f"prompts must be an integer >= 2 (copy-paste pastes into the others), got {self.prompts!r}")
+            raise ParameterError(f"prompts must be an integer >= 2 (copy-paste pastes into the others), "
+                                 f"got {self.prompts!r}")
         if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 8:
             raise ParameterError(f"tokens must be an integer >= 8, got {self.tokens!r}")
 
