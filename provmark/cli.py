@@ -482,7 +482,7 @@ def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, as_jso
         detector = create_detector(key, alpha=alpha, proxy=proxy)
         if not isinstance(detector, VanillaDetector):
             raise ParameterError(f"--locate works with balance and vanilla keys, not {key.scheme}")
-        if getattr(key.config, "proxy_context", "window") == "text":
+        if key.config.proxy_context == "text":
             click.echo("note: this balance key's proxy reads the whole text (proxy_context 'text'), so a span pasted "
                        "after other text loses most of its evidence; keys made with --proxy-context window are "
                        "located reliably", err=True)

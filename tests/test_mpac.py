@@ -8,7 +8,7 @@ import torch
 from scipy.stats import multinomial
 
 from provmark.detector import create_detector
-from provmark.detector.stats import max_count_pmf, sum_log_sf
+from provmark.detector.stats import max_count_pmf, max_count_tail, sum_log_sf
 from provmark.errors import ParameterError
 from provmark.kernels.shard_bias import preferred_mask
 from provmark.watermark.base import positions
@@ -69,6 +69,14 @@ def test_mpac_needs_a_payload_per_row():
         WatermarkLogitsProcessor(key)(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 100))
     with pytest.raises(ParameterError, match="does not fit"):
         WatermarkLogitsProcessor(key, payloads=[2**40])
+
+
+@pytest.mark.parametrize("trials,colours,p", [(0, 2, 0.25), (7, 2, 0.25), (12, 4, 0.25), (30, 1, 0.5)])
+def test_max_count_tail_is_the_upper_tail_of_the_pmf(trials, colours, p):
+    pmf = max_count_pmf(trials, colours, p)
+    tail = max_count_tail(trials, colours, p)
+    assert tail.shape == (trials + 2,) and tail[-1] == 0.0
+    np.testing.assert_allclose(tail[:-1], [pmf[m:].sum() for m in range(trials + 1)], rtol=1e-12, atol=1e-300)
 
 
 def test_max_count_pmf_matches_brute_force_enumeration():

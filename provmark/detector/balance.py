@@ -111,7 +111,7 @@ class VanillaDetector(Detector):
             fulls.append(torch.cat([prompt, _as_ids(ids)]))
             firsts.append(prompt.numel())
         heads = None
-        if self.config.head and getattr(self.config, "proxy_context", "text") == "window":
+        if self.config.head and self.config.proxy_context == "window":
             heads = self.proxy.window_heads([f.tolist() for f in fulls], self.config.head, PROXY_WINDOW)
         elif self.config.head:
             heads = self.proxy.heads([f.tolist() for f in fulls], self.config.head)

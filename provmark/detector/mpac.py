@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from provmark.detector.base import Evidence, PairDetector
-from provmark.detector.stats import max_count_pmf, sum_log_sf
+from provmark.detector.stats import max_count_pmf, max_count_tail, sum_log_sf
 from provmark.kernels.prf import split_key
 from provmark.watermark.base import positions
 from provmark.watermark.mpac import MPACConfig
@@ -62,7 +62,7 @@ class MPACDetector(PairDetector):
                 continue
             pmfs = [max_count_pmf(n, radix, 1 / shards) for n in n_p]
             log_p, mean, sd = sum_log_sf(pmfs, sum(m_p))
-            confidence = [float(1 - pmf[m:].sum()) if n else 0.0 for pmf, n, m in zip(pmfs, n_p, m_p)]
+            confidence = [1.0 - float(max_count_tail(n, radix, 1 / shards)[m]) if n else 0.0 for n, m in zip(n_p, m_p)]
             bit_confidences = tuple(c for c in confidence for _ in range(per_digit))
             payload = from_digits(digits[row].tolist(), radix)
             score = (sum(m_p) - mean) / sd if sd > 0 else 0.0

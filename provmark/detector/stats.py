@@ -9,7 +9,7 @@ import numpy as np
 from scipy.special import betainc, logsumexp
 from scipy.stats import binom
 
-__all__ = ["LN10", "binomial_log_sf", "binomial_log_sf_array", "max_count_pmf", "sum_log_sf", "p_value_from_log", "log_pmf_of_sum", "log_upper_tail"]
+__all__ = ["LN10", "binomial_log_sf", "binomial_log_sf_array", "max_count_pmf", "max_count_tail", "sum_log_sf", "p_value_from_log", "log_pmf_of_sum", "log_upper_tail"]
 
 LN10 = math.log(10.0)
 
@@ -83,6 +83,13 @@ def max_count_pmf(trials: int, colours: int, p: float) -> np.ndarray:
             new[k:, k + 1 :] += weight[:, k + 1 :]
         state = new
     return state.sum(axis=0)
+
+
+@functools.lru_cache(maxsize=4096)
+def max_count_tail(trials: int, colours: int, p: float) -> np.ndarray:
+    """P(largest count >= m) for m = 0..trials + 1 under the law of ``max_count_pmf`` (each entry
+    summed from the top of the pmf, so small tails stay accurate; the last entry is 0)."""
+    return np.append(np.cumsum(max_count_pmf(trials, colours, p)[::-1])[::-1], 0.0)
 
 
 def sum_log_sf(pmfs: list[np.ndarray], observed: int) -> tuple[float, float, float]:

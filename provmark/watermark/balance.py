@@ -87,6 +87,8 @@ class VanillaConfig(SchemeConfig):
 
     head = 0
     """Vanilla-Marking splits no proxy head: every id gets the keyed coin."""
+    proxy_context = None
+    """Vanilla-Marking runs no proxy."""
 
     @property
     def capacity(self) -> int:
