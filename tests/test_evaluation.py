@@ -2,6 +2,7 @@
 
 import csv
 import math
+import shutil
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ TINY = Suite(
      SchemeSpec("balance", "balance", {"bits": 8, "segment_bits": 8, "proxy_context": "window", "delta": 3.0}),
      SchemeSpec("synonym", "synonym")),
     ("delete", "truncate", "copy_paste"),
-    prompts=3, tokens=40, batch=3,
+    prompts=3, tokens=40, human=2, batch=3,
     strengths={"delete": (0.1,), "truncate": (0.5,), "copy_paste": (0.5,)},
 )
 CONDITIONS = ["none", "delete@0.1", "truncate@0.5", "copy_paste@0.5"]
@@ -42,8 +43,12 @@ def result(tiny_model, tokenizer):
 
 @pytest.fixture(scope="module")
 def written(result, tmp_path_factory):
+    """The outputs as a machine without a browser writes them (the PNG has its own test)."""
     folder = tmp_path_factory.mktemp("eval") / "out"
-    paths = write_outputs(result, folder, "provmark eval --suite tiny --out out")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("provmark.evaluation.report.BROWSERS", ("no-such-browser-here",))
+        with pytest.warns(UserWarning, match="no browser"):
+            paths = write_outputs(result, folder, "provmark eval --suite tiny --out out")
     return folder, paths
 
 
@@ -53,7 +58,7 @@ def _cell(result, scheme, attack, strength=""):
 
 
 def test_every_scheme_attack_strength_and_kind_has_one_row_per_prompt(result):
-    assert len(result.rows) == 4 * len(CONDITIONS) * len(PROMPTS) * 2
+    assert len(result.rows) == 4 * (len(CONDITIONS) * len(PROMPTS) * 2 + TINY.human)
     keys = {(r["scheme"], r["attack"], r["strength"], r["prompt_index"], r["kind"]) for r in result.rows}
     assert len(keys) == len(result.rows)
     assert all(set(r) == set(FIELDS) for r in result.rows)
@@ -64,6 +69,33 @@ def test_the_summary_has_a_cell_per_scheme_and_condition_and_the_unwatermarked_q
     assert [c["scheme"] for c in result.summary[-1:]] == ["unwatermarked"]
     assert all(set(c) == set(SUMMARY_FIELDS) for c in result.summary)
     assert all(c["n"] == len(PROMPTS) for c in result.summary)
+    assert [c["n_human"] for c in result.summary[:-1]] == [TINY.human if c["attack"] == "none" else ""
+                                                           for c in result.summary[:-1]]
+
+
+def test_human_texts_are_detected_unattacked_with_every_key_at_the_suite_length(result, tokenizer):
+    from provmark.evaluation.human import human_texts
+
+    human = [r for r in result.rows if r["kind"] == "human"]
+    assert sorted({r["scheme"] for r in human}) == ["balance", "kgw", "mpac", "synonym"]
+    assert {(r["attack"], r["strength"]) for r in human} == {("none", "")}
+    for row in human:
+        assert row["perplexity"] == "" and row["bit_accuracy"] == ""
+        if row["scheme"] == "kgw":  # re-tokenising the cut text may merge a token at the cut
+            assert abs(row["num_tokens"] - TINY.tokens) <= 2
+    texts = human_texts(2, min_words=40)
+    assert len(texts) == 2 and all(len(t.split()) >= 40 for t in texts)
+    assert "Python" in " ".join(human_texts(20, min_words=40))
+
+
+def test_the_human_corpus_refuses_bad_sizes():
+    from provmark.evaluation.human import human_texts
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ParameterError, match="must be a positive integer"):
+            human_texts(bad, 10)
+        with pytest.raises(ParameterError, match="must be a positive integer"):
+            human_texts(3, bad)
 
 
 def test_generation_time_schemes_are_detected_in_unattacked_text(result):
@@ -72,8 +104,10 @@ def test_generation_time_schemes_are_detected_in_unattacked_text(result):
         assert _cell(result, scheme, "none")["detection_rate_0.01"] == 1.0, scheme
 
 
-def test_the_unwatermarked_controls_raise_no_false_alarm_at_the_strict_level(result):
-    assert all(c["fpr_0.001"] == 0.0 for c in result.summary if c["scheme"] != "unwatermarked")
+def test_the_unwatermarked_controls_and_human_texts_raise_no_false_alarm_at_the_strict_level(result):
+    cells = [c for c in result.summary if c["scheme"] != "unwatermarked"]
+    assert all(c["fpr_0.001"] == 0.0 for c in cells)
+    assert all(c["fpr_human_0.001"] == 0.0 for c in cells if c["attack"] == "none")
 
 
 def test_detection_rates_and_fprs_are_shares_and_agree_with_the_rows(result):
@@ -83,8 +117,11 @@ def test_detection_rates_and_fprs_are_shares_and_agree_with_the_rows(result):
         for alpha in (0.01, 0.001):
             marked = [r["detected_" + f"{alpha:g}"] for r in rows if r["kind"] == "watermarked"]
             control = [r["detected_" + f"{alpha:g}"] for r in rows if r["kind"] == "unwatermarked"]
+            human = [r["detected_" + f"{alpha:g}"] for r in rows if r["kind"] == "human"]
             assert cell[f"detection_rate_{alpha:g}"] == pytest.approx(sum(marked) / len(marked), abs=1e-4)
             assert cell[f"fpr_{alpha:g}"] == pytest.approx(sum(control) / len(control), abs=1e-4)
+            if human:
+                assert cell[f"fpr_human_{alpha:g}"] == pytest.approx(sum(human) / len(human), abs=1e-4)
             assert all(r["detected_" + f"{alpha:g}"] == int(r["log10_p_value"] <= math.log10(alpha)) for r in rows)
         assert cell["detection_rate_0.001"] <= cell["detection_rate_0.01"]
 
@@ -100,8 +137,9 @@ def test_bit_accuracy_and_exact_match_only_for_multi_bit_watermarked_texts(resul
 
 def test_quality_is_scored_on_unattacked_texts_only(result):
     for row in result.rows:
-        assert (row["perplexity"] != "") == (row["attack"] == "none")
-        if row["attack"] == "none":
+        scored = row["attack"] == "none" and row["kind"] != "human"
+        assert (row["perplexity"] != "") == scored
+        if scored:
             assert row["perplexity"] > 1 and 0 <= row["top5_hit_rate"] <= 1
 
 
@@ -127,7 +165,7 @@ def test_the_run_replays_with_the_same_seed(result, tiny_model, tokenizer):
 def test_the_csvs_have_the_documented_columns(written, result):
     folder, paths = written
     assert [p.name for p in paths] == ["results.csv", "summary.csv", "detection_rate_0.01.png",
-                                       "detection_rate_0.001.png", "report.md"]
+                                       "detection_rate_0.001.png", "explanation.html", "report.md"]
     with (folder / "results.csv").open() as handle:
         reader = csv.DictReader(handle)
         assert reader.fieldnames == FIELDS
@@ -158,9 +196,66 @@ def test_the_report_has_one_table_per_metric_with_schemes_as_rows_and_conditions
         assert section[0] == header
         assert [line.split(" | ")[0] for line in section[2:]] == [f"| {s}" for s in schemes]
         assert all(line.count("|") == len(CONDITIONS) + 2 for line in section)
+    human = report.split("## False-positive rate on human-written text\n\n", 1)[1].split("\n\n", 2)[1].splitlines()
+    assert human[0] == ("| scheme | human texts | human FPR at 0.01 | human FPR at 0.001 | generated FPR at 0.01 "
+                        "| generated FPR at 0.001 |")
+    assert [line.split(" | ")[:2] for line in human[2:]] == [[f"| {s}", "2"] for s in ("kgw", "mpac", "balance",
+                                                                                       "synonym")]
     quality = report.split("## Quality of the unattacked texts\n", 1)[1]
     assert "| unwatermarked | " in quality and "| synonym | " in quality
     assert "![detection_rate_0.001.png](detection_rate_0.001.png)" in report
+    explained = report.split("## Explanation of one text\n\n", 1)[1]
+    assert "(mpac, prompt 0, delete@0.1)" in explained and "No browser was found" in explained
+
+
+def test_one_attacked_text_is_explained_and_its_page_holds_that_text(result, written):
+    from html.parser import HTMLParser
+
+    assert result.explained == "mpac, prompt 0, delete@0.1"
+    explanation = result.explanation
+    assert explanation.result.scheme == "mpac" and explanation.result.payload is not None
+    assert len(explanation.tokens) >= explanation.result.num_scored_tokens > 20
+
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.inside, self.text = 0, []
+
+        def handle_starttag(self, tag, attrs):
+            if self.inside or ("id", "text") in attrs:
+                self.inside += 1
+
+        def handle_endtag(self, tag):
+            self.inside -= bool(self.inside)
+
+        def handle_data(self, data):
+            if self.inside:
+                self.text.append(data)
+
+    page = Text()
+    page.feed((written[0] / "explanation.html").read_text())
+    assert "".join(page.text) == explanation.text
+
+
+@pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
+                    reason="no Chromium on this machine (Debian package chromium)")
+def test_headless_chromium_renders_the_explanation_as_a_trimmed_png(written, tmp_path):
+    from PIL import Image
+
+    from provmark.evaluation.report import screenshot
+
+    assert screenshot(written[0] / "explanation.html", tmp_path / "page.png", width=800, height=3000)
+    with Image.open(tmp_path / "page.png") as image:
+        assert image.width == 800 and 300 < image.height < 3000  # content kept, blank page below cut
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 50  # coloured tokens, not a blank page
+
+
+def test_screenshot_says_so_when_no_browser_is_installed(tmp_path, monkeypatch):
+    from provmark.evaluation.report import screenshot
+
+    monkeypatch.setattr("provmark.evaluation.report.BROWSERS", ("no-such-browser-here",))
+    assert screenshot(tmp_path / "x.html", tmp_path / "x.png") is False
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_a_detection_table_shows_the_rates_of_the_summary(result):
@@ -179,6 +274,7 @@ def test_named_suites_run_every_scheme_and_the_standard_strengths():
     assert "paraphrase" not in quick.attacks and "lm_synonyms" not in quick.attacks
     assert set(full.attacks) == set(ATTACKS)
     assert full.tokens == 200 and full.prompts > quick.prompts
+    assert quick.human == quick.prompts and full.human == full.prompts
 
 
 def test_an_unknown_suite_is_refused_with_the_names_of_the_suites():
@@ -230,7 +326,7 @@ def test_cli_runs_a_suite_and_lists_what_it_wrote(tmp_path, monkeypatch, tiny_mo
     lines = out.stdout.splitlines()
     assert lines[:5] == [f"wrote {tmp_path / 'r' / name}" for name in ("results.csv", "summary.csv",
                          "detection_rate_0.01.png", "detection_rate_0.001.png", "report.md")]
-    assert lines[5].startswith("suite small: 8 detections in ")
+    assert lines[5].startswith("suite small: 8 detections in ")  # kgw alone: no multi-bit text to explain
     assert "- command: `provmark eval --suite small --out " in (tmp_path / "r" / "report.md").read_text()
 
 

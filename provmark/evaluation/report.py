@@ -6,6 +6,9 @@ Files in the output folder:
 - ``summary.csv``: one row per (scheme, attack, strength) (``runner.SUMMARY_FIELDS``);
 - ``detection_rate_<alpha>.png``: detection rate against attack strength, one panel per attack,
   one line per scheme (the strengths run from weakest to strongest attack, left to right);
+- ``explanation.html``: one watermarked text explained token by token (``detector.render``), and
+  ``explanation.png``, that page rendered by headless Chromium when a ``chromium`` is on the PATH
+  (Debian's ``chromium`` package);
 - ``report.md``: one table per metric, schemes as rows and attack@strength as columns, with the
   command, the machine and the date.
 """
@@ -14,13 +17,21 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import shutil
+import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
+from provmark.detector.render import render_html
 from provmark.errors import OutputError, ProvmarkError
+from provmark.evaluation.human import CORPUS
 from provmark.evaluation.runner import ALPHAS, FIELDS, SUMMARY_FIELDS, UNWATERMARKED, Evaluation
 
-__all__ = ["check_output_dir", "write_outputs", "markdown_report", "plot_detection", "column_label"]
+__all__ = ["check_output_dir", "write_outputs", "markdown_report", "plot_detection", "column_label", "screenshot"]
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+"""Executables ``screenshot`` looks for, in order."""
 
 
 def check_output_dir(path) -> Path:
@@ -64,7 +75,7 @@ def _table(evaluation: Evaluation, field: str, schemes: list[str], digits: int =
     return lines
 
 
-def markdown_report(evaluation: Evaluation, command: str, plots: list[str] = ()) -> str:
+def markdown_report(evaluation: Evaluation, command: str, plots: list[str] = (), explanation_png: str | None = None) -> str:
     """The report as Markdown (see the module doc)."""
     suite = evaluation.suite
     labels = [s.label for s in suite.schemes]
@@ -104,6 +115,7 @@ def markdown_report(evaluation: Evaluation, command: str, plots: list[str] = ())
                      ("Exact match of the payload (multi-bit schemes)", "exact_match", multi_bit, 2)]
     for title, field, schemes, digits in sections:
         out += ["", f"## {title}", "", *_table(evaluation, field, schemes, digits)]
+    out += _human_table(evaluation)
     out += ["", "## Quality of the unattacked texts", "",
             "Under the unwatermarked model, given the prompt: perplexity and the share of tokens among its top 5.", "",
             "| scheme | perplexity | top-5 hit rate |", "|---|---:|---:|"]
@@ -112,7 +124,33 @@ def markdown_report(evaluation: Evaluation, command: str, plots: list[str] = ())
             out.append(f"| {cell['scheme']} | {_format(cell['perplexity'])} | {_format(cell['top5_hit_rate'], 3)} |")
     for plot in plots:
         out += ["", f"![{plot}]({plot})"]
+    if evaluation.explanation is not None:
+        out += ["", "## Explanation of one text", "",
+                f"`explanation.html` shows which tokens carried evidence in one text ({evaluation.explained}): "
+                "green tokens lie in the set the embedder prefers at their step for the decoded payload, red ones "
+                "do not, grey ones were not scored (repeated context).", ""]
+        out.append(f"![explanation.html rendered by headless Chromium]({explanation_png})" if explanation_png else
+                   "No browser was found to render it as a PNG (install Debian's `chromium`).")
     return "\n".join(out) + "\n"
+
+
+def _human_table(evaluation: Evaluation) -> list[str]:
+    """False-positive rates on the human texts next to those on the unwatermarked generations."""
+    cells = [c for c in evaluation.summary if c["attack"] == "none" and c["n_human"] != ""]
+    if not cells:
+        return []
+    suite = evaluation.suite
+    out = ["", "## False-positive rate on human-written text", "",
+           f"{suite.human} texts of {CORPUS}, each cut to {suite.tokens} tokens, detected unattacked with each "
+           "scheme's key, next to the unwatermarked generations of the same length.", "",
+           "| scheme | human texts | " + " | ".join(f"human FPR at {a:g}" for a in ALPHAS) + " | "
+           + " | ".join(f"generated FPR at {a:g}" for a in ALPHAS) + " |",
+           "|---|---:|" + "---:|" * 2 * len(ALPHAS)]
+    for cell in cells:
+        values = [str(cell["n_human"]), *(_format(cell[f"fpr_human_{a:g}"]) for a in ALPHAS),
+                  *(_format(cell[f"fpr_{a:g}"]) for a in ALPHAS)]
+        out.append(f"| {cell['scheme']} | " + " | ".join(values) + " |")
+    return out
 
 
 def plot_detection(evaluation: Evaluation, path: Path, alpha: float) -> None:
@@ -152,6 +190,33 @@ def plot_detection(evaluation: Evaluation, path: Path, alpha: float) -> None:
     plt.close(fig)
 
 
+def screenshot(html_path: Path, png_path: Path, width: int = 1000, height: int = 2400) -> bool:
+    """Render ``html_path`` with headless Chromium into ``png_path``, trimmed of the blank page
+    below the content; False (and nothing written) when no browser of ``BROWSERS`` is installed.
+    ``ProvmarkError`` when the browser fails."""
+    browser = next((found for name in BROWSERS if (found := shutil.which(name))), None)
+    if browser is None:
+        return False
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               f"--window-size={width},{height}", f"--screenshot={png_path.resolve()}", html_path.resolve().as_uri()]
+    try:
+        subprocess.run(command, capture_output=True, timeout=180, check=True)
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise ProvmarkError(f"{browser} could not render {html_path}: {exc}") from None
+    _trim_bottom(png_path)
+    return True
+
+
+def _trim_bottom(png_path: Path, margin: int = 24) -> None:
+    """Cut the rows below the last non-white one (keeping ``margin`` pixels)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(png_path) as image:
+        box = ImageOps.invert(image.convert("RGB")).getbbox()
+        if box is not None and box[3] + margin < image.height:
+            image.crop((0, 0, image.width, box[3] + margin)).save(png_path)
+
+
 def _write_csv(path: Path, fields: list[str], rows) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
@@ -172,8 +237,19 @@ def write_outputs(evaluation: Evaluation, out, command: str) -> list[Path]:
         plot_detection(evaluation, folder / name, alpha)
         plots.append(name)
         written.append(folder / name)
+    explanation_png = None
+    if evaluation.explanation is not None:
+        page = folder / "explanation.html"
+        page.write_text(render_html(evaluation.explanation, title=f"provmark: {evaluation.explained}"),
+                        encoding="utf-8")
+        written.append(page)
+        if screenshot(page, folder / "explanation.png"):
+            explanation_png = "explanation.png"
+            written.append(folder / explanation_png)
+        else:
+            warnings.warn(f"no browser ({', '.join(BROWSERS)}) to render {page} as a PNG", stacklevel=2)
     report = folder / "report.md"
-    report.write_text(markdown_report(evaluation, command, plots), encoding="utf-8")
+    report.write_text(markdown_report(evaluation, command, plots, explanation_png), encoding="utf-8")
     written.append(report)
     return written
 

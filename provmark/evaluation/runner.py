@@ -12,12 +12,20 @@ come from a ``random.Random`` seeded by (seed, scheme, attack, strength), so a s
 (the LM attacks on the same machine). Detection re-tokenises the (attacked) text, unattacked
 text included, as a verifier would.
 
+Human-written texts (``human.human_texts``, each cut to ``suite.tokens`` tokens) are detected
+unattacked with every scheme's key: the false-positive rate on text no model wrote (kind "human",
+attack "none").
+
 Copy-paste pastes text i into a host made of the other prompts' unwatermarked texts (joined, and
 repeated when they are too few for the share), cut to the share by ``attacks.copy_paste``.
 Balance- and Vanilla-Marking detect pasted text with ``detector.locate`` (windows of
 ``suite.tokens`` tokens, a quarter apart), whose p-value is corrected for the windows searched; the
 other schemes detect the whole text. Balance's proxy is a ``cache.WindowCache``: each distinct
 10-id window of the unattacked, truncated and pasted texts is read once.
+
+One text is explained token by token (``detector.explain``) for the report's HTML page: the first
+prompt's text of the first multi-bit scheme that watermarks during generation, after the suite's
+first attack at its middle strength (copy-paste excepted: it is located, not explained).
 
 A text is detected at alpha when its calibrated p-value is at most alpha (compared in log10, so
 that p-values below float range count).
@@ -41,8 +49,10 @@ import torch
 from provmark.attacks import STRENGTHS, apply, paraphrase_batch
 from provmark.attacks.base import words_of
 from provmark.detector import VanillaDetector, create_detector
+from provmark.detector.explain import Explanation, explain_text
 from provmark.errors import InvalidTextError
 from provmark.evaluation.cache import WindowCache
+from provmark.evaluation.human import human_texts
 from provmark.evaluation.prompts import generate_batched, load_prompts
 from provmark.evaluation.quality import bit_accuracy, quality
 from provmark.evaluation.suites import SchemeSpec, Suite
@@ -61,17 +71,21 @@ what truncated and pasted texts are made of, and a host's seams recur at every c
 strength and in both the watermarked and the unwatermarked text pasted into it."""
 UNWATERMARKED = "unwatermarked"
 """The ``kind`` of the control texts, and the label of their quality row in the summary."""
+HUMAN = "human"
+"""The ``kind`` of the human-written texts."""
 FIELDS = ["suite", "scheme", "attack", "strength", "prompt_index", "kind", "num_tokens", "num_scored_tokens",
           "log10_p_value", *(f"detected_{a:g}" for a in ALPHAS), "bit_accuracy", "exact_match", "perplexity",
           "top5_hit_rate"]
 """Columns of the per-text CSV: one row per (scheme, attack, strength, prompt, kind), kind being
-"watermarked" or "unwatermarked" (the control detected with the same key). ``num_tokens`` counts
+"watermarked", "unwatermarked" (the control detected with the same key) or "human" (unattacked only). ``num_tokens`` counts
 the text's tokens as detection read them (words, for the synonym scheme). Multi-bit columns are
 empty for zero-bit schemes and control texts; quality columns are filled for unattacked texts."""
 SUMMARY_FIELDS = ["suite", "scheme", "attack", "strength", "n", *(f"detection_rate_{a:g}" for a in ALPHAS),
-                  *(f"fpr_{a:g}" for a in ALPHAS), "median_log10_p_value", "bit_accuracy", "exact_match",
+                  *(f"fpr_{a:g}" for a in ALPHAS), "n_human", *(f"fpr_human_{a:g}" for a in ALPHAS),
+                  "median_log10_p_value", "bit_accuracy", "exact_match",
                   "perplexity", "top5_hit_rate"]
-"""Columns of the per-cell CSV: means over the cell's texts (``fpr_*`` over its control texts)."""
+"""Columns of the per-cell CSV: means over the cell's watermarked texts (``fpr_*`` over its control
+texts, ``fpr_human_*`` over the human texts, which only the unattacked cell has)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,11 @@ class Evaluation:
     seconds: float
     machine: str
     """Platform, CPU or GPU, torch threads, Python and torch versions."""
+    explanation: Explanation | None = None
+    """One attacked watermarked text explained token by token (see the module doc); None when the
+    suite has no multi-bit generation-time scheme."""
+    explained: str = ""
+    """Which text ``explanation`` is: "scheme, prompt 0, attack@strength"."""
 
 
 def _secret(seed: int, label: str) -> bytes:
@@ -213,6 +232,7 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
         plain = generate_batched(model, tokenizer, prompts, None, tokens=suite.tokens, seed=seed, batch=suite.batch,
                                  temperature=suite.temperature)
         plain_texts = [g.text for g in plain]
+        human = _human(tokenizer, suite)
         bar.update(1)
         schemes = []
         for number, spec in enumerate(suite.schemes, 1):
@@ -244,6 +264,9 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
                      for s in schemes}
         bar.update(1)
 
+        explained_scheme = next((s for s in schemes if s.key.config.generation_time and s.payloads is not None), None)
+        explained_condition = _explained_condition(suite)
+        explanation = None
         least_share = min(suite.strengths.get("copy_paste", STRENGTHS["copy_paste"]))
         hosts = _Hosts(plain_texts, least_share)
         rows = []
@@ -260,18 +283,46 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
                 marked = [t for t, _ in _attack_texts(attack, strength, scheme.texts, hosts,
                                                       _rng(seed, label, attack, strength), model, tokenizer)]
                 locate = attack == "copy_paste"
-                for kind, texts, quality_of in (("watermarked", marked, qualities[label]),
-                                                (UNWATERMARKED, controls, plain_quality)):
+                if scheme is explained_scheme and (attack, strength) == explained_condition:
+                    explanation = explain_text(scheme.key, marked[0], tokenizer, proxy=scheme.proxy)
+                kinds = [("watermarked", marked, qualities[label]), (UNWATERMARKED, controls, plain_quality)]
+                if attack == "none" and human:
+                    kinds.append((HUMAN, human, None))
+                for kind, texts, quality_of in kinds:
                     results, counts = scheme.detect(tokenizer, texts, locate, suite.tokens)
                     for index, (result, count) in enumerate(zip(results, counts)):
                         rows.append(_row(suite, scheme, attack, strength, index, kind, result, count,
-                                         quality_of[index] if attack == "none" else None))
+                                         quality_of[index] if attack == "none" and quality_of else None))
                 bar.update(1)
     finally:
         bar.close()
     summary = summarise(rows, suite, plain_quality)
+    explained = "" if explanation is None else (f"{explained_scheme.spec.label}, prompt 0, "
+                                                f"{_condition(*explained_condition)}")
     return Evaluation(suite=suite, seed=seed, model=model_name, rows=tuple(rows), summary=tuple(summary),
-                      seconds=time.perf_counter() - started, machine=_machine(model))
+                      seconds=time.perf_counter() - started, machine=_machine(model), explanation=explanation,
+                      explained=explained)
+
+
+def _explained_condition(suite: Suite) -> tuple[str, float | None]:
+    """The first attack that is not copy-paste, at its middle strength; ("none", None) without one."""
+    attack = next((a for a in suite.attacks if a != "copy_paste"), None)
+    if attack is None:
+        return ("none", None)
+    strengths = suite.strengths[attack]
+    return (attack, strengths[len(strengths) // 2])
+
+
+def _human(tokenizer, suite: Suite) -> list[str]:
+    """``suite.human`` human-written texts, each cut to its first ``suite.tokens`` tokens."""
+    if not suite.human:
+        return []
+    texts = human_texts(suite.human, min_words=suite.tokens)
+    if len(texts) < suite.human:
+        warnings.warn(f"the human corpus holds {len(texts)} texts of {suite.tokens} words, not {suite.human}",
+                      stacklevel=2)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][: suite.tokens] for t in texts]
+    return [tokenizer.decode(i) for i in ids]
 
 
 def _whole(scores: list[dict]) -> list[tuple[float, float]]:
@@ -317,7 +368,7 @@ def summarise(rows: Sequence[dict], suite: Suite, plain_quality: Sequence[tuple[
             kinds = cells.get((spec.label, attack, "" if strength is None else strength))
             if not kinds:
                 continue
-            marked, controls = kinds.get("watermarked", []), kinds.get(UNWATERMARKED, [])
+            marked, controls, human = (kinds.get(k, []) for k in ("watermarked", UNWATERMARKED, HUMAN))
             cell = dict.fromkeys(SUMMARY_FIELDS, "")
             median = round(statistics.median(r["log10_p_value"] for r in marked), 4)
             cell.update(suite=suite.name, scheme=spec.label, attack=attack,
@@ -327,6 +378,8 @@ def summarise(rows: Sequence[dict], suite: Suite, plain_quality: Sequence[tuple[
             for alpha in ALPHAS:
                 cell[f"detection_rate_{alpha:g}"] = _mean(marked, f"detected_{alpha:g}")
                 cell[f"fpr_{alpha:g}"] = _mean(controls, f"detected_{alpha:g}")
+                cell[f"fpr_human_{alpha:g}"] = _mean(human, f"detected_{alpha:g}")
+            cell["n_human"] = len(human) if human else ""
             out.append(cell)
     if plain_quality:
         cell = dict.fromkeys(SUMMARY_FIELDS, "")

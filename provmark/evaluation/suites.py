@@ -51,6 +51,9 @@ class Suite:
     scheme and one unwatermarked text shared by all (the false-positive control)."""
     tokens: int
     """New tokens of every generation (EOS suppressed, so every text has this length)."""
+    human: int = 0
+    """How many human-written texts (``human.human_texts``, cut to ``tokens`` tokens) every scheme
+    detects unattacked: the false-positive check on text no model wrote."""
     batch: int = 8
     """Prompts per generation batch."""
     temperature: float = 1.0
@@ -73,6 +76,8 @@ class Suite:
                                  f"got {self.prompts!r}")
         if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 8:
             raise ParameterError(f"tokens must be an integer >= 8, got {self.tokens!r}")
+        if isinstance(self.human, bool) or not isinstance(self.human, int) or self.human < 0:
+            raise ParameterError(f"human must be an integer >= 0, got {self.human!r}")
 
     def conditions(self) -> list[tuple[str, float | None]]:
         """(attack, strength) in report order: ("none", None) first, then each attack weakest first."""
@@ -96,8 +101,11 @@ SUITES: Mapping[str, Suite] = MappingProxyType({
     # Measured at 8 prompts: 13 min on one core, most of it Balance's window proxy; 6 prompts cut it
     # by a quarter. Too short for 20 and 32 bits to decode: a smoke test of the whole comparison.
     "quick": Suite("quick", SCHEMES, ("delete", "insert", "swap", "wordnet_synonyms", "truncate", "copy_paste"),
-                   prompts=6, tokens=80, batch=6),
-    "full": Suite("full", SCHEMES, tuple(ATTACKS), prompts=40, tokens=200, batch=20),
+                   prompts=6, tokens=80, human=6, batch=6),
+    # Every attack at 200 tokens. 20 prompts: Balance's window proxy reads one 10-id window per
+    # position of every attacked text (about 5 s per 200-token text on one core), which bounds the
+    # size on a CPU.
+    "full": Suite("full", SCHEMES, tuple(ATTACKS), prompts=20, tokens=200, human=20, batch=20),
 })
 
 
