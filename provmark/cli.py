@@ -534,9 +534,10 @@ def _explain(key, text, tokenizer, *, alpha, min_tokens, proxy, html_path, as_js
 @cli.command("eval")
 @click.option("--suite", "suite_name", default="quick", show_default=True,
               help="Named suite: quick (6 prompts x 80 tokens, model-free attacks; minutes on a CPU) or full "
-                   "(40 prompts x 200 tokens, every attack, the LM ones included).")
+                   "(20 prompts x 200 tokens, every attack, the LM ones included; hours on a CPU).")
 @click.option("--out", "out_dir", required=True, type=click.Path(),
-              help="Folder for results.csv, summary.csv, the PNG plots and report.md (created when missing).")
+              help="Folder for results.csv, summary.csv, the PNG plots, explanation.html (and .png) and report.md "
+                   "(created when missing).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the keys, payloads, sampling and attacks.")
 @model_option
 def eval_(suite_name, out_dir, seed, model_path):
@@ -544,8 +545,9 @@ def eval_(suite_name, out_dir, seed, model_path):
 
     Generates watermarked texts with kgw, mpac, majormark+, balance and vanilla, watermarks the
     unwatermarked generations with the synonym scheme, attacks them (provmark.attacks, at their
-    standard strengths) and detects them. Writes per-text and per-cell CSVs, detection-rate
-    plots and a Markdown report (detection rate and empirical false-positive rate at alpha 0.01
+    standard strengths) and detects them, and human-written text (Python Language Reference
+    prose) as well. Writes per-text and per-cell CSVs, detection-rate plots, one explained text
+    (HTML, and PNG when Chromium is installed) and a Markdown report (detection rate and empirical false-positive rate at alpha 0.01
     and 0.001, bit accuracy, exact match, perplexity, top-5 hit rate). A progress bar runs on
     stderr.
 
