@@ -429,7 +429,8 @@ def _read_text(source) -> str:
 @click.option("--locate", is_flag=True,
               help="balance, vanilla: search for a watermarked span inside longer text (copy-paste) and report it.")
 @click.option("--explain", is_flag=True,
-              help="Show which tokens carried evidence: the text coloured token by token (with --json: every token's evidence).")
+              help="Show which tokens (words, for a synonym key) carried evidence: the text coloured token by token "
+                   "(with --json: every token's evidence).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the explanation as a self-contained HTML page (a per-token heat map and the decoded bits).")
 @click.option("--json", "as_json", is_flag=True, help="Print the detection result as JSON.")
@@ -444,8 +445,8 @@ def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, as_jso
     it scores the eligible words (their keyed bits are under --json, as word_bits). --locate finds a watermarked
     span of a balance or vanilla text pasted into other text and prints its token span.
     --explain colours the text: green tokens lie in the set the embedder prefers at their step
-    for the detected payload, red ones do not, dim ones were not scored; --html writes the same
-    as a page.
+    for the detected payload, red ones do not, dim ones were not scored (for a synonym key, words:
+    green when their keyed bit is 1); --html writes the same as a page.
 
     Example:
 
@@ -472,8 +473,6 @@ def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, as_jso
         tokenizer = load_tokenizer(model_path)
     if locate and (explain or html_path):
         raise ParameterError("--locate cannot be combined with --explain or --html")
-    if (explain or html_path) and not key.config.generation_time:
-        raise ParameterError(f"--explain and --html show tokens; {key.scheme} scores words: --json lists each one (word_bits)")
     if explain or html_path:
         _explain(key, text, tokenizer, alpha=alpha, min_tokens=min_tokens, proxy=proxy, html_path=html_path,
                  as_json=as_json, show=explain)
