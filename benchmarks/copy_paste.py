@@ -32,23 +32,13 @@ import time
 from pathlib import Path
 
 from provmark.detector import create_detector
-from provmark.watermark.hook import generate
+from provmark.evaluation.prompts import generate_batched, load_prompts
 from provmark.watermark.keys import create_key
 from provmark.watermark.models import load_model
 from provmark.watermark.proxy import Proxy
 
-PROMPTS = Path(__file__).parent / "prompts" / "eval.txt"
 FIELDS = ["trial", "payload_hex", "decoded_hex", "true_start", "true_end", "found_start", "found_end", "iou",
           "overlap_of_true", "payload_right", "exact", "success", "log10_p_value", "locate_seconds"]
-
-
-def _generate(model, tokenizer, prompts, key, payloads, tokens, seed, batch):
-    out = []
-    for start in range(0, len(prompts), batch):
-        rows = slice(start, start + batch)
-        out += generate(model, tokenizer, prompts[rows], key, None if payloads is None else payloads[rows],
-                        seed=seed + start, max_new_tokens=tokens, min_new_tokens=tokens)
-    return out
 
 
 def paste(tokenizer, host: str, inserted: str, rng: random.Random) -> tuple[list[int], tuple[int, int]]:
@@ -79,9 +69,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="CSV of every trial")
     args = parser.parse_args(argv)
 
-    prompts = [line.strip() for line in PROMPTS.read_text().splitlines() if line.strip()]
+    prompts = load_prompts()
     if len(prompts) < 2 * args.trials:
-        parser.error(f"need {2 * args.trials} prompts in {PROMPTS}, have {len(prompts)}")
+        parser.error(f"need {2 * args.trials} prompts, have {len(prompts)}")
     loaded = load_model()
     model, tokenizer = loaded.model, loaded.tokenizer
     secret = hashlib.sha256(f"provmark-bench/copy-paste/{args.seed}".encode()).digest()
@@ -93,8 +83,10 @@ def main(argv=None) -> int:
     payloads = [rng.randrange(key.config.capacity) for _ in range(args.trials)]
 
     started = time.perf_counter()
-    marked = _generate(model, tokenizer, prompts[: args.trials], key, payloads, args.span, args.seed, args.batch)
-    hosts = _generate(model, tokenizer, prompts[args.trials : 2 * args.trials], None, None, args.host, args.seed + 10_000, args.batch)
+    marked = generate_batched(model, tokenizer, prompts[: args.trials], key, payloads, tokens=args.span, seed=args.seed,
+                              batch=args.batch)
+    hosts = generate_batched(model, tokenizer, prompts[args.trials : 2 * args.trials], None, tokens=args.host,
+                             seed=args.seed + 10_000, batch=args.batch)
     print(f"generated {args.trials} watermarked and {args.trials} host texts in {time.perf_counter() - started:.0f} s",
           file=sys.stderr)
 

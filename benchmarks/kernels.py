@@ -38,11 +38,11 @@ import importlib
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from transformers.generation.logits_process import WatermarkLogitsProcessor as HFWatermarkLogitsProcessor
 
+from provmark.evaluation.prompts import load_prompts
 from provmark.kernels._triton import HAS_TRITON, triton_ready
 from provmark.kernels.fused_sampling import fused_sample, sampling_seeds
 from provmark.kernels.repeated_context import repeated_context_mask
@@ -58,7 +58,6 @@ BATCHES = (1, 8, 32, 128, 256)
 SAMPLE_VOCABS = (32000, 128256)
 SAMPLE_BATCHES = (1, 32)
 KEY = create_key("kgw", {"gamma": 0.25, "delta": 2.0, "context_width": 2}, secret=bytes(32))
-PROMPTS = Path(__file__).parent / "prompts" / "eval.txt"
 
 
 def _median_seconds(fn, device: torch.device, repeats: int) -> float:
@@ -182,7 +181,7 @@ def print_end_to_end(device: torch.device, model_dir: str | None, batch: int, ne
 
     loaded = load_model(model_dir)
     model = loaded.model.to(device)
-    prompts = [line for line in PROMPTS.read_text().splitlines() if line.strip()][:batch]
+    prompts = load_prompts()[:batch]
     settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     print(f"\nend to end: {loaded.name}, batch {len(prompts)}, {new_tokens} new tokens per row, best of {repeats}, "
           f"{device}")

@@ -34,16 +34,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from provmark.detector import create_detector
-from provmark.watermark.hook import generate
+from provmark.evaluation.prompts import generate_batched, load_prompts
+from provmark.evaluation.quality import bit_accuracy, quality
 from provmark.watermark.keys import create_key
-from provmark.watermark.models import format_prompts, load_model
+from provmark.watermark.models import load_model
 from provmark.watermark.proxy import Proxy
 from provmark.watermark.schemes import watermarker_class
 
-PROMPTS = Path(__file__).parent / "prompts" / "eval.txt"
 VARIANTS = {  # label -> (scheme, fixed parameters)
     "mpac-r2": ("mpac", {"radix": 2, "gamma": 0.25}),
     "mpac-r4": ("mpac", {"radix": 4, "gamma": 0.25}),
@@ -64,35 +63,6 @@ class Cell:
     temperature: float
 
 
-def quality(model, tokenizer, prompts: list[str], completions: list[list[int]], prefixes: list[int], batch: int):
-    """Per text and prefix: (perplexity, top-5 hit rate) under the unwatermarked model."""
-    texts = format_prompts(tokenizer, prompts)
-    templated = texts != prompts
-    out = []
-    for start in range(0, len(prompts), batch):
-        rows = []
-        for text, completion in zip(texts[start : start + batch], completions[start : start + batch]):
-            prompt_ids = tokenizer(text, add_special_tokens=not templated)["input_ids"]
-            rows.append((prompt_ids, completion))
-        width = max(len(p) + len(c) for p, c in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (p, c) in enumerate(rows):  # left padding, as in generation
-            sequence = p + c
-            ids[i, width - len(sequence) :] = torch.tensor(sequence)
-            mask[i, width - len(sequence) :] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        for i, (_, c) in enumerate(rows):
-            first = width - len(c)  # column of the first completion token
-            step_logits = logits[i, first - 1 : width - 1]
-            target = torch.tensor(c)
-            nll = -torch.log_softmax(step_logits, dim=-1).gather(1, target[:, None]).squeeze(1)
-            top5 = (step_logits.topk(5, dim=-1).indices == target[:, None]).any(dim=1).float()
-            out.append({k: (math.exp(nll[:k].mean().item()), top5[:k].mean().item()) for k in prefixes if k <= len(c)})
-    return out
-
-
 def run_cell(model, tokenizer, prompts, cell: Cell, *, tokens, prefixes, seed, batch):
     """CSV rows of one cell (all prompts, all prefixes)."""
     secret = hashlib.sha256(f"provmark-bench/{seed}/{cell}".encode()).digest()
@@ -105,12 +75,9 @@ def run_cell(model, tokenizer, prompts, cell: Cell, *, tokens, prefixes, seed, b
         key = create_key(scheme, {**params, "bits": cell.bits, "delta": cell.delta}, secret=secret)
         rng = random.Random(secret)
         payloads = [rng.randrange(key.config.capacity) for _ in prompts]
-    completions = []
-    for start in range(0, len(prompts), batch):
-        rows = slice(start, start + batch)
-        generations = generate(model, tokenizer, prompts[rows], key, None if payloads is None else payloads[rows],
-                               seed=seed + start, temperature=cell.temperature, max_new_tokens=tokens, min_new_tokens=tokens)
-        completions += [list(g.token_ids) for g in generations]
+    generations = generate_batched(model, tokenizer, prompts, key, payloads, tokens=tokens, seed=seed, batch=batch,
+                                   temperature=cell.temperature)
+    completions = [list(g.token_ids) for g in generations]
     scores = quality(model, tokenizer, prompts, completions, prefixes, batch)
     rows = []
     for prefix in prefixes:
@@ -130,9 +97,7 @@ def run_cell(model, tokenizer, prompts, cell: Cell, *, tokens, prefixes, seed, b
             if result is None:
                 row.update(bit_accuracy="", exact_match="", log10_p_value="")
             else:
-                truth = key.config.codeword_bits(payloads[index])
-                decoded = key.config.codeword_bits(result.payload) if result.payload is not None else [None] * len(truth)
-                row.update(bit_accuracy=round(sum(a == b for a, b in zip(truth, decoded)) / len(truth), 4),
+                row.update(bit_accuracy=round(bit_accuracy(key.config, payloads[index], result.payload), 4),
                            exact_match=int(result.payload == payloads[index]),
                            log10_p_value=round(result.log10_p_value, 3))
             rows.append(row)
@@ -226,7 +191,7 @@ def main(argv=None) -> int:
     parser.add_argument("--bits", type=_ints, default=[8, 16, 32])
     parser.add_argument("--deltas", type=_floats, default=[1.0, 2.0, 3.0])
     parser.add_argument("--temperatures", type=_floats, default=[0.7, 1.0])
-    parser.add_argument("--prompts", type=int, default=20, help="how many prompts of eval.txt (at least 20 per cell)")
+    parser.add_argument("--prompts", type=int, default=20, help="how many prompts of provmark/evaluation/prompts.txt (at least 20 per cell)")
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--prefixes", type=_ints, default=[50, 100, 200, 300])
     parser.add_argument("--batch", type=int, default=20)
@@ -238,7 +203,7 @@ def main(argv=None) -> int:
     unknown = [label for label in labels if label not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    prompts = [line.strip() for line in PROMPTS.read_text().splitlines() if line.strip()][: args.prompts]
+    prompts = load_prompts()[: args.prompts]
     prefixes = sorted(p for p in args.prefixes if p <= args.tokens)
     loaded = load_model()
     cells = [Cell("none", 0, 0.0, t) for t in args.temperatures]

@@ -11,10 +11,10 @@ Language Reference prose), cuts every text to its first 400 words and:
   similarity of original and watermarked text (all-MiniLM-L6-v2 cosine, the mean over 100-word
   chunks, since MiniLM reads at most 256 word pieces).
 - **Detection by length**: the watermarked text's first 50/100/200/400 words, at alpha 1e-3.
-- **Attacks** on the 400-word watermarked texts: deleting 10% of the words at random; replacing
-  10% of the words that have WordNet synonyms by a random synonym (no key, no LM: another
-  strategy than the embedder's); paraphrasing a random third of the sentences with the embedded
-  LM (sampled at temperature 0.7).
+- **Attacks** (``provmark.attacks``) on the 400-word watermarked texts: deleting 10% of the words
+  at random; replacing 10% of the content words by a random WordNet synonym (no key, no LM:
+  another strategy than the embedder's); paraphrasing a random third of the sentences with the
+  embedded LM (sampled at temperature 0.7).
 - **Throughput**: words per second of embedding and of detection, on this CPU
   (``--threads`` torch threads).
 
@@ -36,11 +36,12 @@ from pathlib import Path
 
 import torch
 
+from provmark.attacks import delete_words, paraphrase_batch, wordnet_synonyms
 from provmark.detector import create_detector
 from provmark.watermark.keys import create_key
-from provmark.watermark.models import format_prompts, load_model, load_sentence_encoder
-from provmark.watermark.synonym import SynonymEmbedder, candidate_forms
-from provmark.watermark.words import WORD_PATTERN, analyse, match_case, replace_words, sentences
+from provmark.watermark.models import load_model, load_sentence_encoder
+from provmark.watermark.synonym import SynonymEmbedder
+from provmark.watermark.words import WORD_PATTERN, analyse
 
 LENGTHS = (50, 100, 200, 400)
 ALPHA = 1e-3
@@ -63,59 +64,6 @@ def similarity(encoder, a: str, b: str, chunk: int = 100) -> float:
         pieces_b.append(b[wb[start].start() : wb[min(end, len(wb) - 1)].end()])
     ea, eb = encoder.embed(pieces_a), encoder.embed(pieces_b)
     return float((ea * eb).sum(dim=1).mean())
-
-
-def delete_words(text: str, share: float, rng: random.Random) -> str:
-    """Remove ``share`` of the words at random, each with the white space before it."""
-    words = list(WORD_PATTERN.finditer(text))
-    gone = set(rng.sample(range(len(words)), round(share * len(words))))
-    out, last = [], 0
-    for i, m in enumerate(words):
-        if i in gone:
-            start = m.start()
-            while start > last and text[start - 1].isspace():
-                start -= 1
-            out.append(text[last:start])
-            last = m.end()
-    out.append(text[last:])
-    return "".join(out)
-
-
-def substitute_words(text: str, share: float, rng: random.Random) -> str:
-    """Replace ``share`` of all words by a random WordNet synonym (inflected, case kept), picked
-    among the words that have one: an attacker without the key or the LM."""
-    tw = analyse(text)
-    options = {i: candidate_forms(w.text.lower()) for i, w in enumerate(tw.words) if w.text.isalpha()}
-    options = {i: c for i, c in options.items() if c}
-    chosen = rng.sample(sorted(options), min(len(options), round(share * len(tw.words))))
-    return replace_words(text, tw.words, {i: match_case(rng.choice(options[i]), tw.words[i].text) for i in sorted(chosen)})
-
-
-def paraphrase_sentences(texts: list[str], share: float, rng: random.Random, loaded, batch: int = 24) -> list[str]:
-    """Each text with a random ``share`` of its sentences rewritten by the LM."""
-    jobs = []  # (text index, start, end, sentence)
-    for t, text in enumerate(texts):
-        _, spans = sentences(analyse(text))
-        for start, end in rng.sample(spans, round(share * len(spans))):
-            jobs.append((t, start, end, text[start:end]))
-    tokenizer, model = loaded.tokenizer, loaded.model
-    rewrites = []
-    for b in range(0, len(jobs), batch):
-        chunk = jobs[b : b + batch]
-        prompts = format_prompts(tokenizer, [f"Rewrite this sentence in other words. Reply with the rewritten sentence only.\n\n{j[3]}" for j in chunk])
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        longest = max(len(tokenizer(j[3])["input_ids"]) for j in chunk)
-        torch.manual_seed(b)
-        with torch.no_grad():
-            out = model.generate(**enc, do_sample=True, temperature=0.7, max_new_tokens=int(longest * 1.5) + 8,
-                                 pad_token_id=tokenizer.pad_token_id)
-        for j, ids in zip(chunk, out[:, enc["input_ids"].shape[1] :]):
-            reply = tokenizer.decode(ids, skip_special_tokens=True).strip().split("\n")[0].strip()
-            rewrites.append(reply or j[3])
-    result = list(texts)
-    for (t, start, end, _), new in sorted(zip(jobs, rewrites), key=lambda x: (x[0][0], -x[0][1])):
-        result[t] = result[t][:start] + new + result[t][end:]
-    return result
 
 
 def main(argv=None) -> int:
@@ -205,8 +153,8 @@ def main(argv=None) -> int:
     # Attacks.
     attacked = {
         "delete10": [delete_words(t, 0.10, rng) for t in marked],
-        "synonym10": [substitute_words(t, 0.10, rng) for t in marked],
-        "paraphrase33": paraphrase_sentences(marked, 1 / 3, rng, loaded),
+        "synonym10": [wordnet_synonyms(t, 0.10, rng) for t in marked],
+        "paraphrase33": paraphrase_batch(marked, 1 / 3, rng, loaded.model, loaded.tokenizer),
     }
     for name, texts in attacked.items():
         for record, text in zip(out_rows, texts):

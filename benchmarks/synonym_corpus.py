@@ -1,7 +1,7 @@
 """The unwatermarked corpus of the synonym benchmark: two sources of English paragraphs.
 
 - ``lm``: the embedded SmolLM2-135M-Instruct answering the first N prompts of
-  ``benchmarks/prompts/eval.txt`` (asked for 400 words; sampled at temperature 0.8, 640 new
+  ``provmark/evaluation/prompts.txt`` (asked for 400 words; sampled at temperature 0.8, 640 new
   tokens, seed 0).
 - ``human``: the prose paragraphs of the Python Language Reference help topics that CPython
   ships offline in ``pydoc_data/topics.py`` (PSF licence): headings and indented code
@@ -17,42 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
-PROMPTS = Path(__file__).parent / "prompts" / "eval.txt"
+from provmark.evaluation.human import human_texts
+
 MIN_WORDS = 400
-
-
-def human_texts(limit: int) -> list[str]:
-    """Prose of ``pydoc_data.topics`` in texts of at least MIN_WORDS words, in topic order."""
-    from pydoc_data.topics import topics
-
-    texts, current = [], []
-    for name in sorted(topics):
-        for block in re.split(r"\n\s*\n", topics[name]):
-            lines = block.strip("\n").splitlines()
-            if not lines or lines[0].startswith(" ") or re.fullmatch(r"[*=\-]+", lines[-1].strip()):
-                continue  # code, grammar, headings
-            paragraph = " ".join(line.strip() for line in lines)
-            if len(paragraph.split()) < 25 or not paragraph.endswith((".", ":")):
-                continue
-            current.append(paragraph)
-            if sum(len(p.split()) for p in current) >= MIN_WORDS:
-                texts.append("\n\n".join(current))
-                current = []
-                if len(texts) == limit:
-                    return texts
-    return texts
 
 
 def lm_texts(limit: int, batch: int) -> list[str]:
     """Plain (unwatermarked) answers of the embedded model to the first ``limit`` prompts."""
+    from provmark.evaluation.prompts import load_prompts
     from provmark.watermark.hook import generate
     from provmark.watermark.models import load_model
 
-    prompts = [p.strip() for p in PROMPTS.read_text().splitlines() if p.strip()][:limit]
+    prompts = load_prompts()[:limit]
     loaded = load_model()
     out = []
     for start in range(0, len(prompts), batch):
@@ -70,7 +49,7 @@ def main(argv=None) -> int:
     parser.add_argument("--human", type=int, default=60, help="texts from pydoc_data")
     parser.add_argument("--batch", type=int, default=20)
     args = parser.parse_args(argv)
-    rows = [{"source": "human", "id": f"pydoc-{i}", "text": t} for i, t in enumerate(human_texts(args.human))]
+    rows = [{"source": "human", "id": f"pydoc-{i}", "text": t} for i, t in enumerate(human_texts(args.human, MIN_WORDS))]
     rows += [{"source": "lm", "id": f"smollm2-{i}", "text": t} for i, t in enumerate(lm_texts(args.lm, args.batch))]
     with args.out.open("w") as handle:
         for row in rows:

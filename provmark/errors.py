@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["ProvmarkError", "ParameterError", "UnknownSchemeError", "KeyFileError", "InvalidTextError", "ModelLoadError"]
+__all__ = ["ProvmarkError", "ParameterError", "UnknownSchemeError", "KeyFileError", "InvalidTextError", "ModelLoadError",
+           "OutputError"]
 
 
 class ProvmarkError(Exception):
@@ -27,3 +28,7 @@ class InvalidTextError(ProvmarkError, ValueError):
 
 class ModelLoadError(ProvmarkError):
     """A model or tokenizer that cannot be loaded offline."""
+
+
+class OutputError(ProvmarkError):
+    """A folder or file that provmark was asked to write and cannot: the message names it and why."""

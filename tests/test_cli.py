@@ -199,8 +199,14 @@ def test_detect_with_a_synonym_key_loads_no_model_and_refuses_locate(runner, tmp
     assert data["scheme"] == "synonym" and data["num_scored_tokens"] == len(data["word_bits"]) >= 3
     assert _error_line(runner.invoke(cli, ["detect", "--key", str(skey), str(text), "--locate"])) == \
         "Error: --locate works with balance and vanilla keys, not synonym"
-    assert _error_line(runner.invoke(cli, ["detect", "--key", str(skey), str(text), "--explain"])) == \
-        "Error: --explain and --html show tokens; synonym scores words: --json lists each one (word_bits)"
+    page = tmp_path / "why.html"
+    explained = runner.invoke(cli, ["detect", "--key", str(skey), str(text), "--min-tokens", "3", "--explain",
+                                    "--html", str(page)])
+    assert explained.exit_code == 0, explained.output
+    assert explained.stdout.startswith(text.read_text() + "\n\n")
+    assert f"words scored: {data['num_scored_tokens']}  hits: {sum(b for _, _, b in data['word_bits'])} " in \
+        explained.stdout
+    assert "words scored" in page.read_text()
     assert _error_line(runner.invoke(cli, ["detect", "--key", str(skey), "-"], input=b"the and of")) == \
         "Error: text too short to score: 0 eligible words, need at least 10"
 

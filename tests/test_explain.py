@@ -134,6 +134,32 @@ def test_html_page_holds_every_token_the_exact_text_and_the_bits(tokenizer):
     assert page.verdict == ("watermarked" if explanation.result.is_watermarked else "not watermarked")
 
 
+def test_a_synonym_key_explains_every_word_and_its_hits_are_the_one_bits():
+    from provmark.detector.synonym import SynonymDetector
+    from provmark.watermark.words import WORD_PATTERN
+
+    key = create_key("synonym", secret=SECRET)
+    text = ("The quiet river runs through the old town, and the fishermen gather early to prepare their boats. "
+            "The quiet river runs through the old town again.")
+    explanation = explain_text(key, text, None)
+    assert explanation.unit == "word" and explanation.text == text
+    assert [text[t.start:t.end] for t in explanation.tokens] == WORD_PATTERN.findall(text)
+    assert all(t.token_id is None for t in explanation.tokens)
+    (result,) = SynonymDetector(key).detect_batch([text])
+    scored = [(t.start, t.end, int(t.hit)) for t in explanation.tokens if t.hit is not None]
+    assert scored == list(result.word_bits) and len(scored) == result.num_scored_tokens > 5
+    assert explanation.result.log10_p_value == result.log10_p_value
+    assert explanation.expected_hits == len(scored) / 2
+    # the repeated sentence's words are unscored: the same (context, word) draws again
+    assert all(t.hit is None for t in explanation.tokens if t.start > text.index("again") - 40)
+    page = _Page()
+    page.feed(render_html(explanation))
+    assert "".join(page.text) == text
+    assert len(page.tokens) == len(explanation.tokens) and all("data-token-id" not in t for t in page.tokens)
+    assert sum(t.get("data-hit") == "1" for t in page.tokens) == explanation.num_hits
+    assert explanation.to_dict()["unit"] == "word"
+
+
 def test_terminal_rendering_is_the_text_then_the_summary(tokenizer):
     key = create_key("kgw", secret=SECRET)
     text = "A quiet harbour at dawn, gulls circling over the fishing boats."

@@ -13,6 +13,11 @@ partitions under which the token is available.
 
 For a multi-bit scheme the payload was chosen to fit the text, so hits are counted after that
 search; the p-value of ``result`` is the one that accounts for it.
+
+The synonym scheme scores words, not tokens: its explanation has one entry per word of the text
+(``Explanation.unit`` "word", no token id), a scored word being a hit when its keyed bit is 1,
+the bit the embedder's synonym choices push towards, with ``expected`` 1/2 (the bit of a distinct
+(context, word) pair is a fair coin without the key). Ineligible and repeated words are unscored.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ class TokenEvidence:
     """One token of the explained sequence."""
 
     index: int
-    """Position of the token in the sequence."""
-    token_id: int
+    """Position of the token (or word) in the sequence."""
+    token_id: int | None
+    """The token's id; None for a word (``Explanation.unit`` "word")."""
     hit: bool | None
     """True or False for a scored token (in the preferred set or not); None when not scored."""
     expected: float | None
@@ -51,6 +57,8 @@ class Explanation:
     tokens: tuple[TokenEvidence, ...]
     text: str | None = None
     """The explained text, when the explanation came from text (token offsets point into it)."""
+    unit: str = "token"
+    """What each entry of ``tokens`` is: "token", or "word" for the synonym scheme."""
 
     @property
     def num_hits(self) -> int:
@@ -66,6 +74,7 @@ class Explanation:
         return {
             "result": self.result.to_dict(),
             "text": self.text,
+            "unit": self.unit,
             "num_hits": self.num_hits,
             "expected_hits": self.expected_hits,
             "tokens": [
@@ -119,17 +128,35 @@ def explain(detector: Detector, token_ids, *, prompt_ids=None) -> Explanation:
 
 def explain_text(key, text: str, tokenizer, *, alpha: float | None = None, proxy=None) -> Explanation:
     """``explain`` for text: tokenise it as ``detector.detect_text`` does and give every token its
-    character offsets in ``text``, so a renderer can colour the text itself."""
+    character offsets in ``text``, so a renderer can colour the text itself. A synonym key
+    explains the words instead (see the module doc) and needs no tokenizer."""
     from provmark.detector import DEFAULT_ALPHA, create_detector
     from provmark.errors import InvalidTextError
 
     if not isinstance(text, str) or not text.strip():
         raise InvalidTextError("text is empty; give the text to check")
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     detector = create_detector(key, alpha=DEFAULT_ALPHA if alpha is None else alpha, proxy=proxy)
+    if detector.reads_text:
+        return _explain_words(detector, text)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     explained = explain(detector, encoded["input_ids"])
     tokens = tuple(
         TokenEvidence(t.index, t.token_id, t.hit, t.expected, start, end)
         for t, (start, end) in zip(explained.tokens, encoded["offset_mapping"])
     )
     return Explanation(explained.result, tokens, text)
+
+
+def _explain_words(detector, text: str) -> Explanation:
+    """Every word of ``text``: scored words are hits when their keyed bit is 1 (expected 1/2)."""
+    from provmark.watermark.words import analyse
+
+    words = analyse(text)
+    (result,) = detector.detect_batch([words])
+    bits = {start: bit for start, _, bit in result.word_bits}
+    tokens = tuple(
+        TokenEvidence(i, None, bool(bits[w.start]), 0.5, w.start, w.end) if w.start in bits
+        else TokenEvidence(i, None, None, None, w.start, w.end)
+        for i, w in enumerate(words.words)
+    )
+    return Explanation(result, tokens, text, unit="word")

@@ -54,7 +54,7 @@ def _summary_lines(explanation: Explanation) -> list[str]:
     verdict = "watermarked" if result.is_watermarked else "not watermarked"
     lines = [
         f"{verdict} (alpha {result.alpha:g})  p-value {result.p_value:.3g}  log10 p {result.log10_p_value:.2f}",
-        f"tokens scored: {result.num_scored_tokens}  hits: {explanation.num_hits} "
+        f"{explanation.unit}s scored: {result.num_scored_tokens}  hits: {explanation.num_hits} "
         f"(expected without the key: {explanation.expected_hits:.1f})",
     ]
     if result.payload_hex is not None:
@@ -127,22 +127,23 @@ def _running_evidence_svg(explanation: Explanation, width: int = 720, height: in
         f'<line x1="10" y1="{zero:.1f}" x2="{width - 10}" y2="{zero:.1f}" stroke="#bbb" stroke-dasharray="4 3"/>'
         f'<polyline fill="none" stroke="#1b7f3b" stroke-width="2" points="{line}"/>'
         f'<text x="12" y="16" font-size="12" fill="#555">hits minus hits expected without the key, '
-        f"over the {span_x} scored tokens: {total:+.1f}</text></svg>"
+        f"over the {span_x} scored {explanation.unit}s: {total:+.1f}</text></svg>"
     )
 
 
 def render_html(explanation: Explanation, *, title: str = "provmark detection") -> str:
     """A self-contained HTML page: verdict and statistics, decoded bits shaded by confidence,
     the text as a per-token heat map (hover a token for its evidence), and the running evidence.
-    Every token of the text is one ``<span class="tok ...">`` carrying ``data-index``,
-    ``data-hit`` and ``data-expected``; the text's characters appear exactly once, in order."""
+    Every token (every word, for a synonym explanation) of the text is one ``<span class="tok ...">``
+    carrying ``data-index`` (and ``data-token-id`` for a token), and ``data-hit`` and
+    ``data-expected`` when scored; the text's characters appear exactly once, in order."""
     result = explanation.result
     esc = html.escape
     verdict = "watermarked" if result.is_watermarked else "not watermarked"
     rows = [
         ("scheme", result.scheme), ("key", result.key_id), ("PRF", result.prf_version),
         ("p-value", f"{result.p_value:.3g} (log10 {result.log10_p_value:.2f}, alpha {result.alpha:g})"),
-        ("tokens scored", str(result.num_scored_tokens)),
+        (f"{explanation.unit}s scored", str(result.num_scored_tokens)),
         ("hits", f"{explanation.num_hits} (expected without the key: {explanation.expected_hits:.1f})"),
     ]
     if result.payload_hex is not None:
@@ -163,22 +164,27 @@ def render_html(explanation: Explanation, *, title: str = "provmark detection") 
                 f'title="bit {i}: confidence {confidence:.4f}">{bit}</span>'
             )
         parts.append("</div>")
+    hit_is = ("a word whose keyed bit is 1, the bit the embedder's synonyms are chosen for"
+              if explanation.unit == "word" else "a token in the set the embedder prefers at that step for the "
+              "detected payload")
     parts.append(
         '<h2>Text</h2><p class="legend"><span style="background:rgba(27,160,70,.6)">hit</span>'
         '<span style="background:rgba(220,50,40,.5)">miss</span><span class="unscored">not scored</span>'
-        "Intensity grows with the evidence a token carries. A hit is a token in the set the embedder "
-        "prefers at that step for the detected payload.</p>"
+        f"Intensity grows with the evidence a {explanation.unit} carries. A hit is {hit_is}.</p>"
     )
     text = ['<div class="text" id="text">']
     for piece, token in _pieces(explanation):
         if token is None:
             text.append(esc(piece))
             continue
-        attributes = f'data-index="{token.index}" data-token-id="{token.token_id}"'
+        attributes = f'data-index="{token.index}"'
+        if token.token_id is not None:
+            attributes += f' data-token-id="{token.token_id}"'
+        unit = f"{explanation.unit} {token.index}"
         if token.hit is None:
-            text.append(f'<span class="tok unscored" {attributes} title="token {token.index}: not scored">{esc(piece)}</span>')
+            text.append(f'<span class="tok unscored" {attributes} title="{unit}: not scored">{esc(piece)}</span>')
             continue
-        tip = f"token {token.index}: {'hit' if token.hit else 'miss'}; chance without the key {token.expected:.3f}"
+        tip = f"{unit}: {'hit' if token.hit else 'miss'}; chance without the key {token.expected:.3f}"
         text.append(
             f'<span class="tok {"hit" if token.hit else "miss"}" {attributes} data-hit="{int(token.hit)}" '
             f'data-expected="{token.expected:.6f}" style="{_token_style(token)}" title="{esc(tip)}">{esc(piece)}</span>'

@@ -104,12 +104,21 @@ class Proxy:
         """``heads`` with the proxy reading only the ``window`` ids before each position: for each
         sequence x of n ids, ``head_of`` the distribution of x_i given x_max(0, i-window)..x_{i-1},
         for i = 1..n-1, exactly as ``window_probs`` gives it at generation (left padding)."""
-        windows, lengths, owners = [], [], []
+        windows, owners = [], []
         for index, seq in enumerate(sequences):
             seq = torch.as_tensor(list(seq), dtype=torch.int64)
             for i in range(1, seq.numel()):
                 windows.append(seq[max(0, i - window) : i])
                 owners.append(index)
+        mass, top = self.heads_of_windows(windows, head, rows_per_pass)
+        owners = torch.tensor(owners, dtype=torch.int64)
+        return [(mass[owners == index], top[owners == index]) for index in range(len(sequences))]
+
+    @torch.no_grad()
+    def heads_of_windows(self, windows: Sequence[torch.Tensor], head: int,
+                         rows_per_pass: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """``head_of`` the next-token distribution after each window (int64 (L_i,), L_i >= 1),
+        read left-padded ``rows_per_pass`` at a time: (float64 (N, k), int64 (N, k)) on the CPU."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         masses, ids = [], []
         for start in range(0, len(windows), rows_per_pass):
@@ -123,10 +132,9 @@ class Proxy:
             mass, top = head_of(self._last_probs(batch, mask).cpu(), head)
             masses.append(mass)
             ids.append(top)
-        owners = torch.tensor(owners, dtype=torch.int64)
         mass = torch.cat(masses) if masses else torch.empty((0, head), dtype=torch.float64)
         top = torch.cat(ids) if ids else torch.empty((0, head), dtype=torch.int64)
-        return [(mass[owners == index], top[owners == index]) for index in range(len(sequences))]
+        return mass, top
 
     @torch.no_grad()
     def step_probs(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,8 @@ from provmark.watermark.base import SchemeConfig
 from provmark.watermark.kgw import validate_context_width
 from provmark.watermark.words import analyse, form_is_eligible, match_case, sentences, word_bit
 
-__all__ = ["SynonymConfig", "Substitution", "SynonymEmbedding", "SynonymEmbedder", "candidate_forms", "embed_text"]
+__all__ = ["SynonymConfig", "Substitution", "SynonymEmbedding", "SynonymEmbedder", "LMScorer", "candidate_forms",
+           "embed_text"]
 
 MAX_CONTEXT_TOKENS = 256
 """Context the LM keeps before a word; past it the context restarts at the word's sentence."""
@@ -152,8 +153,9 @@ class SynonymEmbedding:
     num_eligible: int
 
 
-class _LMScorer:
-    """Log-likelihood of candidate continuations after a growing prefix, whose KV cache is kept."""
+class LMScorer:
+    """Log-likelihood of candidate continuations after a growing prefix, whose KV cache is kept
+    (the embedder's fit, and the slot scoring of ``attacks.lm_synonyms``)."""
 
     def __init__(self, model, tokenizer, lookahead: int):
         self.model, self.tokenizer, self.lookahead = model, tokenizer, lookahead
@@ -251,7 +253,7 @@ class SynonymEmbedder:
         sentence_of, sentence_spans = sentences(tw)
         replaced: dict[int, str] = {}
         original_embeddings: dict[int, torch.Tensor] = {}
-        scorer = _LMScorer(self.model, self.tokenizer, config.lm_lookahead)
+        scorer = LMScorer(self.model, self.tokenizer, config.lm_lookahead)
 
         def render(a: int, b: int) -> str:
             """The text as substituted so far, between original characters a and b (word bounds)."""
