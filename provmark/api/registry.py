@@ -40,7 +40,7 @@ from provmark.watermark.keys import KEY_FILE_FORMAT, WatermarkKey, create_key, k
 from provmark.watermark.payload import payload_hex
 from provmark.watermark.schemes import config_for
 
-__all__ = ["KeyInfo", "Record", "Registry", "Tenant"]
+__all__ = ["KeyInfo", "KeyRef", "Record", "Registry", "Tenant"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_NUMBER = 1 << 63  # SQLite integers are signed 64-bit
@@ -61,6 +61,14 @@ class Tenant:
     id: str
     name: str
     created_at: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyRef:
+    """A registry key by id and owner (what verification reads of it)."""
+
+    key_id: str
+    tenant_id: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -245,6 +253,20 @@ class Registry:
         with self.lock:
             rows = self.db.execute(sql + " ORDER BY keys.created_at, keys.id", args).fetchall()
         return [self._key_info(row) for row in rows]
+
+    def key_refs(self, tenant_id: str | None = None, *, public_only: bool = False) -> list[KeyRef]:
+        """The keys ``keys`` lists, as ids and owners only: what verification needs on every request,
+        without counting each key's records (an index scan as long as the key's record list)."""
+        where, args = [], []
+        if tenant_id is not None:
+            where.append("tenant_id = ?")
+            args.append(tenant_id)
+        if public_only:
+            where.append("public_verify = 1")
+        sql = "SELECT id, tenant_id FROM keys" + (" WHERE " + " AND ".join(where) if where else "")
+        with self.lock:
+            rows = self.db.execute(sql + " ORDER BY created_at, id", args).fetchall()
+        return [KeyRef(key_id=row[0], tenant_id=row[1]) for row in rows]
 
     def key(self, key_id: str, *, tenant_id: str | None = None) -> KeyInfo:
         """One key; ``NotFoundError`` (field ``key_id``) when it is absent or another tenant's."""

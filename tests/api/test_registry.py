@@ -181,3 +181,13 @@ def test_record_fields_round_trip(fresh_db, metadata, model, digest):
     assert again == stored
     assert (again.metadata, again.model, again.text_sha256) == (json.loads(json.dumps(metadata)), model, digest)
     assert again.params == key.params and again.scheme == "mpac" and again.prf_version == "prf-v1"
+
+
+def test_key_refs_list_the_same_keys_as_keys_scoped_the_same_way(fresh_db, acme, globex):
+    mine = [fresh_db.create_key(acme.id, "kgw"), fresh_db.create_key(acme.id, "kgw", public_verify=True)]
+    theirs = fresh_db.create_key(globex.id, "kgw", public_verify=True)
+    fresh_db.rotate_key(mine[0].key_id, tenant_id=acme.id)
+    for scope in ({"tenant_id": acme.id}, {"tenant_id": globex.id}, {"public_only": True}, {}):
+        assert [(r.key_id, r.tenant_id) for r in fresh_db.key_refs(**scope)] == [
+            (k.key_id, k.tenant_id) for k in fresh_db.keys(**scope)]
+    assert theirs.key_id not in {r.key_id for r in fresh_db.key_refs(acme.id)}
