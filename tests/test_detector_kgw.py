@@ -170,3 +170,19 @@ def test_first_occurrence_dedup_is_the_same_when_rows_are_too_wide_to_pack():
     assert torch.equal(wide_pairs - (2**31 - 10), narrow_pairs) and torch.equal(wide_index, narrow_index)
     assert narrow_pairs.tolist() == [[1, 2, 3], [2, 3, 1], [3, 1, 2], [2, 4, 1], [4, 1, 2], [7, 7, 7]]
     assert narrow_index.tolist() == [0, 0, 0, 0, 0, 1]
+
+
+def test_scored_pairs_are_the_same_for_lists_tuples_tensors_and_missing_prompts():
+    detector = create_detector(_key(context_width=2))
+    sequences, prompts = [[1, 2, 3, 1, 2, 4], [], [9], [5, 6, 7, 5, 6, 7]], [[8, 1], None, [3, 3], []]
+    pairs, index = detector.scored_pairs(sequences, prompts)
+    for form in (tuple, torch.tensor):
+        other = [form(seq) if seq else seq for seq in sequences]
+        other_pairs, other_index = detector.scored_pairs(other, [None if p is None else form(p) for p in prompts])
+        assert torch.equal(other_pairs, pairs) and torch.equal(other_index, index)
+    # Context (1, 2) recurs in sequence 0 and (5, 6) in sequence 3: scored once each.
+    assert pairs.tolist() == [[8, 1, 1], [1, 1, 2], [1, 2, 3], [2, 3, 1], [3, 1, 2], [3, 3, 9], [5, 6, 7], [6, 7, 5],
+                              [7, 5, 6]]
+    assert index.tolist() == [0, 0, 0, 0, 0, 2, 3, 3, 3]
+    with pytest.raises(ParameterError, match="non-negative"):
+        detector.scored_pairs([[1, 2, -3]])

@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from provmark.kernels.shard_bias import preferred_mask
 from provmark.watermark.base import positions
 from provmark.watermark.hook import generate
 from provmark.watermark.keys import create_key
+from provmark.watermark.schemes import watermarker_class
 from provmark.watermark.majormark import (
     MajorMarkConfig,
     MajorMarkPlusConfig,
@@ -62,6 +64,19 @@ def test_majormark_plus_never_produces_a_constant_block():
         seen.add(tuple(map(tuple, blocks)))
     assert len(seen) == 196
     assert math.log2(MajorMarkPlusConfig(bits=32).capacity) == pytest.approx(30.46, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [MajorMarkConfig(bits=6), MajorMarkConfig(bits=64), MajorMarkPlusConfig(bits=8), MajorMarkPlusConfig(bits=64, block_size=8)],
+)
+def test_payloads_of_many_codewords_decode_like_payload_of(config):
+    payloads = sorted({0, 1, config.capacity - 1, config.capacity // 3, config.capacity // 7})
+    if isinstance(config, MajorMarkPlusConfig):
+        codewords = [config.blocks(p) for p in payloads]
+    else:
+        codewords = [config.codeword_bits(p) for p in payloads]
+    assert config.payloads_of(np.array(codewords)) == payloads == [config.payload_of(c) for c in codewords]
 
 
 def test_majority_ties_go_to_one_and_candidates_cover_every_block():
@@ -135,6 +150,24 @@ def test_per_row_payloads_decode_each_row_to_its_own_payload(tiny_model, tokeniz
     assert [r.payload for r in results] == payloads
     assert all(r.is_watermarked and r.p_value < 1e-6 for r in results)
     assert all(len(r.bit_confidences) == 16 for r in results)
+
+
+def test_a_64_bit_majormark_key_prefers_shard_63_and_generates_detectable_text(tiny_model, tokenizer):
+    from provmark.detector.explain import explain
+
+    key = create_key("majormark", {"bits": 64, "delta": 4.0}, secret=SECRET)
+    payload = 0x5555_5555_5555_5555 - 1  # codeword 0101...01: 32 ones, a tie, so 1 is the majority bit
+    step = watermarker_class("majormark")(key).step_params(torch.zeros((1, 2), dtype=torch.int64), [payload])
+    mask = int(step.preferred[0])
+    assert [(mask >> i) & 1 for i in range(64)] == [0, 1] * 32  # shard i is codeword bit i, MSB first
+    (marked,) = generate(tiny_model, tokenizer, ["one"], key, payloads=[payload], seed=0, max_new_tokens=300,
+                         min_new_tokens=300)
+    explanation = explain(create_detector(key), marked.token_ids)
+    assert explanation.result.is_watermarked and explanation.result.p_value < 1e-6
+    bits = [int(b) for b in format(explanation.result.payload + 1, "064b")]
+    assert sum(b == c for b, c in zip(bits, [0, 1] * 32)) >= 56
+    scored = [t.expected for t in explanation.tokens if t.hit is not None]
+    assert scored and all(0 < e < 1 for e in scored)  # the mask's sign bit counted as shard 63, not as 64 more
 
 
 @pytest.mark.parametrize("scheme", ["majormark", "majormark+"])

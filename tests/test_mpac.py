@@ -8,7 +8,7 @@ import torch
 from scipy.stats import multinomial
 
 from provmark.detector import create_detector
-from provmark.detector.stats import max_count_pmf, max_count_tail, sum_log_sf
+from provmark.detector.stats import max_count_pmf, max_count_tail, sum_log_sf, sum_log_sf_rows
 from provmark.errors import ParameterError
 from provmark.kernels.shard_bias import preferred_mask
 from provmark.watermark.base import positions
@@ -94,6 +94,27 @@ def test_sum_tail_is_exact_for_known_cases():
     log_p, mean, sd = sum_log_sf([np.array([0.5, 0.5])] * 10, 10)
     assert log_p == pytest.approx(10 * math.log(0.5)) and mean == pytest.approx(5) and sd == pytest.approx(math.sqrt(2.5))
     assert sum_log_sf([np.array([0.5, 0.5])], 0)[0] == 0.0
+
+
+def test_sum_tails_of_many_rows_are_np_convolve_row_by_row_to_the_bit():
+    rng = np.random.default_rng(0)
+    pmfs = [max_count_pmf(n, 2, 0.25) for n in range(15)] + [rng.random(size) ** 8 for size in (1, 2, 30)]
+    index = rng.integers(0, len(pmfs), size=(60, 9))
+    index[0] = 0  # every count is 0: the sum is 0 for sure
+    observed = rng.integers(0, 60, size=60)
+    observed[:3] = [0, 500, 1]
+    log_tail, mean, sd = sum_log_sf_rows(pmfs, index, observed)
+    for row in range(60):
+        total = np.ones(1)
+        for i in index[row]:
+            total = np.convolve(total, pmfs[i])
+        support = np.arange(total.size)
+        expected_mean = float((support * total).sum())
+        expected_sd = math.sqrt(max(float(((support - expected_mean) ** 2 * total).sum()), 0.0))
+        tail = float(total[observed[row]:].sum()) if observed[row] < total.size else 0.0
+        expected_log_tail = min(0.0, math.log(tail) if tail > 0 else math.log(math.ulp(0.0)))
+        assert (log_tail[row], mean[row], sd[row]) == (expected_log_tail, expected_mean, expected_sd)
+    assert sum_log_sf([], 0) == (0.0, 0.0, 0.0)
 
 
 def test_per_row_payloads_decode_each_row_to_its_own_payload(tiny_model, tokenizer):

@@ -3,7 +3,15 @@
 import pytest
 
 from provmark.errors import ParameterError
-from provmark.watermark.payload import from_bits, from_digits, parse_payload, payload_hex, to_bits, to_digits
+from provmark.watermark.payload import (
+    from_bits,
+    from_digit_rows,
+    from_digits,
+    parse_payload,
+    payload_hex,
+    to_bits,
+    to_digits,
+)
 
 
 @pytest.mark.parametrize("value", [0x1234ABCD, "0x1234ABCD", "0x1234abcd", "305441741", b"\x12\x34\xab\xcd", " 0x1234_ABCD "])
@@ -34,6 +42,13 @@ def test_digits_round_trip(radix, length):
         digits = to_digits(value, radix, length)
         assert len(digits) == length and all(0 <= d < radix for d in digits)
         assert from_digits(digits, radix) == value
+
+
+@pytest.mark.parametrize("radix,length", [(2, 64), (16, 16), (14, 16), (6, 24)])
+def test_digit_rows_decode_like_from_digits_up_to_the_largest_capacity(radix, length):
+    values = [0, 1, 0x1234ABCD, radix**length - 1, (radix**length - 1) // 3]
+    digits = [to_digits(value, radix, length) for value in values]
+    assert from_digit_rows(digits, radix) == values == [from_digits(row, radix) for row in digits]
 
 
 def test_bits_are_most_significant_first():

@@ -9,10 +9,13 @@ p-value), and the template fixes which tokens are scored and that repeated pairs
 from __future__ import annotations
 
 import abc
+import array
+import itertools
 import math
 from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
 
+import numpy as np
 import torch
 
 from provmark.detector.result import DetectionResult
@@ -44,6 +47,58 @@ def _pack_rows(rows: torch.Tensor) -> torch.Tensor:
     for column, width in zip(rows.unbind(1), widths):
         packed = (packed << width) | column
     return packed
+
+
+def _flat_ids(parts: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences of token ids (None for none) as one int64 array, one after the other, and the length
+    of each; raises as ``_as_ids`` does.
+
+    Lists and tuples of ints, what callers mostly pass, are read in one ``array`` pass (a tensor per
+    sequence costs more than the rest of decoding); anything else, or lists holding anything but ints,
+    goes through ``_as_ids`` one sequence at a time, with its conversions and errors."""
+    parts = [() if part is None else part for part in parts]
+    if all(isinstance(part, (list, tuple)) for part in parts):
+        try:
+            flat = np.frombuffer(array.array("q", itertools.chain.from_iterable(parts)), dtype=np.int64)
+        except (TypeError, OverflowError):  # floats, nested lists, ids past int64: _as_ids decides
+            pass
+        else:
+            if flat.size and int(flat.min()) < 0:
+                raise ParameterError("token ids must be non-negative")
+            return flat, np.array([len(part) for part in parts], dtype=np.int64)
+    ids = [_as_ids(part).numpy() for part in parts]
+    return np.concatenate([np.empty(0, dtype=np.int64), *ids]), np.array([part.size for part in ids], dtype=np.int64)
+
+
+def _first_of_each_group(sequence: np.ndarray, contexts: list[np.ndarray]) -> np.ndarray:
+    """bool (N,): which rows are the first (lowest index) of their (sequence, context) group, for rows
+    in sequence order (``sequence`` int64 (N,), non-decreasing) with their contexts given column by
+    column (``contexts``: h int64 (N,) arrays of non-negative ids, oldest first).
+
+    One sort groups equal contexts with their rows in index order, hence in sequence order: a row
+    starts a group where its context or its sequence differs from the row before it. The sort key is
+    the context packed into one int64 above the row index when both fit in 63 bits, else a lexsort of
+    the columns."""
+    n = sequence.size
+    index = np.arange(n, dtype=np.int64)
+    width = max((int(column.max()).bit_length() for column in contexts), default=0) if n else 0
+    index_bits = max(n - 1, 1).bit_length()
+    if len(contexts) * width + index_bits <= 63:
+        packed = np.zeros(n, dtype=np.int64)
+        for column in contexts:
+            packed = (packed << width) | column
+        key = np.sort((packed << index_bits) | index)
+        order, packed = key & ((1 << index_bits) - 1), key >> index_bits
+        new_context = packed[1:] != packed[:-1]
+    else:
+        order = np.lexsort((index, *contexts))
+        new_context = np.any([column[order[1:]] != column[order[:-1]] for column in contexts], axis=0)
+    sequence = sequence[order]
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = new_context | (sequence[1:] != sequence[:-1])
+    first = np.zeros(n, dtype=bool)
+    first[order[starts]] = True
+    return first
 
 
 class Evidence(NamedTuple):
@@ -139,26 +194,28 @@ class PairDetector(Detector):
     def _first_occurrences(self, sequences: Sequence, prompts: Sequence | None) -> torch.Tensor:
         """int64 (N, h + 3) rows (sequence index, token index in the sequence, context..., token)
         of the scored pairs (``scored_pairs`` says which), in sequence order."""
-        h = self.context_width
-        rows = []
-        for index, ids in enumerate(sequences):
-            prompt = _as_ids(prompts[index] if prompts is not None else None)
-            full = torch.cat([prompt, _as_ids(ids)])
-            first = max(prompt.numel(), h)
-            if full.numel() <= first:
-                continue
-            windows = full.unfold(0, h + 1, 1)[first - h :]
-            where = torch.arange(first, full.numel())[:, None] - prompt.numel()
-            rows.append(torch.cat([torch.full((windows.shape[0], 1), index, dtype=torch.int64), where, windows], dim=1))
-        if not rows:
-            return torch.empty((0, h + 3), dtype=torch.int64)
-        rows = torch.cat(rows)
-        packed = _pack_rows(torch.cat([rows[:, :1], rows[:, 2:-1]], dim=1))  # (sequence, context)
-        _, group = torch.unique(packed, dim=0 if packed.dim() > 1 else None, return_inverse=True)
-        position = torch.arange(rows.shape[0])
-        first_seen = torch.full((int(group.max()) + 1,), rows.shape[0], dtype=torch.int64)
-        first_seen = first_seen.scatter_reduce(0, group, position, reduce="amin")
-        return rows[torch.sort(first_seen).values]
+        h, count = self.context_width, len(sequences)
+        if prompts is None:
+            flat, sequence_len = _flat_ids(sequences)
+            prompt_len = np.zeros(count, dtype=np.int64)
+        else:
+            flat, lengths = _flat_ids([part for index, ids in enumerate(sequences) for part in (prompts[index], ids)])
+            prompt_len, sequence_len = lengths[0::2], lengths[1::2]
+        full_len = prompt_len + sequence_len
+        first = np.maximum(prompt_len, h)  # first scored index in prompt + sequence
+        scored = np.maximum(full_len - first, 0)
+        sequence = np.repeat(np.arange(count, dtype=np.int64), scored)
+        where = np.arange(sequence.size) - np.repeat(np.cumsum(scored) - scored, scored) + first[sequence]
+        token_at = where + (np.cumsum(full_len) - full_len)[sequence]  # index in flat of each scored token
+        contexts = [flat[token_at - h + j] for j in range(h)]
+        kept = np.flatnonzero(_first_of_each_group(sequence, contexts))
+        rows = np.empty((kept.size, h + 3), dtype=np.int64)
+        rows[:, 0] = sequence[kept]
+        rows[:, 1] = where[kept] - prompt_len[rows[:, 0]]
+        for j, column in enumerate(contexts):
+            rows[:, 2 + j] = column[kept]
+        rows[:, -1] = flat[token_at[kept]]
+        return torch.from_numpy(rows)
 
     def detect_batch(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list[DetectionResult]:
         """Detect the watermark in many sequences at once (vectorised over all their tokens)."""

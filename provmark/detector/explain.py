@@ -88,8 +88,9 @@ def _shard_hits(detector: PairDetector, contexts: torch.Tensor, tokens: torch.Te
         rows = (counts == count).nonzero().squeeze(1)
         shard[rows] = detector.shards(contexts[rows], tokens[rows], params.salts[rows], count)
     hit = ((params.preferred >> shard) & 1).bool()
-    usable = params.preferred & ((torch.ones_like(counts) << counts) - 1)  # bits at or above S name no shard
-    expected = torch.tensor([bin(m).count("1") for m in usable.tolist()], dtype=torch.float64) / counts.double()
+    # bits at or above S name no shard (Python ints: a 64-shard mask's sign bit is shard 63)
+    usable = [m & ((1 << c) - 1) for m, c in zip(params.preferred.tolist(), counts.tolist())]
+    expected = torch.tensor([bin(m).count("1") for m in usable], dtype=torch.float64) / counts.double()
     return hit, expected
 
 

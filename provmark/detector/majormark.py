@@ -35,7 +35,7 @@ import torch
 from scipy.stats import binom
 
 from provmark.detector.base import Evidence, PairDetector
-from provmark.detector.stats import binomial_log_sf_array, sum_log_sf
+from provmark.detector.stats import binomial_log_sf_array, sum_log_sf_rows
 from provmark.kernels.prf import split_key
 from provmark.watermark.base import positions
 from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig, block_candidates, block_salt
@@ -111,18 +111,20 @@ class MajorMarkDetector(PairDetector):
         green = np.stack([h[2] for h in hypotheses])[pick, rows]
         log_p = np.stack([h[3] for h in hypotheses])[pick, rows]
         observed = counts[rows, lam]
-        confidence = np.where(high, binom.cdf(observed - 1, totals[:, None], 1 / b), binom.sf(observed, totals[:, None], 1 / b))
-        out = []
-        for row in range(num_sequences):
-            total = int(totals[row])
-            if total == 0:
-                out.append(Evidence(0.0, 0.0))
-                continue
-            gamma = high[row].sum() / b
-            z = (green[row] - gamma * total) / math.sqrt(total * gamma * (1 - gamma))
-            bits = [int(lam[row]) if h else 1 - int(lam[row]) for h in high[row]]
+        trials = np.broadcast_to(totals[:, None], high.shape)
+        confidence = np.empty(high.shape)
+        confidence[high] = binom.cdf(observed[high] - 1, trials[high], 1 / b)
+        confidence[~high] = binom.sf(observed[~high], trials[~high], 1 / b)
+        scored = np.flatnonzero(totals)
+        gamma = high[scored].sum(axis=1) / b
+        z = (green[scored] - gamma * totals[scored]) / np.sqrt(totals[scored] * gamma * (1 - gamma))
+        bits = np.where(high[scored], lam[scored, None], 1 - lam[scored, None])
+        payloads = config.payloads_of(bits)
+        confidence = confidence.tolist()
+        out = [Evidence(0.0, 0.0)] * num_sequences
+        for i, row in enumerate(scored.tolist()):
             log_p_row = min(0.0, float(log_p[row]) + log_messages)
-            out.append(Evidence(float(z), log_p_row, config.payload_of(bits), tuple(confidence[row].tolist())))
+            out[row] = Evidence(float(z[i]), log_p_row, payloads[i], tuple(confidence[row]))
         return out
 
 
@@ -163,22 +165,25 @@ class MajorMarkPlusDetector(PairDetector):
         order, green, tokens_at = order.numpy(), green.numpy(), tokens_at.numpy()
         chosen_log_sf = np.take_along_axis(log_sf, choice[:, :, None], axis=2)[:, :, 0]
         block_p = np.where(tokens_at > 0, np.exp(np.minimum(0.0, chosen_log_sf + log_messages_block)), 1.0)
-        out = []
-        for row in range(num_sequences):
-            if int(tokens_at[row].sum()) == 0:
-                out.append(Evidence(0.0, 0.0))
-                continue
-            blocks, pmfs, observed, confidences = [], [], 0, []
-            for j in range(r):
-                k = int(choice[row, j])
-                lam, count = candidates[k]
-                high = set(order[row, j, k, :count].tolist())
-                blocks.append([lam if i in high else 1 - lam for i in range(s)])
-                pmfs.append(_binomial_pmf(int(tokens_at[row, j]), count / s))
-                observed += int(green[row, j, k])
-                confidences += [1.0 - float(block_p[row, j])] * s
-            log_tail, mean, sd = sum_log_sf(pmfs, observed)
-            score = (observed - mean) / sd if sd > 0 else 0.0
-            log_p = min(0.0, log_tail + r * log_messages_block)
-            out.append(Evidence(score, log_p, config.payload_of(blocks), tuple(confidences)))
+        # The chosen candidate of every block: its majority bit, how many shards it prefers, and which.
+        lam = np.array([lam for lam, _ in candidates])[choice]
+        count = sizes.numpy()[choice]
+        chosen_order = np.take_along_axis(order, choice[:, :, None, None], axis=2)[:, :, 0]
+        rank = np.empty_like(chosen_order)
+        np.put_along_axis(rank, chosen_order, np.arange(s), axis=2)  # each shard's place in the order
+        bits = np.where(rank < count[:, :, None], lam[:, :, None], 1 - lam[:, :, None])
+        # A block's null law depends on its token count t and its candidate k alone: pmf number t * c + k.
+        pmfs = [_binomial_pmf(t, size / s) for t in range(int(tokens_at.max(initial=0)) + 1) for _, size in candidates]
+        observed = np.take_along_axis(green, choice[:, :, None], axis=2)[:, :, 0].sum(axis=1)
+        scored = np.flatnonzero(tokens_at.sum(axis=1))
+        log_tail, mean, sd = (
+            values.tolist() for values in sum_log_sf_rows(pmfs, (tokens_at * c + choice)[scored], observed[scored])
+        )
+        payloads = config.payloads_of(bits[scored])
+        confidences = np.repeat(1.0 - block_p, s, axis=1).tolist()
+        out = [Evidence(0.0, 0.0)] * num_sequences
+        for i, row in enumerate(scored.tolist()):
+            score = (int(observed[row]) - mean[i]) / sd[i] if sd[i] > 0 else 0.0
+            log_p = min(0.0, log_tail[i] + r * log_messages_block)
+            out[row] = Evidence(score, log_p, payloads[i], tuple(confidences[row]))
         return out

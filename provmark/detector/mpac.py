@@ -17,14 +17,15 @@ digit's bits is 1 - P(M_p >= observed | n_p): how surely that position's agreeme
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from provmark.detector.base import Evidence, PairDetector
-from provmark.detector.stats import max_count_pmf, max_count_tail, sum_log_sf
+from provmark.detector.stats import max_count_pmf, max_count_tail, sum_log_sf_rows
 from provmark.kernels.prf import split_key
 from provmark.watermark.base import positions
 from provmark.watermark.mpac import MPACConfig
-from provmark.watermark.payload import from_digits
+from provmark.watermark.payload import from_digit_rows
 
 __all__ = ["MPACDetector"]
 
@@ -48,23 +49,24 @@ class MPACDetector(PairDetector):
         length, radix, shards = config.num_positions, config.radix, config.shard_count
         position, shard = token_scores // shards, token_scores % shards
         cell = seq_index * length + position
-        tokens_at = torch.bincount(cell, minlength=num_sequences * length).view(num_sequences, length)
+        tokens_at = torch.bincount(cell, minlength=num_sequences * length).view(num_sequences, length).numpy()
         coloured = shard < radix
         counts = torch.bincount(cell[coloured] * radix + shard[coloured], minlength=num_sequences * length * radix)
-        counts = counts.view(num_sequences, length, radix)
-        largest, digits = counts.max(dim=2)  # first maximum: ties go to the lower colour
-        per_digit = config.bits_per_digit
-        out = []
-        for row in range(num_sequences):
-            n_p, m_p = tokens_at[row].tolist(), largest[row].tolist()
-            if sum(n_p) == 0:
-                out.append(Evidence(0.0, 0.0))
-                continue
-            pmfs = [max_count_pmf(n, radix, 1 / shards) for n in n_p]
-            log_p, mean, sd = sum_log_sf(pmfs, sum(m_p))
-            confidence = [1.0 - float(max_count_tail(n, radix, 1 / shards)[m]) if n else 0.0 for n, m in zip(n_p, m_p)]
-            bit_confidences = tuple(c for c in confidence for _ in range(per_digit))
-            payload = from_digits(digits[row].tolist(), radix)
-            score = (sum(m_p) - mean) / sd if sd > 0 else 0.0
-            out.append(Evidence(score, log_p, payload, bit_confidences))
+        largest, digits = counts.view(num_sequences, length, radix).max(dim=2)  # ties go to the lower colour
+        largest, digits = largest.numpy(), digits.numpy()
+        # A position's null law depends on its token count n alone: one pmf and one tail per n.
+        pmfs = [max_count_pmf(n, radix, 1 / shards) for n in range(int(tokens_at.max(initial=0)) + 1)]
+        tails = np.zeros((len(pmfs), len(pmfs) + 1))
+        for n in range(len(pmfs)):
+            tails[n, : n + 2] = max_count_tail(n, radix, 1 / shards)
+        confidence = np.where(tokens_at > 0, 1.0 - tails[tokens_at, largest], 0.0)
+        bit_confidences = np.repeat(confidence, config.bits_per_digit, axis=1).tolist()
+        observed = largest.sum(axis=1)
+        scored = np.flatnonzero(tokens_at.sum(axis=1))
+        log_p, mean, sd = (values.tolist() for values in sum_log_sf_rows(pmfs, tokens_at[scored], observed[scored]))
+        payloads = from_digit_rows(digits[scored], radix)
+        out = [Evidence(0.0, 0.0)] * num_sequences
+        for i, row in enumerate(scored.tolist()):
+            score = (int(observed[row]) - mean[i]) / sd[i] if sd[i] > 0 else 0.0
+            out[row] = Evidence(score, log_p[i], payloads[i], tuple(bit_confidences[row]))
         return out

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.special import betainc, logsumexp
 from scipy.stats import binom
 
-__all__ = ["LN10", "binomial_log_sf", "binomial_log_sf_array", "max_count_pmf", "max_count_tail", "sum_log_sf", "p_value_from_log", "log_pmf_of_sum", "log_upper_tail"]
+__all__ = [
+    "LN10",
+    "binomial_log_sf",
+    "binomial_log_sf_array",
+    "max_count_pmf",
+    "max_count_tail",
+    "sum_log_sf",
+    "sum_log_sf_rows",
+    "p_value_from_log",
+    "log_pmf_of_sum",
+    "log_upper_tail",
+]
 
 LN10 = math.log(10.0)
 
@@ -95,15 +107,48 @@ def max_count_tail(trials: int, colours: int, p: float) -> np.ndarray:
 def sum_log_sf(pmfs: list[np.ndarray], observed: int) -> tuple[float, float, float]:
     """For a sum of independent counts with the given pmfs: (natural-log P(sum >= observed),
     mean, standard deviation). The tail is summed from the exact convolution."""
-    total = np.ones(1)
-    for pmf in pmfs:
-        total = np.convolve(total, pmf)
-    support = np.arange(total.size)
-    mean = float((support * total).sum())
-    sd = math.sqrt(max(float(((support - mean) ** 2 * total).sum()), 0.0))
-    tail = float(total[observed:].sum()) if observed < total.size else 0.0
-    log_tail = math.log(tail) if tail > 0 else math.log(math.ulp(0.0))
-    return min(0.0, log_tail), mean, sd
+    log_tail, mean, sd = sum_log_sf_rows(pmfs, np.arange(len(pmfs))[None, :], np.array([observed]))
+    return float(log_tail[0]), float(mean[0]), float(sd[0])
+
+
+def sum_log_sf_rows(
+    pmfs: Sequence[np.ndarray], index: np.ndarray, observed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``sum_log_sf`` of many sums at once: row r sums independent counts with pmfs ``pmfs[i]``
+    for i in ``index[r]`` (int (R, L)), convolved in that order, and ``observed[r]`` (int (R,)) is
+    its observed value. Returns float64 (R,) arrays (log tail, mean, sd), each to the bit what
+    convolving the row's pmfs with ``np.convolve`` and summing alone gives.
+
+    The convolutions stay one row at a time, as ``np.convolve`` computes them (its dot products
+    are BLAS's, whose summation order a batched version would not keep), minus its per-call
+    checks; the moments are summed over all rows of one length at once, a row of a 2-D reduction
+    being the same pairwise sum as a 1-D one."""
+    pmfs = [np.asarray(pmf, dtype=np.float64) for pmf in pmfs]  # np.convolve casts to the float64 total
+    reversed_pmfs = [np.ascontiguousarray(pmf[::-1]) for pmf in pmfs]
+    sizes, correlate = [pmf.size for pmf in pmfs], np.correlate
+    totals = []
+    for row in np.asarray(index).tolist():
+        # np.convolve([1.0], pmf) sums 0.0 + pmf[j] * 1.0 for every j, which is pmf + 0.0
+        total = pmfs[row[0]] + 0.0 if row else np.ones(1)
+        for i in row[1:]:
+            # np.convolve(total, pmfs[i]): the longer operand correlated with the shorter one reversed
+            if sizes[i] > total.size:
+                total = correlate(pmfs[i], total[::-1], "full")
+            else:
+                total = correlate(total, reversed_pmfs[i], "full")
+        totals.append(total)
+    lengths = np.array([total.size for total in totals], dtype=np.int64)
+    mean, variance = np.empty(lengths.size), np.empty(lengths.size)
+    for length in np.unique(lengths).tolist():
+        rows = np.flatnonzero(lengths == length)
+        stacked, support = np.stack([totals[row] for row in rows]), np.arange(length)
+        mean[rows] = (support * stacked).sum(axis=1)
+        variance[rows] = ((support - mean[rows, None]) ** 2 * stacked).sum(axis=1)
+    log_tail = np.empty(lengths.size)
+    for row, (total, at) in enumerate(zip(totals, np.asarray(observed).tolist())):
+        tail = float(total[at:].sum()) if at < total.size else 0.0
+        log_tail[row] = min(0.0, math.log(tail) if tail > 0 else math.log(math.ulp(0.0)))
+    return log_tail, mean, np.sqrt(np.maximum(variance, 0.0))
 
 
 def log_pmf_of_sum(pmfs: list[np.ndarray]) -> np.ndarray:

@@ -164,6 +164,8 @@ def _context_seeds_numpy(keys, salts, contexts):
 
 
 def _context_seeds_torch(keys, salts, contexts):
+    if keys.shape[0] > 1 and keys.stride(0) == 0:  # one key expanded over every row (detectors): its lanes once
+        keys = keys[:1]
     a = mix32_(keys[:, 0] ^ LANE_A_TAG)
     b = mix32_(keys[:, 1] ^ LANE_B_TAG)
     for word in (salts, *contexts.unbind(dim=1)):

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from provmark.errors import ParameterError
 from provmark.kernels.prf import split_key
 from provmark.watermark.base import SchemeConfig, StepParams, Watermarker
 from provmark.watermark.kgw import validate_context_width, validate_delta
-from provmark.watermark.payload import from_bits, from_digits, parse_payload, to_bits, to_digits
+from provmark.watermark.payload import from_bits, from_digit_rows, from_digits, parse_payload, to_bits, to_digits
 
 __all__ = [
     "MajorMarkConfig",
@@ -72,7 +73,11 @@ def block_candidates(size: int) -> list[tuple[int, int]]:
 
 
 def _preferred_bits(bits: list[int], majority_bit: int) -> int:
-    return sum(1 << i for i, bit in enumerate(bits) if bit == majority_bit)
+    """The shards whose bit is the majority bit, as the kernels' int64 mask (bit i: shard i).
+    Shard 63 of a 64-bit codeword is the sign bit: the mask is returned in two's complement,
+    which ``(mask >> shard) & 1`` reads like any other bit."""
+    mask = sum(1 << i for i, bit in enumerate(bits) if bit == majority_bit)
+    return mask - (1 << 64) if mask >> 63 else mask
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +110,10 @@ class MajorMarkConfig(SchemeConfig):
     def payload_of(self, codeword: list[int]) -> int:
         """Inverse of ``codeword_bits`` (the codeword must be valid)."""
         return from_bits(codeword) - 1
+
+    def payloads_of(self, codewords: np.ndarray) -> list[int]:
+        """``payload_of`` of every row of ``codewords`` (int (R, b) bits)."""
+        return [value - 1 for value in from_digit_rows(codewords, 2)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +167,11 @@ class MajorMarkPlusConfig(SchemeConfig):
     def payload_of(self, blocks: list[list[int]]) -> int:
         """Inverse of ``blocks`` (every block must be valid)."""
         return from_digits([from_bits(block) - 1 for block in blocks], self.block_values)
+
+    def payloads_of(self, blocks: np.ndarray) -> list[int]:
+        """``payload_of`` of every row of ``blocks`` (int (R, r, s) bits)."""
+        values = np.array(from_digit_rows(np.reshape(blocks, (-1, self.block_size)), 2), dtype=np.int64)
+        return from_digit_rows(values.reshape(-1, self.num_blocks) - 1, self.block_values)
 
 
 class MajorMarkWatermarker(Watermarker):

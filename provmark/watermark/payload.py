@@ -10,9 +10,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from provmark.errors import ParameterError
 
-__all__ = ["capacity_bits", "parse_payload", "payload_hex", "to_bits", "from_bits", "to_digits", "from_digits"]
+__all__ = [
+    "capacity_bits",
+    "parse_payload",
+    "payload_hex",
+    "to_bits",
+    "from_bits",
+    "to_digits",
+    "from_digits",
+    "from_digit_rows",
+]
 
 
 def capacity_bits(capacity: int) -> float:
@@ -83,3 +94,13 @@ def from_digits(digits: list[int], radix: int) -> int:
     for digit in digits:
         value = value * radix + digit
     return value
+
+
+def from_digit_rows(digits: np.ndarray, radix: int) -> list[int]:
+    """``from_digits`` of every row of ``digits`` (int (R, L)), for values below 2**64 (every
+    payload is: capacities are at most 2**64)."""
+    digits = np.asarray(digits).astype(np.uint64)
+    value = np.zeros(digits.shape[0], dtype=np.uint64)
+    for column in digits.T:
+        value = value * np.uint64(radix) + column
+    return value.tolist()
