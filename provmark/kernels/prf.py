@@ -154,6 +154,8 @@ def _mix32_numpy_(x: np.ndarray) -> np.ndarray:
 
 
 def _context_seeds_numpy(keys, salts, contexts):
+    if keys.shape[0] > 1 and keys.stride(0) == 0:  # one key expanded over every row (detectors): its lanes once
+        keys = keys[:1]
     keys, salts, contexts = (t.numpy().astype(np.uint32) for t in (keys, salts, contexts))
     a = _mix32_numpy_(keys[:, 0] ^ np.uint32(LANE_A_TAG))
     b = _mix32_numpy_(keys[:, 1] ^ np.uint32(LANE_B_TAG))
