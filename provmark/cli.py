@@ -303,10 +303,14 @@ def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_
     import uvicorn
 
     from provmark.api.app import ServeSettings
+    from provmark.watermark.models import load_tokenizer
 
-    # Migrate the registry and check the master key here, once: errors read as one line, and the
-    # workers that start together find the schema in place.
+    # Migrate the registry, check the master key and load the tokenizer here, once: errors read as
+    # one line (a worker that fails at start is restarted by uvicorn, forever), and the workers that
+    # start together find the schema in place.
     _registry(db_path, master_key_file, need_master_key=True).close()
+    _quiet_libraries()
+    load_tokenizer(model_path)
     settings = ServeSettings(
         db_path=db_path, master_key_file=master_key_file, rate=rate_limit, burst=burst, max_body_bytes=max_body_bytes,
         torch_threads=torch_threads, model_path=model_path, workers=workers,

@@ -165,6 +165,14 @@ def test_serve_workers_split_the_rate_limit(runner, db_path, monkeypatch, tokeni
         "/v1/keys", headers={"Authorization": f"Bearer {token}"}).text
 
 
+def test_serve_refuses_a_model_it_cannot_load_before_starting_workers(runner, db_path, monkeypatch, tmp_path):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("uvicorn started"))
+    result = runner.invoke(cli, ["serve", "--db", str(db_path), "--workers", "2", "--model", str(tmp_path / "none")])
+    assert _error(result) == f"Error: model folder not found: {tmp_path / 'none'}"
+
+
 def test_the_worker_factory_refuses_to_run_outside_serve(monkeypatch):
     monkeypatch.delenv(SERVE_SETTINGS_ENV, raising=False)
     with pytest.raises(ProvmarkError, match=r"\$PROVMARK_SERVE_SETTINGS is not set: app_from_environment builds"):
