@@ -5,7 +5,9 @@ restart it, and check that every registration it acknowledged survived and that 
 Registrations are POST /v1/generate calls (each issues a record, then stores its text hash;
 the 201 is the acknowledgement) from --clients concurrent clients, on a tiny random Llama
 (``--model``) so a registration costs milliseconds and the kill lands among many in flight.
-The kill comes at a random moment between --min-delay and --max-delay seconds into the burst.
+The kill comes at a random moment between --min-delay and --max-delay seconds into the burst and
+takes the server with its --workers worker processes (default 2, so two processes write to the
+registry at once when it lands).
 
     python -m benchmarks.api_crash --out benchmarks/results/api_crash.txt
 """
@@ -64,14 +66,15 @@ def main(argv=None):
     parser.add_argument("--min-delay", type=float, default=3.0)
     parser.add_argument("--max-delay", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="provmark serve --workers (server processes).")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     folder = Path(tempfile.mkdtemp(prefix="provmark-crash-"))
     model = tiny_model_dir(folder / "tiny-llama")
     server = ServerFixture(folder=str(folder), keys=[["--scheme", "mpac", "--bits", "32"]],
-                           serve_args=["--rate-limit", "0", "--model", str(model)])
-    lines, all_acknowledged, failures = [], [], 0
+                           serve_args=["--rate-limit", "0", "--model", str(model), "--workers", str(args.workers)])
+    lines, all_acknowledged, failures = [f"provmark serve --workers {args.workers}"], [], 0
     with server:
         for round_ in range(1, args.rounds + 1):
             server.start(log=folder / "server.log")

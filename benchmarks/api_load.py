@@ -1,6 +1,7 @@
 """Load test on loopback: POST /v1/verify with 500-token watermarked texts against a live
-``provmark serve``, at several concurrency levels, per scheme. Bounded: each level stops after
---requests requests or --seconds seconds, whichever comes first.
+``provmark serve --workers N`` (--workers, default 2: one per core of the 2-core machine), at
+several concurrency levels, per scheme. Bounded: each level stops after --requests requests or
+--seconds seconds, whichever comes first. The output's first line names the worker count.
 
 Texts come from the API itself: /v1/generate with the embedded model under each key, cut to
 exactly --tokens tokens. Each verify names one key (``key_ids``), so a row measures one scheme;
@@ -114,10 +115,14 @@ def main(argv=None):
     parser.add_argument("--requests", type=int, default=20000, help="Requests per level at most (a safety bound).")
     parser.add_argument("--seconds", type=float, default=30.0, help="Seconds per level.")
     parser.add_argument("--tokens", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2, help="provmark serve --workers (server processes).")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     schemes = args.schemes.split(",")
-    server = ServerFixture(keys=[SCHEMES[s] for s in schemes], serve_args=["--rate-limit", "0"])
+    header = f"provmark serve --workers {args.workers} (server processes), {args.tokens}-token texts, wrk closed loop"
+    print(header, flush=True)
+    server = ServerFixture(keys=[SCHEMES[s] for s in schemes],
+                           serve_args=["--rate-limit", "0", "--workers", str(args.workers)])
     rows = []
     with server:
         server.start(log=server.folder / "server.log")
@@ -137,7 +142,7 @@ def main(argv=None):
                 print(f"{scheme:11s} {clients:3d} clients: {row['requests']:5d} requests in {row['seconds']:5.1f} s, "
                       f"{row['throughput']:6.1f} req/s, p50 {row['p50']:6.1f} ms, p99 {row['p99']:6.1f} ms, "
                       f"errors {row['errors']}{' (capped)' if row['capped'] else ''}", flush=True)
-    lines = ["scheme       clients  requests  seconds  req/s   p50 ms   p99 ms  errors"]
+    lines = [header, "scheme       clients  requests  seconds  req/s   p50 ms   p99 ms  errors"]
     lines += [f"{r['scheme']:11s}  {r['clients']:7d}  {r['requests']:8d}  {r['seconds']:7.1f}  {r['throughput']:5.1f}  "
               f"{r['p50']:7.1f}  {r['p99']:7.1f}  {r['errors']:6d}{'  capped' if r['capped'] else ''}" for r in rows]
     text = "\n".join(lines) + "\n"

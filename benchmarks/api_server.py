@@ -1,7 +1,9 @@
 """A throwaway registry and a ``provmark serve`` process on loopback, for the API benchmarks.
 
 ``ServerFixture`` makes a registry in a temporary folder through the real command line (tenant,
-keys), starts ``provmark serve`` on a free port and stops it when done. ``tiny_model_dir`` saves
+keys), starts ``provmark serve`` on a free port and stops it when done: the server and its worker
+processes (``--workers``) run in a process group of their own, and every signal goes to the whole
+group, so a SIGKILL kills the workers too instead of leaving them serving. ``tiny_model_dir`` saves
 a 1-layer random Llama with SmolLM2's tokenizer, so runs that generate do not spend minutes in
 the real model.
 """
@@ -71,7 +73,7 @@ class ServerFixture:
         out = open(log or os.devnull, "ab")
         self.process = subprocess.Popen(
             [*PROVMARK, "serve", "--db", str(self.db), "--port", str(self.port), *self.serve_args],
-            env=self.env, stdout=out, stderr=out,
+            env=self.env, stdout=out, stderr=out, start_new_session=True,  # its own group: see kill
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -85,10 +87,21 @@ class ServerFixture:
             time.sleep(0.2)
         raise TimeoutError("provmark serve did not answer /healthz in time")
 
-    def kill(self, sig=signal.SIGKILL) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(timeout=30)
+    def kill(self, sig=signal.SIGKILL, timeout: float = 30.0) -> None:
+        """Send ``sig`` to the server and its workers and wait until every one of them has exited."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        group = self.process.pid  # start_new_session made the server its group's leader
+        os.killpg(group, sig)
+        self.process.wait(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # workers outlive the server by a moment (uvicorn stops them)
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"workers of provmark serve (group {group}) still alive {timeout:g} s after {sig!r}")
 
     def __enter__(self):
         return self

@@ -272,6 +272,11 @@ def records_show(db_path, record_id):
 @master_key_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Server processes. Set it to the number of CPU cores for throughput: one process verifies "
+                   "on one core at a time (Python's GIL). Each process enforces 1/N of --rate-limit and of "
+                   "--burst (at least 1), so a token never gets more than the limit in total but may be "
+                   "throttled early when its requests land on one process.")
 @click.option("--rate-limit", type=click.FloatRange(0), default=DEFAULT_RATE, show_default=True,
               help="Requests per second per API token (per address without one); 0 turns limiting off.")
 @click.option("--burst", type=click.IntRange(1), default=DEFAULT_BURST, show_default=True,
@@ -279,33 +284,42 @@ def records_show(db_path, record_id):
 @click.option("--max-body-bytes", type=click.IntRange(1), default=DEFAULT_MAX_BODY_BYTES, show_default=True,
               help="Larger request bodies get 413.")
 @click.option("--torch-threads", type=click.IntRange(1), default=1, show_default=True,
-              help="torch's intra-op threads. Requests already run in parallel, and detection's small tensor "
-                   "operations only pay a thread pool's wake-ups; raise it for a generation-heavy server.")
+              help="torch's intra-op threads per process. Requests already run in parallel, and detection's small "
+                   "tensor operations only pay a thread pool's wake-ups; raise it for a generation-heavy server.")
 @model_option
-def serve(db_path, master_key_file, host, port, rate_limit, burst, max_body_bytes, torch_threads, model_path):
+def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_body_bytes, torch_threads, model_path):
     """Serve the HTTP API over the registry (OpenAPI docs at /docs).
 
-    Refuses to start without the master key ($PROVMARK_MASTER_KEY or --master-key-file). The
-    tokenizer loads at start; the model loads on the first generation (or Balance verification).
+    Refuses to start without the master key ($PROVMARK_MASTER_KEY or --master-key-file). Each
+    worker process loads the tokenizer at start and the model on its first generation (or
+    Balance verification), and all of them share the registry file.
 
     Example:
 
-        PROVMARK_MASTER_KEY=$(openssl rand -base64 32) provmark serve --db registry.db --port 8000
+        PROVMARK_MASTER_KEY=$(openssl rand -base64 32) provmark serve --db registry.db --port 8000 --workers 2
     """
-    import torch
+    import os
+
     import uvicorn
 
-    from provmark.api.app import create_app
-    from provmark.api.provenance import Models
+    from provmark.api.app import ServeSettings
+    from provmark.watermark.models import load_tokenizer
 
-    registry = _registry(db_path, master_key_file, need_master_key=True)
+    # Migrate the registry, check the master key and load the tokenizer here, once: errors read as
+    # one line (a worker that fails at start is restarted by uvicorn, forever), and the workers that
+    # start together find the schema in place.
+    _registry(db_path, master_key_file, need_master_key=True).close()
     _quiet_libraries()
-    torch.set_num_threads(torch_threads)
-    models = Models(model_path)
-    models.tokenizer()
-    app = create_app(registry, models=models, rate=rate_limit, burst=burst, max_body_bytes=max_body_bytes)
-    click.echo(f"provmark API on http://{host}:{port} (registry {db_path})", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    load_tokenizer(model_path)
+    settings = ServeSettings(
+        db_path=db_path, master_key_file=master_key_file, rate=rate_limit, burst=burst, max_body_bytes=max_body_bytes,
+        torch_threads=torch_threads, model_path=model_path, workers=workers,
+    )
+    os.environ.update(settings.to_environment())  # workers inherit the environment and the working directory
+    plural = "es" if workers > 1 else ""
+    click.echo(f"provmark API on http://{host}:{port} (registry {db_path}, {workers} worker process{plural})", err=True)
+    uvicorn.run("provmark.api.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                log_level="info")
 
 
 @cli.command()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from provmark.kernels.prf import (
+    _context_seeds_torch,
     MASK32,
     PRF_VERSION,
     context_seeds,
@@ -124,3 +125,27 @@ def test_fastrange_spreads_words_evenly_over_shards(shards):
 MIX32_VECTOR = [0, 2261973619, 707447538, 2578835075]
 SEED_VECTOR = [1848084358, 2193315770, 3175114255]
 WORD_VECTOR = [2467762387, 3908390287, 2587673958]
+
+
+@pytest.mark.parametrize("rows", [17, 500, 1031])
+@pytest.mark.parametrize("width", [0, 1, 3])
+def test_cpu_context_seeds_equal_the_torch_reference_bit_for_bit(rows, width):
+    # Batches above _SMALL_BATCH take numpy's uint32 path on CPU; the torch chain is the reference.
+    gen = torch.Generator().manual_seed(rows * 10 + width)
+    keys = torch.tensor([split_key(k) for k in [0, 2**32, 2**63 + 12345, 2**64 - 1]])
+    keys = keys[torch.randint(4, (rows,), generator=gen)]
+    salts = torch.randint(0, 2**32, (rows,), generator=gen)
+    contexts = torch.randint(0, 2**32, (width + 1, rows), generator=gen).T[:, :width]  # non-contiguous
+    assert torch.equal(context_seeds(keys, salts, contexts), _context_seeds_torch(keys.clone(), salts, contexts))
+    assert torch.equal(context_seeds(keys[:1].expand(rows, 2), salts, contexts),
+                       _context_seeds_torch(keys[:1].expand(rows, 2).clone(), salts, contexts))
+
+
+def test_cpu_token_words_equal_the_torch_reference_bit_for_bit():
+    gen = torch.Generator().manual_seed(3)
+    seeds = torch.tensor([0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF])
+    seeds = torch.cat([seeds, torch.randint(0, 2**32, (300,), generator=gen)])
+    ids = torch.cat([torch.tensor([0, 49151, 128256, 2**31]), torch.randint(0, 2**17, (296,), generator=gen)])
+    assert torch.equal(token_words(seeds[:300], ids), mix32(seeds[:300] ^ token_hashes(ids)))
+    rows, columns = seeds[:, None], ids[None, ::7]  # broadcast, non-contiguous
+    assert torch.equal(token_words(rows, columns), mix32(rows ^ token_hashes(columns)))

@@ -1,15 +1,18 @@
 """The HTTP API (FastAPI): keys, generation, verification and records over the registry.
 
-``create_app`` builds the app around an open ``Registry``; ``provmark serve`` runs it with uvicorn.
+``create_app`` builds the app around an open ``Registry``. ``provmark serve`` runs it with uvicorn in
+one or more worker processes, each of which builds its own app with ``app_from_environment`` from the
+``ServeSettings`` serve leaves in its environment.
 Every error, from any layer, is one JSON shape (``api.errors``): the handlers below translate
 registry errors, request validation, unknown routes and the limits into it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import anyio
 
@@ -28,10 +31,10 @@ from provmark.api.db import schema_version
 from provmark.api.errors import APIError, AuthError, InvalidInputError, NotFoundError, RateLimitedError, error_body
 from provmark.api.limits import DEFAULT_BURST, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE, RateLimiter, retry_after
 from provmark.api.provenance import KeyVerification, Models, Provenance, TextVerification
-from provmark.api.registry import KeyInfo, Record, Registry, Tenant
+from provmark.api.registry import KeyInfo, KeyRef, Record, Registry, Tenant
 from provmark.errors import ModelLoadError, ProvmarkError
 
-__all__ = ["BodyLimit", "create_app"]
+__all__ = ["SERVE_SETTINGS_ENV", "BodyLimit", "ServeSettings", "app_from_environment", "create_app"]
 
 _log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False, description="An API token from `provmark tenants create`.")
@@ -140,6 +143,7 @@ def create_app(
     burst: int = DEFAULT_BURST,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     verify_workers: int = os.cpu_count() or 1,
+    processes: int = 1,
 ) -> FastAPI:
     """The API over ``registry`` (opened with its master key).
 
@@ -148,9 +152,12 @@ def create_app(
         rate, burst: token-bucket rate limit per API token (per address without one); rate 0 is off.
         max_body_bytes: larger request bodies get 413.
         verify_workers: verifications run at once (default: one per CPU core).
+        processes: server processes sharing the limit (``serve --workers``); this one enforces its
+            share of ``rate`` and ``burst`` (see ``RateLimiter``).
     """
     provenance = Provenance(registry, models or Models())
-    limiter = RateLimiter(rate=rate, burst=burst)
+    limiter = RateLimiter(rate=rate, burst=burst, processes=processes)
+    split = f", shared by {processes} server processes" if processes > 1 else ""
     app = FastAPI(
         title="provmark",
         version=provmark.__version__,
@@ -205,7 +212,11 @@ def create_app(
 
     # -- authentication and rate limiting -----------------------------------------------------
 
-    def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Caller:
+    # Async on purpose: a sync dependency costs a threadpool round trip per request (two handoffs
+    # of the GIL, each of which can wait behind a busy verify thread), while the work here is a
+    # SHA-256 and one indexed SELECT. The SELECT takes the registry lock, so it can wait on the
+    # event loop for a write transaction in flight (its fsync, milliseconds).
+    async def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Caller:
         header = request.headers.get("authorization")
         tenant = problem = None
         if header is not None:
@@ -220,13 +231,13 @@ def create_app(
             client = "addr:" + (request.client.host if request.client else "unknown")
         wait = limiter.acquire(client)
         if wait:
-            raise RateLimitedError(f"rate limit of {limiter.rate:g} requests/s (burst {limiter.burst}) exceeded",
+            raise RateLimitedError(f"rate limit of {limiter.rate:g} requests/s (burst {limiter.burst}{split}) exceeded",
                                    retry_after=wait)
         if problem:
             raise AuthError(problem, field="authorization")
         return Caller(tenant)
 
-    def tenant(who: Caller = Depends(caller)) -> Tenant:
+    async def tenant(who: Caller = Depends(caller)) -> Tenant:
         if who.tenant is None:
             raise AuthError("this endpoint needs an API token: 'Authorization: Bearer <token>'", field="authorization")
         return who.tenant
@@ -310,11 +321,11 @@ def create_app(
 
         return await anyio.to_thread.run_sync(work, limiter=verify_slots)
 
-    def verify_keys(who: Caller, key_ids: list[str] | None) -> list[KeyInfo]:
+    def verify_keys(who: Caller, key_ids: list[str] | None) -> list[KeyRef]:
         if who.tenant is not None:
-            pool = registry.keys(who.tenant.id)
+            pool = registry.key_refs(who.tenant.id)
         else:
-            pool = registry.keys(public_only=True)
+            pool = registry.key_refs(public_only=True)
             if not pool:
                 raise AuthError("verify needs an API token (no key is open to public verification)",
                                 field="authorization")
@@ -351,3 +362,63 @@ def create_app(
 
     return app
 
+
+
+SERVE_SETTINGS_ENV = "PROVMARK_SERVE_SETTINGS"
+"""Environment variable through which ``provmark serve`` hands its ``ServeSettings`` to the workers."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeSettings:
+    """What ``provmark serve`` tells each worker process, as JSON in ``$PROVMARK_SERVE_SETTINGS``.
+
+    Never the master key: workers read it where serve did, from ``$PROVMARK_MASTER_KEY`` (inherited)
+    or from ``master_key_file``."""
+
+    db_path: str
+    master_key_file: str | None
+    rate: float
+    burst: int
+    max_body_bytes: int
+    torch_threads: int
+    model_path: str | None
+    workers: int
+    """Worker processes in all: each enforces 1/workers of the rate limit and verifies in
+    cores/workers threads (at least 1)."""
+
+    def to_environment(self) -> dict[str, str]:
+        """The environment entry that ``from_environment`` reads back."""
+        return {SERVE_SETTINGS_ENV: json.dumps(asdict(self))}
+
+    @classmethod
+    def from_environment(cls) -> ServeSettings:
+        """The settings in ``$PROVMARK_SERVE_SETTINGS``; a clear error when they are absent."""
+        value = os.environ.get(SERVE_SETTINGS_ENV)
+        if not value:
+            raise ProvmarkError(f"${SERVE_SETTINGS_ENV} is not set: app_from_environment builds the workers of "
+                                "`provmark serve`; run that, or call create_app")
+        return cls(**json.loads(value))
+
+
+def app_from_environment() -> FastAPI:
+    """One ``provmark serve`` worker's app (the uvicorn factory): opens the registry and the master key,
+    sets torch's threads, loads the tokenizer and builds ``create_app`` from ``ServeSettings``.
+
+    The registry stays open for the life of the process; serve has already migrated it and checked the
+    master key, so several workers starting at once only read the schema."""
+    import torch
+    import transformers
+
+    from provmark.api.crypto import load_master_key
+
+    settings = ServeSettings.from_environment()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    torch.set_num_threads(settings.torch_threads)
+    registry = Registry.open(settings.db_path, load_master_key(settings.master_key_file))
+    models = Models(settings.model_path)
+    models.tokenizer()
+    return create_app(
+        registry, models=models, rate=settings.rate, burst=settings.burst, max_body_bytes=settings.max_body_bytes,
+        verify_workers=max(1, (os.cpu_count() or 1) // settings.workers), processes=settings.workers,
+    )

@@ -1,5 +1,6 @@
-"""The API's limits: per-client token buckets (in memory: one server process, and a restart
-refills every bucket) and the defaults of the rate and request-size limits.
+"""The API's limits: per-client token buckets (in the memory of each server process, so a restart
+refills every bucket, and N worker processes split each limit N ways) and the defaults of the rate
+and request-size limits.
 
 Kept free of heavy imports: the command line reads the defaults for ``provmark serve``'s help."""
 
@@ -20,18 +21,31 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 
 class RateLimiter:
-    """``rate`` requests per second per client, with bursts of up to ``burst`` requests.
+    """``rate`` requests per second per client, with bursts of up to ``burst`` requests, across
+    ``processes`` server processes that each hold one of these limiters.
 
-    A client is an API token's tenant id, or the peer address for requests without a token.
-    ``rate`` 0 turns limiting off. Buckets idle long enough to be full again are dropped, so memory
-    stays bounded by the clients active in the last ``burst / rate`` seconds.
+    A client is an API token, keyed by the token's SHA-256 digest, or the peer address for
+    requests without a token. ``rate`` 0 turns limiting off. Buckets idle long enough to be full
+    again are dropped, so memory stays bounded by the clients active in the last ``burst / rate``
+    seconds.
+
+    Buckets live in process memory and processes share nothing, so each of ``processes`` limiters
+    enforces its share: ``rate / processes`` per second with bursts of ``burst // processes`` (at
+    least 1, so a ``burst`` below ``processes`` is exceeded: each process still admits one request).
+    A client is therefore never admitted more than ``rate`` and ``burst`` in total, but may be
+    throttled early when its requests pile up on one process (the kernel picks the process that
+    accepts each connection). ``rate`` and ``burst`` keep the totals, for error messages.
     """
 
-    def __init__(self, *, rate: float, burst: int, clock=time.monotonic):
-        if rate < 0 or burst < 1:
-            raise ValueError(f"rate must be >= 0 and burst >= 1, got rate {rate!r}, burst {burst!r}")
+    def __init__(self, *, rate: float, burst: int, processes: int = 1, clock=time.monotonic):
+        if rate < 0 or burst < 1 or processes < 1:
+            raise ValueError(f"rate must be >= 0, burst >= 1 and processes >= 1, got rate {rate!r}, "
+                             f"burst {burst!r}, processes {processes!r}")
         self.rate = float(rate)
         self.burst = int(burst)
+        self.processes = int(processes)
+        self._rate = self.rate / self.processes  # this process's share
+        self._burst = max(1, self.burst // self.processes)
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, time of last update)
         self._lock = threading.Lock()
@@ -39,26 +53,26 @@ class RateLimiter:
 
     def acquire(self, client: str) -> float:
         """Take one request from ``client``'s bucket: 0.0 when allowed, else seconds until it would be."""
-        if self.rate == 0:
+        if self._rate == 0:
             return 0.0
         now = self._clock()
         with self._lock:
-            tokens, then = self._buckets.get(client, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            tokens, then = self._buckets.get(client, (self._burst, now))
+            tokens = min(self._burst, tokens + (now - then) * self._rate)
             if tokens >= 1:
                 self._buckets[client] = (tokens - 1, now)
                 self._sweep(now)
                 return 0.0
             self._buckets[client] = (tokens, now)
-            return (1 - tokens) / self.rate
+            return (1 - tokens) / self._rate
 
     def _sweep(self, now: float) -> None:
-        refill = self.burst / self.rate
+        refill = self._burst / self._rate
         if now - self._last_sweep < refill:
             return
         self._last_sweep = now
         for client, (tokens, then) in list(self._buckets.items()):
-            if tokens + (now - then) * self.rate >= self.burst:
+            if tokens + (now - then) * self._rate >= self._burst:
                 del self._buckets[client]
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from provmark.api.errors import InvalidInputError
-from provmark.api.registry import KeyInfo, Record, Registry
+from provmark.api.registry import KeyRef, Record, Registry
 from provmark.detector import DetectionResult, Detector, create_detector
 from provmark.watermark.hook import Generation, generate
 from provmark.watermark.models import DEFAULT_MODEL_NAME, LoadedModel, load_model, load_tokenizer
@@ -225,7 +225,7 @@ class Provenance:
             raise InvalidInputError(message, field="key_id")
 
     def verify(
-        self, texts: list[str], keys: list[KeyInfo], *, tenant_id: str | None, alpha: float = 1e-3, min_tokens: int = 10,
+        self, texts: list[str], keys: list[KeyRef], *, tenant_id: str | None, alpha: float = 1e-3, min_tokens: int = 10,
         nearest: int = 5, fields: list[str] | None = None,
     ) -> list[TextVerification]:
         """Detect every text with every key and match each to its record (module docstring).

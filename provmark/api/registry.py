@@ -15,12 +15,20 @@ nearest records instead. A zero-bit key (kgw) carries no payload: its records ar
 same scheme and parameters and retires the old one; the retired key still verifies its records.
 Rotate well before that: the misattribution odds above grow with the fill.
 
-Every write runs in ``db.atomic()``. One connection serves the process; a lock serialises it
-(each operation is a few indexed statements, far below the cost of detection).
+**Concurrency.** One connection serves the process; a lock serialises it (each operation is a few
+indexed statements, far below the cost of detection). Several processes may share the file
+(``provmark serve --workers N``, or the command line beside a server): every write is one
+``BEGIN IMMEDIATE`` transaction (``_write``), which takes SQLite's write lock before its first read,
+so a record number or a tenant name is checked free and taken under the same lock. A deferred
+``BEGIN`` would read first and fail with "database is locked" when another process committed in
+between (WAL cannot upgrade a stale read snapshot, and the busy timeout does not apply); with the
+lock taken up front, writers queue for up to the connection's busy timeout instead. Reads take no
+write lock (WAL).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import re
@@ -40,7 +48,7 @@ from provmark.watermark.keys import KEY_FILE_FORMAT, WatermarkKey, create_key, k
 from provmark.watermark.payload import payload_hex
 from provmark.watermark.schemes import config_for
 
-__all__ = ["KeyInfo", "Record", "Registry", "Tenant"]
+__all__ = ["KeyInfo", "KeyRef", "Record", "Registry", "Tenant"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_NUMBER = 1 << 63  # SQLite integers are signed 64-bit
@@ -61,6 +69,14 @@ class Tenant:
     id: str
     name: str
     created_at: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyRef:
+    """A registry key by id and owner (what verification reads of it)."""
+
+    key_id: str
+    tenant_id: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,8 +157,26 @@ class Registry:
     def close(self) -> None:
         self.db.close()
 
+    @contextlib.contextmanager
+    def _write(self):
+        """One write transaction, holding this process's lock and, from its start, SQLite's write lock
+        (``BEGIN IMMEDIATE``), so what it reads stays true until it commits, across processes; rolled
+        back if the block raises. Waits up to the connection's busy timeout for another writer."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.conn.rollback()  # a no-op when the error already ended the transaction
+                raise
+            try:
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+
     def _check_master_key(self, master_key: MasterKey) -> None:
-        with self.lock, self.db.atomic():
+        with self._write():
             row = self.db.execute("SELECT value FROM settings WHERE name = 'master_key_check'").fetchone()
             if row is None:
                 self.db["settings"].insert({"name": "master_key_check", "value": master_key.check_value})
@@ -165,7 +199,7 @@ class Registry:
             raise ParameterError(f"tenant name must be 1 to 64 letters, digits, '.', '_' or '-', got {name!r}")
         tenant = Tenant(id="t_" + secrets.token_hex(8), name=name, created_at=_now())
         token = new_token()
-        with self.lock, self.db.atomic():
+        with self._write():
             if self.db.execute("SELECT 1 FROM tenants WHERE name = ?", [name]).fetchone():
                 raise ConflictError(f"a tenant named {name!r} exists", field="name")
             self.db["tenants"].insert(asdict(tenant))
@@ -227,7 +261,7 @@ class Registry:
     def create_key(self, tenant_id: str, scheme: str, params: dict | None = None, *, public_verify: bool = False) -> KeyInfo:
         """A fresh key (new 32-byte secret) for the tenant, its secret sealed under the master key."""
         key = create_key(scheme, params)
-        with self.lock, self.db.atomic():
+        with self._write():
             self._insert_key(tenant_id, key, public_verify)
         return self.key(key.key_id, tenant_id=tenant_id)
 
@@ -245,6 +279,20 @@ class Registry:
         with self.lock:
             rows = self.db.execute(sql + " ORDER BY keys.created_at, keys.id", args).fetchall()
         return [self._key_info(row) for row in rows]
+
+    def key_refs(self, tenant_id: str | None = None, *, public_only: bool = False) -> list[KeyRef]:
+        """The keys ``keys`` lists, as ids and owners only: what verification needs on every request,
+        without counting each key's records (an index scan as long as the key's record list)."""
+        where, args = [], []
+        if tenant_id is not None:
+            where.append("tenant_id = ?")
+            args.append(tenant_id)
+        if public_only:
+            where.append("public_verify = 1")
+        sql = "SELECT id, tenant_id FROM keys" + (" WHERE " + " AND ".join(where) if where else "")
+        with self.lock:
+            rows = self.db.execute(sql + " ORDER BY created_at, id", args).fetchall()
+        return [KeyRef(key_id=row[0], tenant_id=row[1]) for row in rows]
 
     def key(self, key_id: str, *, tenant_id: str | None = None) -> KeyInfo:
         """One key; ``NotFoundError`` (field ``key_id``) when it is absent or another tenant's."""
@@ -279,7 +327,7 @@ class Registry:
         if old.status != "active":
             raise ConflictError(f"key {key_id} is already retired (replaced by {old.replaced_by})", field="key_id")
         new = create_key(old.scheme, old.params)
-        with self.lock, self.db.atomic():
+        with self._write():
             self._insert_key(old.tenant_id, new, old.public_verify)
             updated = self.db.execute(
                 "UPDATE keys SET status = 'retired', retired_at = ?, replaced_by = ? WHERE id = ? AND status = 'active'",
@@ -292,7 +340,7 @@ class Registry:
     def set_public_verify(self, key_id: str, public_verify: bool, *, tenant_id: str | None = None) -> KeyInfo:
         """Open a key to verification without a token, or close it again."""
         self.key(key_id, tenant_id=tenant_id)
-        with self.lock, self.db.atomic():
+        with self._write():
             self.db.execute("UPDATE keys SET public_verify = ? WHERE id = ?", [int(public_verify), key_id])
         return self.key(key_id)
 
@@ -348,7 +396,7 @@ class Registry:
         text_sha256: str | None = None,
     ) -> Record:
         """Issue a record under an active key: allocate its number (the payload to embed) and store it."""
-        with self.lock, self.db.atomic():
+        with self._write():
             key = self.key(key_id, tenant_id=tenant_id)
             if key.status != "active":
                 raise ConflictError(f"key {key_id} is retired; use its successor {key.replaced_by}", field="key_id")
@@ -366,13 +414,13 @@ class Registry:
 
     def set_record_text(self, record_id: str, text_sha256: str) -> Record:
         """Store the hash of the text a record's generation produced."""
-        with self.lock, self.db.atomic():
+        with self._write():
             self.db.execute("UPDATE records SET text_sha256 = ? WHERE id = ?", [text_sha256, record_id])
         return self.record(record_id)
 
     def delete_record(self, record_id: str) -> None:
         """Withdraw a record whose generation failed (it was never acknowledged)."""
-        with self.lock, self.db.atomic():
+        with self._write():
             self.db.execute("DELETE FROM records WHERE id = ?", [record_id])
 
     def _records(self, where: str, args, suffix: str = "") -> list[Record]:

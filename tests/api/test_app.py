@@ -449,3 +449,14 @@ def test_every_cross_tenant_access_is_refused(client, fresh_db, acme, globex):
     mine = client.get("/v1/keys", headers=acme.headers).json()["keys"]
     assert [(m["key_id"], m["status"], m["public_verify"]) for m in mine] == [(k, "active", False)]
     assert client.get(f"/v1/records/{record.id}", headers=acme.headers).status_code == 200
+
+
+def test_verify_cannot_name_another_tenants_key_even_once_its_detector_is_built(client, acme, globex):
+    theirs = _key(client, globex, "kgw")
+    assert client.post("/v1/verify", json={"text": plain_text(), "key_ids": [theirs["key_id"]]},
+                       headers=globex.headers).status_code == 200  # the detector is now built and cached
+    refused = client.post("/v1/verify", json={"text": plain_text(), "key_ids": [theirs["key_id"]]},
+                          headers=acme.headers)
+    assert_error(refused, 404, "key_ids.0")
+    body = client.post("/v1/verify", json={"text": plain_text()}, headers=acme.headers).json()
+    assert body["results"] == []

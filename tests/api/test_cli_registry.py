@@ -2,13 +2,18 @@
 
 import base64
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
+from fastapi.testclient import TestClient
 
+from provmark.api.app import SERVE_SETTINGS_ENV, ServeSettings, app_from_environment
 from provmark.api.crypto import MASTER_KEY_ENV
+from provmark.api.db import schema_version
 from provmark.api.registry import Registry
 from provmark.cli import cli
+from provmark.errors import ProvmarkError
 from tests.api.conftest import MASTER_KEY
 
 
@@ -116,20 +121,62 @@ def test_serve_refuses_to_start_without_a_master_key(runner, db_path, monkeypatc
     assert _error(runner.invoke(cli, ["serve", "--db", str(db_path)])).startswith("Error: no master key")
 
 
-def test_serve_runs_the_app_on_the_given_address(runner, db_path, monkeypatch, tokenizer):
+def _serve(runner, monkeypatch, args):
+    """Run `provmark serve` with uvicorn.run and torch.set_num_threads recorded instead of run; the
+    settings serve leaves for its workers are dropped after the test."""
     import torch
     import uvicorn
 
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("threads", n)))
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
-    result = runner.invoke(cli, ["serve", "--db", str(db_path), "--host", "127.0.0.1", "--port", "8123",
-                                 "--rate-limit", "5", "--burst", "7", "--max-body-bytes", "4096"])
+    monkeypatch.setenv(SERVE_SETTINGS_ENV, "")
+    result = runner.invoke(cli, ["serve", *args])
     assert result.exit_code == 0, result.output
-    threads, (app, kwargs) = calls
-    assert threads == ("threads", 1)
-    assert kwargs == {"host": "127.0.0.1", "port": 8123, "log_level": "info"}
-    assert app.title == "provmark"
+    return calls, result.output
+
+
+def test_serve_runs_the_app_factory_on_the_given_address(runner, db_path, monkeypatch, tokenizer, registries):
+    calls, output = _serve(runner, monkeypatch, ["--db", str(db_path), "--host", "127.0.0.1", "--port", "8123",
+                                                 "--rate-limit", "5", "--burst", "7", "--max-body-bytes", "4096"])
+    ((target, kwargs),) = calls
+    assert target == "provmark.api.app:app_from_environment"
+    assert kwargs == {"factory": True, "host": "127.0.0.1", "port": 8123, "workers": 1, "log_level": "info"}
+    assert output == f"provmark API on http://127.0.0.1:8123 (registry {db_path}, 1 worker process)\n"
+    app = app_from_environment()  # what uvicorn calls in each worker
+    assert calls[1:] == [("threads", 1)] and app.title == "provmark"
+    registries.append(Registry.open(db_path))
+    assert schema_version(registries[-1].db) == 1  # serve migrated the file before any worker opened it
+
+
+def test_serve_workers_split_the_rate_limit(runner, db_path, monkeypatch, tokenizer, registries):
+    calls, output = _serve(runner, monkeypatch, ["--db", str(db_path), "--workers", "2", "--rate-limit", "5",
+                                                 "--burst", "7", "--torch-threads", "3"])
+    assert calls[0][1]["workers"] == 2 and output.endswith("2 worker processes)\n")
+    settings = ServeSettings.from_environment()
+    assert (settings.workers, settings.rate, settings.burst, settings.torch_threads) == (2, 5, 7, 3)
+    assert os.environ[MASTER_KEY_ENV] not in os.environ[SERVE_SETTINGS_ENV]  # workers read it where serve did
+    client = TestClient(app_from_environment())
+    registries.append(Registry.open(db_path, MASTER_KEY))
+    _, token = registries[-1].create_tenant("acme")
+    codes = [client.get("/v1/keys", headers={"Authorization": f"Bearer {token}"}).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]  # this process's share of the burst: 7 // 2
+    assert "rate limit of 5 requests/s (burst 7, shared by 2 server processes) exceeded" in client.get(
+        "/v1/keys", headers={"Authorization": f"Bearer {token}"}).text
+
+
+def test_serve_refuses_a_model_it_cannot_load_before_starting_workers(runner, db_path, monkeypatch, tmp_path):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("uvicorn started"))
+    result = runner.invoke(cli, ["serve", "--db", str(db_path), "--workers", "2", "--model", str(tmp_path / "none")])
+    assert _error(result) == f"Error: model folder not found: {tmp_path / 'none'}"
+
+
+def test_the_worker_factory_refuses_to_run_outside_serve(monkeypatch):
+    monkeypatch.delenv(SERVE_SETTINGS_ENV, raising=False)
+    with pytest.raises(ProvmarkError, match=r"\$PROVMARK_SERVE_SETTINGS is not set: app_from_environment builds"):
+        app_from_environment()
 
 
 @pytest.mark.parametrize("command", [["tenants", "create"], ["keys", "list"], ["keys", "rotate"], ["records", "list"],

@@ -1,6 +1,7 @@
 """The registry: schema and durability settings, tenants and tokens, sealed keys, record numbering."""
 
 import json
+import multiprocessing
 import sqlite3
 
 import pytest
@@ -12,6 +13,7 @@ from provmark.api.db import open_database, schema_version
 from provmark.api.errors import ConflictError, KeyExhaustedError, NotFoundError
 from provmark.api.registry import Registry
 from provmark.errors import ParameterError
+from tests.api import registry_writer
 from tests.api.conftest import MASTER_KEY
 
 
@@ -181,3 +183,40 @@ def test_record_fields_round_trip(fresh_db, metadata, model, digest):
     assert again == stored
     assert (again.metadata, again.model, again.text_sha256) == (json.loads(json.dumps(metadata)), model, digest)
     assert again.params == key.params and again.scheme == "mpac" and again.prf_version == "prf-v1"
+
+
+def test_key_refs_list_the_same_keys_as_keys_scoped_the_same_way(fresh_db, acme, globex):
+    mine = [fresh_db.create_key(acme.id, "kgw"), fresh_db.create_key(acme.id, "kgw", public_verify=True)]
+    theirs = fresh_db.create_key(globex.id, "kgw", public_verify=True)
+    fresh_db.rotate_key(mine[0].key_id, tenant_id=acme.id)
+    for scope in ({"tenant_id": acme.id}, {"tenant_id": globex.id}, {"public_only": True}, {}):
+        assert [(r.key_id, r.tenant_id) for r in fresh_db.key_refs(**scope)] == [
+            (k.key_id, k.tenant_id) for k in fresh_db.keys(**scope)]
+    assert theirs.key_id not in {r.key_id for r in fresh_db.key_refs(acme.id)}
+
+
+def test_processes_writing_at_once_get_distinct_record_ids_and_every_acknowledged_write_is_stored(db_path, registries):
+    # `provmark serve --workers N` runs N processes on one registry file: each allocates record numbers
+    # and creates tenants in its own connection, so only SQLite's write lock keeps them apart.
+    registry = Registry.open(db_path, MASTER_KEY)
+    registries.append(registry)
+    tenant, _ = registry.create_tenant("acme")
+    key_ids = [registry.create_key(tenant.id, "kgw").key_id, registry.create_key(tenant.id, "mpac", {"bits": 7}).key_id]
+    context = multiprocessing.get_context("spawn")
+    start, results, rounds = context.Barrier(3), context.Queue(), 30
+    workers = [context.Process(target=registry_writer.write,
+                               args=(db_path, bytes(range(32)), key_ids, tenant.id, rounds, start, results))
+               for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    assert [error for *_, errors in outcomes for error in errors] == []
+    acknowledged = [record_id for records, *_ in outcomes for record_id in records]
+    assert len(acknowledged) == len(set(acknowledged)) == 3 * rounds * len(key_ids)
+    assert sorted(r.id for r in registry.records(limit=1000)) == sorted(acknowledged)
+    assert sorted(r.number for r in registry.records(key_id=key_ids[0], limit=1000)) == list(range(1, 3 * rounds + 1))
+    created = [name for _, names, *_ in outcomes for name in names]
+    assert sorted(created) == sorted(f"w{i}" for i in range(rounds))  # each name once, the others refused
+    assert all(len(refused) + len(names) == rounds for _, names, refused, _ in outcomes)

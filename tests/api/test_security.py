@@ -96,5 +96,31 @@ def test_rate_zero_turns_limiting_off_and_idle_buckets_are_dropped():
 
 
 def test_a_limiter_refuses_nonsense_settings():
-    with pytest.raises(ValueError, match="rate must be >= 0 and burst >= 1"):
+    with pytest.raises(ValueError, match="rate must be >= 0, burst >= 1 and processes >= 1"):
         RateLimiter(rate=-1, burst=1)
+    with pytest.raises(ValueError, match="got rate 1, burst 1, processes 0"):
+        RateLimiter(rate=1, burst=1, processes=0)
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3, 4])
+def test_worker_processes_split_the_limit_so_a_client_never_gets_more_than_it_in_total(processes):
+    # Each `serve --workers N` process holds its own limiter: the worst case for the limit is a client
+    # whose requests reach every process, and it must still be admitted at most burst at once and rate
+    # per second after that.
+    clock = Clock()
+    limiters = [RateLimiter(rate=12, burst=10, processes=processes, clock=clock) for _ in range(processes)]
+    burst = sum(limiter.acquire("token:a") == 0.0 for limiter in limiters for _ in range(20))
+    assert burst == 10 // processes * processes <= 10
+    assert all(limiter.acquire("token:a") == pytest.approx(processes / 12) for limiter in limiters)
+    admitted = 0
+    for step in range(1, 501):  # 10 s, each process asked 50 times a second (over its share of 12/s)
+        clock.now = step / 50
+        admitted += sum(limiter.acquire("token:a") == 0.0 for limiter in limiters)
+    assert admitted == pytest.approx(12 * 10, abs=processes)
+    assert (limiters[0].rate, limiters[0].burst, limiters[0].processes) == (12, 10, processes)  # totals, for messages
+
+
+def test_a_burst_below_the_process_count_still_admits_one_request_per_process():
+    limiters = [RateLimiter(rate=1, burst=2, processes=3, clock=Clock()) for _ in range(3)]
+    assert [limiter.acquire("token:a") for limiter in limiters] == [0.0, 0.0, 0.0]
+    assert all(limiter.acquire("token:a") > 0 for limiter in limiters)
