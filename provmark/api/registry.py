@@ -267,31 +267,18 @@ class Registry:
 
     def keys(self, tenant_id: str | None = None, *, public_only: bool = False) -> list[KeyInfo]:
         """Keys of one tenant (None: all), oldest first; ``public_only`` keeps the publicly verifiable ones."""
-        where, args = [], []
-        if tenant_id is not None:
-            where.append("keys.tenant_id = ?")
-            args.append(tenant_id)
-        if public_only:
-            where.append("keys.public_verify = 1")
-        sql = f"SELECT {self._KEY_COLUMNS} FROM keys"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        where, args = _key_filter(tenant_id, public_only)
         with self.lock:
-            rows = self.db.execute(sql + " ORDER BY keys.created_at, keys.id", args).fetchall()
+            rows = self.db.execute(f"SELECT {self._KEY_COLUMNS} FROM keys{where} ORDER BY keys.created_at, keys.id",
+                                   args).fetchall()
         return [self._key_info(row) for row in rows]
 
     def key_refs(self, tenant_id: str | None = None, *, public_only: bool = False) -> list[KeyRef]:
         """The keys ``keys`` lists, as ids and owners only: what verification needs on every request,
         without counting each key's records (an index scan as long as the key's record list)."""
-        where, args = [], []
-        if tenant_id is not None:
-            where.append("tenant_id = ?")
-            args.append(tenant_id)
-        if public_only:
-            where.append("public_verify = 1")
-        sql = "SELECT id, tenant_id FROM keys" + (" WHERE " + " AND ".join(where) if where else "")
+        where, args = _key_filter(tenant_id, public_only)
         with self.lock:
-            rows = self.db.execute(sql + " ORDER BY created_at, id", args).fetchall()
+            rows = self.db.execute(f"SELECT id, tenant_id FROM keys{where} ORDER BY created_at, id", args).fetchall()
         return [KeyRef(key_id=row[0], tenant_id=row[1]) for row in rows]
 
     def key(self, key_id: str, *, tenant_id: str | None = None) -> KeyInfo:
@@ -469,3 +456,14 @@ class Registry:
         marks = ", ".join("?" * len(numbers))
         by_number = {r.number: r for r in self._records(f"records.key_id = ? AND records.number IN ({marks})", [key_id, *numbers])}
         return [by_number[n] for n in numbers if n in by_number]
+
+
+def _key_filter(tenant_id: str | None, public_only: bool) -> tuple[str, list]:
+    """The " WHERE ..." clause (or "") and its arguments that ``Registry.keys`` and ``key_refs`` share."""
+    where, args = [], []
+    if tenant_id is not None:
+        where.append("keys.tenant_id = ?")
+        args.append(tenant_id)
+    if public_only:
+        where.append("keys.public_verify = 1")
+    return (" WHERE " + " AND ".join(where) if where else ""), args
