@@ -95,7 +95,8 @@ def main(argv=None):
                 without_text = conn.execute("SELECT count(*) FROM records WHERE text_sha256 IS NULL").fetchone()[0]
             ok = not missing and not changed and integrity == "ok"
             failures += not ok
-            line = (f"round {round_}: SIGKILL after {kill_after:.1f} s ({time.perf_counter() - began:.1f} s burst), "
+            took = time.perf_counter() - began
+            line = (f"round {round_}: SIGKILL after {kill_after:.1f} s ({took:.1f} s with the read-back), "
                     f"{len(acknowledged)} acknowledged this round, {unanswered} unanswered at the kill; "
                     f"after restart {len(all_acknowledged) - len(missing)}/{len(all_acknowledged)} acknowledged "
                     f"records present and unchanged ({len(changed)} changed), {stored} records stored "
