@@ -34,7 +34,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from provmark.detector import create_detector
 from provmark.evaluation.prompts import generate_batched, load_prompts
 from provmark.evaluation.quality import bit_accuracy, quality

@@ -560,9 +560,9 @@ def eval_(suite_name, out_dir, seed, model_path):
     unwatermarked generations with the synonym scheme, attacks them (provmark.attacks, at their
     standard strengths) and detects them, and human-written text (Python Language Reference
     prose) as well. Writes per-text and per-cell CSVs, detection-rate plots, one explained text
-    (HTML, and PNG when Chromium is installed) and a Markdown report (detection rate and empirical false-positive rate at alpha 0.01
-    and 0.001, bit accuracy, exact match, perplexity, top-5 hit rate). A progress bar runs on
-    stderr.
+    (HTML, and PNG when Chromium is installed) and a Markdown report (detection rate and
+    empirical false-positive rate at alpha 0.01 and 0.001, bit accuracy, exact match,
+    perplexity, top-5 hit rate). A progress bar runs on stderr.
 
     Example:
 

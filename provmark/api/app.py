@@ -363,7 +363,6 @@ def create_app(
     return app
 
 
-
 SERVE_SETTINGS_ENV = "PROVMARK_SERVE_SETTINGS"
 """Environment variable through which ``provmark serve`` hands its ``ServeSettings`` to the workers."""
 

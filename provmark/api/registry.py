@@ -166,13 +166,9 @@ class Registry:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield
-            except BaseException:
-                self.db.conn.rollback()  # a no-op when the error already ended the transaction
-                raise
-            try:
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.conn.rollback()
+                self.db.conn.rollback()  # a no-op when the error already ended the transaction
                 raise
 
     def _check_master_key(self, master_key: MasterKey) -> None:

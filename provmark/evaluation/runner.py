@@ -150,13 +150,10 @@ class _Hosts:
         return "\n\n".join(parts)
 
 
-_warned_empty = False
-
-
 def _attack_texts(attack: str, strength: float | None, texts: Sequence[str], hosts: _Hosts, rng: random.Random,
                  model, tokenizer) -> list[tuple[str, tuple[int, int]]]:
-    """(attacked text, character span of the marked text in it) for each of ``texts``."""
-    global _warned_empty
+    """(attacked text, character span of the marked text in it) for each of ``texts``; a text
+    without words stays as it is, with one warning (``warnings`` shows it once per run)."""
     if attack == "none":
         return [(t, (0, len(t))) for t in texts]
     if attack == "paraphrase":  # batched across texts: the LM is the cost
@@ -168,9 +165,7 @@ def _attack_texts(attack: str, strength: float | None, texts: Sequence[str], hos
             done = apply(attack, text, strength, rng, model=model, tokenizer=tokenizer, host=host)
             out.append((done.text, done.marked_span))
         except InvalidTextError:  # a text without words: nothing to attack
-            if not _warned_empty:
-                warnings.warn("a text without words was left unattacked", stacklevel=2)
-                _warned_empty = True
+            warnings.warn("a text without words was left unattacked", stacklevel=2)
             out.append((text, (0, len(text))))
     return out
 
