@@ -41,6 +41,7 @@ from provmark.detector.stats import log_pmf_of_sum, log_upper_tail
 from provmark.errors import ParameterError
 from provmark.kernels.balanced_split import available_in_pool, partition_starts
 from provmark.kernels.prf import context_seeds, split_key
+from provmark.watermark import subkeys
 from provmark.watermark.balance import PROXY_WINDOW, VanillaConfig, order_seeds_of, parity, pool_indices, pool_words, segments_of
 from provmark.watermark.payload import from_digits
 
@@ -92,9 +93,9 @@ class VanillaDetector(Detector):
         if self.config.head and proxy is None:
             raise ParameterError(f"{key.scheme} detection needs the proxy model (watermark.proxy.Proxy)")
         self.proxy = proxy
-        self._position_key = split_key(key.subkey("position"))
-        self._pool_key = split_key(key.subkey("pool"))
-        self._order_key = split_key(key.subkey("order"))
+        self._position_key = split_key(key.subkey(subkeys.POSITION))
+        self._pool_key = split_key(key.subkey(subkeys.POOL))
+        self._order_key = split_key(key.subkey(subkeys.ORDER))
         self._starts = partition_starts(torch.arange(self.config.pool_size, dtype=torch.int64), self.config.pool_size)
 
     # -- evidence ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from provmark.detector.result import DetectionResult
 from provmark.detector.stats import LN10, p_value_from_log
 from provmark.errors import ParameterError
 from provmark.kernels.prf import context_seeds, fastrange, split_key, token_words
+from provmark.watermark import subkeys
 from provmark.watermark.keys import WatermarkKey
 from provmark.watermark.payload import payload_hex
 
@@ -126,7 +127,7 @@ class Detector(abc.ABC):
         self.key = key
         self.alpha = float(alpha)
         self.context_width = key.config.context_width
-        self._shard_key = torch.tensor([split_key(key.subkey("shard"))], dtype=torch.int64)
+        self._shard_key = torch.tensor([split_key(key.subkey(subkeys.SHARD))], dtype=torch.int64)
 
     def shards(self, contexts: torch.Tensor, tokens: torch.Tensor, salts: torch.Tensor, shard_count: int) -> torch.Tensor:
         """int64 (N,): the shard the embedder gave each token under its context and salt

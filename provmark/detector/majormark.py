@@ -37,6 +37,7 @@ from scipy.stats import binom
 from provmark.detector.base import Evidence, PairDetector
 from provmark.detector.stats import binomial_log_sf_array, sum_log_sf_rows
 from provmark.kernels.prf import split_key
+from provmark.watermark import subkeys
 from provmark.watermark.base import positions
 from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig, block_candidates, block_salt
 
@@ -133,7 +134,7 @@ class MajorMarkPlusDetector(PairDetector):
 
     def __init__(self, key, **kwargs):
         super().__init__(key, **kwargs)
-        self._position_key = split_key(key.subkey("position"))
+        self._position_key = split_key(key.subkey(subkeys.POSITION))
         self._candidates = block_candidates(key.config.block_size)
 
     def _score_tokens(self, contexts, tokens):

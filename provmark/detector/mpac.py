@@ -23,6 +23,7 @@ import torch
 from provmark.detector.base import Evidence, PairDetector
 from provmark.detector.stats import max_count_pmf, max_count_tail, sum_log_sf_rows
 from provmark.kernels.prf import split_key
+from provmark.watermark import subkeys
 from provmark.watermark.base import positions
 from provmark.watermark.mpac import MPACConfig
 from provmark.watermark.payload import from_digit_rows
@@ -36,7 +37,7 @@ class MPACDetector(PairDetector):
     def __init__(self, key, **kwargs):
         super().__init__(key, **kwargs)
         self.config: MPACConfig = key.config
-        self._position_key = split_key(key.subkey("position"))
+        self._position_key = split_key(key.subkey(subkeys.POSITION))
 
     def _score_tokens(self, contexts, tokens):
         """int64 (N,): position * S + shard of each token."""

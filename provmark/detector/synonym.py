@@ -22,6 +22,7 @@ from provmark.detector.base import DEFAULT_ALPHA, Detector, Evidence
 from provmark.detector.result import DetectionResult
 from provmark.detector.stats import binomial_log_sf
 from provmark.errors import InvalidTextError, ParameterError
+from provmark.watermark import subkeys
 from provmark.watermark.words import TextWords, analyse, normalise, word_bit
 
 __all__ = ["SynonymDetector"]
@@ -36,7 +37,7 @@ class SynonymDetector(Detector):
         if key.scheme != "synonym":
             raise ParameterError(f"SynonymDetector needs a synonym key, got a {key.scheme} key")
         super().__init__(key, alpha=alpha)
-        self._subkey = key.subkey("word-bit").to_bytes(8, "big")
+        self._subkey = key.subkey(subkeys.WORD_BIT).to_bytes(8, "big")
 
     def word_bits(self, text: str | TextWords) -> list[tuple[int, int, int]]:
         """(start, end, bit) of every scored word of ``text`` (or of its ``words.analyse``), in

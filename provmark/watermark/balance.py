@@ -39,6 +39,7 @@ import torch
 from provmark.errors import ParameterError
 from provmark.kernels.balanced_split import available_ids, partition_starts
 from provmark.kernels.prf import context_seeds, split_key, token_words
+from provmark.watermark import subkeys
 from provmark.watermark.base import SchemeConfig, StepParams, Watermarker, positions
 from provmark.watermark.kgw import validate_context_width, validate_delta
 from provmark.watermark.payload import parse_payload, to_bits, to_digits
@@ -182,8 +183,8 @@ class VanillaWatermarker(Watermarker):
 
     def __init__(self, key):
         super().__init__(key)
-        self.position_key = split_key(key.subkey("position"))
-        self.pool_key = split_key(key.subkey("pool"))
+        self.position_key = split_key(key.subkey(subkeys.POSITION))
+        self.pool_key = split_key(key.subkey(subkeys.POOL))
 
     def messages(self, payloads) -> torch.Tensor:
         """int64 (B, segments) messages of each row's payload."""
@@ -229,7 +230,7 @@ class BalanceWatermarker(VanillaWatermarker):
                 "(watermark.proxy.Proxy over the generating model), or use hook.generate, which builds one"
             )
         self.proxy = proxy
-        self.order_key = split_key(key.subkey("order"))
+        self.order_key = split_key(key.subkey(subkeys.ORDER))
 
     def bias(self, input_ids, scores, contexts, payloads, skip, start):
         config: BalanceConfig = self.config

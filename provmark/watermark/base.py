@@ -11,6 +11,7 @@ import torch
 from provmark.errors import ParameterError
 from provmark.kernels.prf import context_seeds, fastrange, split_key
 from provmark.kernels.shard_bias import select_positions, shard_bias
+from provmark.watermark import subkeys
 
 if TYPE_CHECKING:
     from provmark.watermark.keys import WatermarkKey
@@ -79,7 +80,7 @@ class Watermarker(abc.ABC):
         self.key = key
         self.config = key.config
         self.context_width = key.config.context_width
-        self._shard_key = split_key(key.subkey("shard"))
+        self._shard_key = split_key(key.subkey(subkeys.SHARD))
         self._rows: tuple[tuple, object] | None = None
         self._params: tuple[tuple, StepParams] | None = None
 

@@ -30,6 +30,7 @@ import torch
 
 from provmark.errors import ParameterError
 from provmark.kernels.prf import split_key
+from provmark.watermark import subkeys
 from provmark.watermark.base import SchemeConfig, StepParams, Watermarker
 from provmark.watermark.kgw import validate_context_width, validate_delta
 from provmark.watermark.payload import from_bits, from_digit_rows, from_digits, parse_payload, to_bits, to_digits
@@ -206,7 +207,7 @@ class MajorMarkPlusWatermarker(Watermarker):
 
     def __init__(self, key):
         super().__init__(key)
-        self.position_key = split_key(key.subkey("position"))
+        self.position_key = split_key(key.subkey(subkeys.POSITION))
 
     def _build_rows(self, payloads):
         """int64 (B, r) salts and preferred masks of every block of every row."""

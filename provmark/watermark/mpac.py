@@ -21,6 +21,7 @@ import torch
 from provmark.errors import ParameterError
 from provmark.kernels.prf import split_key
 from provmark.kernels.shard_bias import MAX_SHARDS
+from provmark.watermark import subkeys
 from provmark.watermark.base import SchemeConfig, StepParams, Watermarker
 from provmark.watermark.kgw import validate_context_width, validate_delta
 from provmark.watermark.payload import parse_payload, to_bits, to_digits
@@ -90,7 +91,7 @@ class MPACWatermarker(Watermarker):
 
     def __init__(self, key):
         super().__init__(key)
-        self.position_key = split_key(key.subkey("position"))
+        self.position_key = split_key(key.subkey(subkeys.POSITION))
 
     def digits(self, payloads) -> torch.Tensor:
         """int64 (B, L) digits of each row's payload (validated against the capacity)."""

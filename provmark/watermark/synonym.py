@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import torch
 
 from provmark.errors import InvalidTextError, ParameterError
-from provmark.watermark import lexicon
+from provmark.watermark import lexicon, subkeys
 from provmark.watermark.base import SchemeConfig
 from provmark.watermark.kgw import validate_context_width
 from provmark.watermark.words import analyse, form_is_eligible, match_case, sentences, word_bit
@@ -229,7 +229,7 @@ class SynonymEmbedder:
             raise ParameterError("give both model and tokenizer, or neither (the embedded model)")
         self.key = key
         self.config: SynonymConfig = key.config
-        self._subkey = key.subkey("word-bit").to_bytes(8, "big")
+        self._subkey = key.subkey(subkeys.WORD_BIT).to_bytes(8, "big")
         if model is None:
             from provmark.watermark.models import load_model
 
