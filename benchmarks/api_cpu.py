@@ -41,7 +41,8 @@ def prepare(folder: Path, tokens: int) -> dict:
     ``tokens``-token watermarked text; returns what a child needs to drive the app."""
     from benchmarks.api_server import tiny_model_dir
     from provmark.api.crypto import MasterKey
-    from provmark.api.provenance import Models, Provenance
+    from provmark.api.provenance import Provenance
+    from provmark.watermark.models import Models
     from provmark.api.registry import Registry
 
     registry = Registry.open(folder / "registry.db", MasterKey(MASTER_KEY))
@@ -65,7 +66,7 @@ def measure(setup: dict, requests: int) -> dict[str, float]:
     ``provmark`` on ``sys.path``; every answer must be 200 and watermarked."""
     from provmark.api.app import create_app
     from provmark.api.crypto import MasterKey
-    from provmark.api.provenance import Models
+    from provmark.watermark.models import Models
     from provmark.api.registry import Registry
 
     registry = Registry.open(setup["db"], MasterKey(MASTER_KEY))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import random
 import statistics
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from provmark.detector import create_detector
 from provmark.evaluation.prompts import generate_batched, load_prompts
+from provmark.watermark.hook import generate
 from provmark.watermark.keys import create_key
 from provmark.watermark.models import load_model
 from provmark.watermark.proxy import Proxy
@@ -83,9 +85,10 @@ def main(argv=None) -> int:
     payloads = [rng.randrange(key.config.capacity) for _ in range(args.trials)]
 
     started = time.perf_counter()
-    marked = generate_batched(model, tokenizer, prompts[: args.trials], key, payloads, tokens=args.span, seed=args.seed,
-                              batch=args.batch)
-    hosts = generate_batched(model, tokenizer, prompts[args.trials : 2 * args.trials], None, tokens=args.host,
+    marked = generate_batched(functools.partial(generate, model, tokenizer, key=key), prompts[: args.trials], payloads,
+                              tokens=args.span, seed=args.seed, batch=args.batch)
+    hosts = generate_batched(functools.partial(generate, model, tokenizer, key=None),
+                             prompts[args.trials : 2 * args.trials], tokens=args.host,
                              seed=args.seed + 10_000, batch=args.batch)
     print(f"generated {args.trials} watermarked and {args.trials} host texts in {time.perf_counter() - started:.0f} s",
           file=sys.stderr)

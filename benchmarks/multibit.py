@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import itertools
 import math
@@ -37,10 +38,11 @@ from pathlib import Path
 from provmark.detector import create_detector
 from provmark.evaluation.prompts import generate_batched, load_prompts
 from provmark.evaluation.quality import bit_accuracy, quality
+from provmark.watermark.hook import generate
 from provmark.watermark.keys import create_key
 from provmark.watermark.models import load_model
 from provmark.watermark.proxy import Proxy
-from provmark.watermark.schemes import watermarker_class
+from provmark.watermark.schemes import get_scheme
 
 VARIANTS = {  # label -> (scheme, fixed parameters)
     "mpac-r2": ("mpac", {"radix": 2, "gamma": 0.25}),
@@ -74,8 +76,8 @@ def run_cell(model, tokenizer, prompts, cell: Cell, *, tokens, prefixes, seed, b
         key = create_key(scheme, {**params, "bits": cell.bits, "delta": cell.delta}, secret=secret)
         rng = random.Random(secret)
         payloads = [rng.randrange(key.config.capacity) for _ in prompts]
-    generations = generate_batched(model, tokenizer, prompts, key, payloads, tokens=tokens, seed=seed, batch=batch,
-                                   temperature=cell.temperature)
+    generations = generate_batched(functools.partial(generate, model, tokenizer, key=key), prompts, payloads,
+                                   tokens=tokens, seed=seed, batch=batch, temperature=cell.temperature)
     completions = [list(g.token_ids) for g in generations]
     scores = quality(model, tokenizer, prompts, completions, prefixes, batch)
     rows = []
@@ -84,7 +86,7 @@ def run_cell(model, tokenizer, prompts, cell: Cell, *, tokens, prefixes, seed, b
                 "prefix_tokens": prefix, "cell_tokens": sum(min(prefix, len(c)) for c in completions)}
         results, seconds = [None] * len(prompts), 0.0
         if key is not None:
-            proxy = Proxy(model, tokenizer) if watermarker_class(key.scheme).uses_proxy else None
+            proxy = Proxy(model, tokenizer) if get_scheme(key.scheme).uses_proxy else None
             detector = create_detector(key, proxy=proxy)
             started = time.perf_counter()
             results = detector.detect_batch([c[:prefix] for c in completions])

@@ -81,40 +81,45 @@ def keys():
     """Create watermark keys: key files (--out) or registry keys (--db)."""
 
 
-@keys.command("create")
-@click.option("--scheme", required=True,
-              help="Watermark scheme: kgw (zero-bit); mpac, majormark, majormark+, balance or vanilla (multi-bit); "
-                   "synonym (finished text).")
+class _SchemeParamsCommand(click.Command):
+    """A command that also takes ``--scheme`` and every scheme parameter as options, derived when it
+    runs from the scheme registry and the config dataclasses (``watermark.params``): a scheme
+    registered later (a plugin) is listed and brings its parameters with it."""
+
+    def get_params(self, ctx):
+        from provmark.watermark.params import scheme_params
+        from provmark.watermark.schemes import SCHEMES
+
+        kinds = {"zero-bit": [], "multi-bit": [], "finished text": []}
+        for name, scheme in SCHEMES.items():
+            kind = "finished text" if not scheme.generation_time else "multi-bit" if scheme.supports_payload else "zero-bit"
+            kinds[kind].append(name)
+        listed = "; ".join(f"{', '.join(names)} ({kind})" for kind, names in kinds.items() if names)
+        derived = [click.Option(["--scheme"], required=True, help=f"Watermark scheme: {listed}.")] + [
+            click.Option([param.option, param.name], default=None, help=param.help,
+                         type=click.Choice(param.choices) if param.choices else param.type)
+            for param in scheme_params().values()
+        ]
+        *own, help_option = super().get_params(ctx)
+        return [*derived[:1], *own, *derived[1:], help_option]
+
+
+@keys.command("create", cls=_SchemeParamsCommand)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Where to write the key file.")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False),
               help="Create the key in this registry instead (with --tenant); its secret is sealed there.")
 @click.option("--tenant", "tenant_name", default=None, help="With --db: the tenant that owns the key.")
 @click.option("--public", is_flag=True, help="With --db: let callers without a token verify texts against the key.")
 @master_key_option
-@click.option("--gamma", type=float, default=None, help="kgw: green fraction k/S; mpac: colour-list size 1/S (default 0.25).")
-@click.option("--delta", type=float, default=None, help="Bias added to preferred logits (default 2.0).")
-@click.option("--context-width", type=int, default=None, help="Tokens of context that seed the colouring (default 2).")
-@click.option("--bits", type=int, default=None, help="Multi-bit schemes: codeword length in bits (default 32).")
-@click.option("--radix", type=int, default=None, help="mpac: digit radix, a power of two <= 1/gamma (default 2).")
-@click.option("--block-size", type=int, default=None, help="majormark+: bits per block (default 4).")
-@click.option("--segment-bits", type=int, default=None, help="balance, vanilla: bits per exhaustively decoded segment (default 20).")
-@click.option("--pool-size", type=int, default=None, help="balance, vanilla: partitions per context, a power of two (default 64).")
-@click.option("--head", type=int, default=None, help="balance: proxy ids split by probability mass (default 256).")
-@click.option("--proxy-context", type=click.Choice(["text", "window", "prompt"]), default=None,
-              help="balance: what the proxy reads (default text: the generated text; window: its last 10 ids, "
-                   "which copy-paste localisation needs; prompt: the prompt too, no extra forward pass).")
-@click.option("--similarity-threshold", type=float, default=None,
-              help="synonym: least sentence similarity (MiniLM cosine) a substitution keeps (default 0.9).")
-@click.option("--max-candidates", type=int, default=None, help="synonym: bit-1 synonyms scored per word (default 12).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def keys_create(scheme, out_path, db_path, tenant_name, public, master_key_file, gamma, delta, context_width, bits, radix,
-                block_size, segment_bits, pool_size, head, proxy_context, similarity_threshold, max_candidates, force):
+def keys_create(scheme, out_path, db_path, tenant_name, public, master_key_file, force, **scheme_params):
     """Create a key (a fresh 32-byte secret plus the scheme's parameters): a key file (--out) or a
     registry key (--db with --tenant).
 
     A key file is written readable by its owner only; detection needs it. A registry key's
     secret is sealed with the master key and never leaves the registry; the API generates and
-    verifies with it. Options a scheme does not have are refused.
+    verifies with it. The scheme parameters below are those of the schemes' configs, each with
+    its default; options a scheme does not have are refused.
 
     Example:
 
@@ -128,10 +133,7 @@ def keys_create(scheme, out_path, db_path, tenant_name, public, master_key_file,
     from provmark.watermark.keys import create_key, save_key
     from provmark.watermark.payload import capacity_bits
 
-    given = {"gamma": gamma, "delta": delta, "context_width": context_width, "bits": bits, "radix": radix,
-             "block_size": block_size, "segment_bits": segment_bits, "pool_size": pool_size, "head": head,
-             "proxy_context": proxy_context, "similarity_threshold": similarity_threshold, "max_candidates": max_candidates}
-    params = {name: value for name, value in given.items() if value is not None}
+    params = {name: value for name, value in scheme_params.items() if value is not None}
     if (out_path is None) == (db_path is None):
         raise ParameterError("give --out FILE (a key file) or --db PATH --tenant NAME (a registry key), not both")
     if db_path is None:
@@ -348,83 +350,60 @@ def embed(key_path, prompt, text_file, payload, max_new_tokens, temperature, see
         provmark embed --key mkey.json --prompt "Tell me about tides." --payload 0x1234ABCD
         provmark embed --key skey.json --text answer.txt > marked.txt
     """
-    from provmark.watermark.hook import generate
+    from provmark.front import EmbedInputError, Watermark, check_embed_inputs
     from provmark.watermark.keys import load_key
-    from provmark.watermark.models import load_model
+    from provmark.watermark.models import Models
     from provmark.watermark.payload import parse_payload, payload_hex
 
     key = load_key(key_path)
-    if not key.config.generation_time:
-        if prompt is not None or text_file is None:
-            raise ParameterError(f"{key.scheme} keys watermark finished text: give --text FILE instead of --prompt")
-        if payload is not None:
-            raise ParameterError(f"{key.scheme} is a zero-bit scheme and carries no payload; drop --payload")
-        return _embed_text(key, _read_text(text_file), as_json, model_path)
-    if text_file is not None:
-        raise ParameterError(f"--text works with synonym keys; {key.scheme} watermarks while generating: give --prompt")
-    if prompt is None:
-        raise ParameterError("give --prompt, the text to continue")
-    if not prompt.strip():
-        raise InvalidTextError("prompt is empty; give some text to continue")
-    payloads = None
-    if key.config.supports_payload:
-        if payload is None:
-            raise ParameterError(f"{key.scheme} keys carry a payload: give --payload (decimal or 0x-hex)")
-        payloads = [parse_payload(payload, key.config.capacity)]
-    elif payload is not None:
-        raise ParameterError(f"{key.scheme} is a zero-bit scheme and carries no payload; drop --payload")
+    watermark = Watermark(key, Models(model_path))
+    inputs = {"prompts": None if prompt is None else [prompt],
+              "texts": None if text_file is None else [_read_text(text_file)]}
+    try:
+        check_embed_inputs(watermark.scheme, **inputs, payloads=None if payload is None else [payload])
+    except EmbedInputError as exc:
+        raise ParameterError(_EMBED_INPUT_ERRORS[exc.reason].format(scheme=exc.scheme)) from None
+    payloads = None if payload is None else [parse_payload(payload, key.config.capacity)]
     _quiet_libraries()
-    loaded = load_model(model_path)
-    (generation,) = generate(
-        loaded.model,
-        loaded.tokenizer,
-        [prompt],
-        key,
-        payloads,
-        chat=chat,
-        seed=seed,
-        progress=True,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-    )
+    (embedded,) = watermark.embed(**inputs, payloads=payloads, chat=chat, seed=seed, progress=True,
+                                  max_new_tokens=max_new_tokens, temperature=temperature)
+    if not watermark.scheme.generation_time:
+        if not as_json:
+            click.echo(embedded.text, nl=False)
+            return
+        click.echo(json.dumps({
+            "text": embedded.text,
+            "key_id": key.key_id,
+            "scheme": key.scheme,
+            "model": watermark.models.name,
+            "num_words": embedded.num_words,
+            "num_eligible": embedded.num_eligible,
+            "substitutions": [[s.start, s.end, s.original, s.replacement] for s in embedded.substitutions],
+        }, indent=2))
+        return
     if as_json:
-        payload = {
-            "text": generation.text,
-            "num_tokens": len(generation.token_ids),
+        click.echo(json.dumps({
+            "text": embedded.text,
+            "num_tokens": len(embedded.token_ids),
             "key_id": key.key_id,
             "scheme": key.scheme,
             "payload_hex": None if payloads is None else payload_hex(payloads[0], key.config.bits),
-            "model": loaded.name,
+            "model": watermark.models.name,
             "prompt": prompt,
             "settings": {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "chat": chat},
-        }
-        click.echo(json.dumps(payload, indent=2))
+        }, indent=2))
     else:
-        click.echo(generation.text)
+        click.echo(embedded.text)
 
 
-def _embed_text(key, text: str, as_json: bool, model_path) -> None:
-    """``embed`` for a scheme that rewrites finished text (synonym)."""
-    from provmark.watermark.models import load_model
-    from provmark.watermark.synonym import SynonymEmbedder
-
-    if not text.strip():
-        raise InvalidTextError("text is empty; give the text to watermark")
-    _quiet_libraries()
-    loaded = load_model(model_path)
-    result = SynonymEmbedder(key, model=loaded.model, tokenizer=loaded.tokenizer).embed(text)
-    if not as_json:
-        click.echo(result.text, nl=False)
-        return
-    click.echo(json.dumps({
-        "text": result.text,
-        "key_id": key.key_id,
-        "scheme": key.scheme,
-        "model": loaded.name,
-        "num_words": result.num_words,
-        "num_eligible": result.num_eligible,
-        "substitutions": [[s.start, s.end, s.original, s.replacement] for s in result.substitutions],
-    }, indent=2))
+_EMBED_INPUT_ERRORS = {
+    "wants_text": "{scheme} keys watermark finished text: give --text FILE instead of --prompt",
+    "wants_prompt": "--text works with synonym keys; {scheme} watermarks while generating: give --prompt",
+    "no_prompt": "give --prompt, the text to continue",
+    "needs_payload": "{scheme} keys carry a payload: give --payload (decimal or 0x-hex)",
+    "no_payload": "{scheme} is a zero-bit scheme and carries no payload; drop --payload",
+}
+"""``embed``'s words for the front door's ``EmbedInputError`` reasons."""
 
 
 def _read_text(source) -> str:
@@ -468,47 +447,34 @@ def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, as_jso
         provmark detect --key key.json story.txt --explain --html story.html
         provmark detect --key skey.json marked.txt
     """
-    from provmark.detector import VanillaDetector, create_detector, detect_text
+    from provmark.front import Watermark, locate_schemes, require_text
     from provmark.watermark.keys import load_key
-    from provmark.watermark.models import load_model, load_tokenizer
-    from provmark.watermark.proxy import Proxy
-    from provmark.watermark.schemes import watermarker_class
+    from provmark.watermark.models import Models
 
-    text = _read_text(file)
-    if not text.strip():
-        raise InvalidTextError("text is empty; give the text to check")
+    text = require_text(_read_text(file))
     key = load_key(key_path)
     _quiet_libraries()
-    proxy = tokenizer = None  # a scheme that reads finished text (synonym) needs neither
-    if key.config.generation_time and watermarker_class(key.scheme).uses_proxy:
-        loaded = load_model(model_path)
-        tokenizer, proxy = loaded.tokenizer, Proxy(loaded.model, loaded.tokenizer)
-    elif key.config.generation_time:
-        tokenizer = load_tokenizer(model_path)
+    watermark = Watermark(key, Models(model_path))
     if locate and (explain or html_path):
         raise ParameterError("--locate cannot be combined with --explain or --html")
     if explain or html_path:
-        _explain(key, text, tokenizer, alpha=alpha, min_tokens=min_tokens, proxy=proxy, html_path=html_path,
-                 as_json=as_json, show=explain)
+        _explain(watermark, text, alpha=alpha, min_tokens=min_tokens, html_path=html_path, as_json=as_json,
+                 show=explain)
         return
-    if locate:
-        detector = create_detector(key, alpha=alpha, proxy=proxy)
-        if not isinstance(detector, VanillaDetector):
-            raise ParameterError(f"--locate works with balance and vanilla keys, not {key.scheme}")
-        if key.config.proxy_context == "text":
-            click.echo("note: this balance key's proxy reads the whole text (proxy_context 'text'), so a span pasted "
-                       "after other text loses most of its evidence; keys made with --proxy-context window are "
-                       "located reliably", err=True)
-        result = detector.locate(tokenizer(text, add_special_tokens=False)["input_ids"])
-    else:
-        result = detect_text(key, text, tokenizer, alpha=alpha, min_tokens=min_tokens, proxy=proxy)
+    if locate and not watermark.scheme.supports_locate:
+        raise ParameterError(f"--locate works with {locate_schemes()} keys, not {key.scheme}")
+    if locate and watermark.locate_caveat():
+        click.echo(f"note: {watermark.locate_caveat()}", err=True)
+    (result,) = watermark.detect([text], alpha=alpha, min_tokens=None if locate else min_tokens, locate=locate)
     click.echo(result.to_json(indent=2) if as_json else _summary(result))
 
 
 def _summary(result) -> str:
     """The human-readable lines of a detection result."""
     verdict = "watermarked" if result.is_watermarked else "not watermarked"
-    unit = "eligible words" if result.scheme == "synonym" else "tokens"
+    from provmark.watermark.schemes import get_scheme
+
+    unit = "eligible words" if get_scheme(result.scheme).reads_text else "tokens"
     lines = [
         f"{verdict} (alpha {result.alpha:g})",
         f"p-value: {result.p_value:.3g}  log10 p: {result.log10_p_value:.2f}",
@@ -521,17 +487,12 @@ def _summary(result) -> str:
     return "\n".join(lines)
 
 
-def _explain(key, text, tokenizer, *, alpha, min_tokens, proxy, html_path, as_json, show):
+def _explain(watermark, text, *, alpha, min_tokens, html_path, as_json, show):
     from pathlib import Path
 
-    from provmark.detector.explain import explain_text
     from provmark.detector.render import render_html, render_terminal
 
-    explanation = explain_text(key, text, tokenizer, alpha=alpha, proxy=proxy)
-    if explanation.result.num_scored_tokens < min_tokens:
-        raise InvalidTextError(
-            f"text too short to score: {explanation.result.num_scored_tokens} scorable tokens, need at least {min_tokens}"
-        )
+    explanation = watermark.explain(text, alpha=alpha, min_tokens=min_tokens)
     if html_path:
         Path(html_path).write_text(render_html(explanation), encoding="utf-8")
     if as_json:

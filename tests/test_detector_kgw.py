@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from provmark.detector import DetectionResult, create_detector, detect_text
+from provmark.detector import DetectionResult, create_detector
 from provmark.errors import InvalidTextError, ParameterError
+from provmark.front import detect_text
 from provmark.kernels.shard_bias import preferred_mask
 from provmark.watermark.keys import create_key
 from provmark.watermark.kgw import KGWWatermarker

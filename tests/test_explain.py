@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from provmark.cli import cli
 from provmark.detector import create_detector
-from provmark.detector.explain import explain, explain_text
+from provmark.detector.explain import explain
 from provmark.detector.render import render_html, render_terminal
+from provmark.front import explain_text
 from provmark.kernels.shard_bias import preferred_mask
 from provmark.watermark.hook import generate
 from provmark.watermark.keys import create_key, save_key

@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from provmark.detector import create_detector, detect_text
+from provmark.detector import create_detector
 from provmark.errors import InvalidTextError, ParameterError
+from provmark.front import detect_text
 from provmark.watermark import lexicon
 from provmark.watermark.keys import create_key
 from provmark.watermark.synonym import SynonymConfig, candidate_forms

@@ -23,7 +23,6 @@ threshold it used as its ``alpha``. A text is then matched to a record of the ke
 from __future__ import annotations
 
 import hashlib
-import threading
 import unicodedata
 from dataclasses import dataclass, field
 
@@ -31,15 +30,16 @@ import numpy as np
 
 from provmark.api.errors import InvalidInputError
 from provmark.api.registry import KeyRef, Record, Registry
-from provmark.detector import DetectionResult, Detector, create_detector
-from provmark.watermark.hook import Generation, generate
-from provmark.watermark.models import DEFAULT_MODEL_NAME, LoadedModel, load_model, load_tokenizer
-from provmark.watermark.schemes import SCHEMES, watermarker_class
-from provmark.watermark.synonym import SynonymEmbedder, SynonymEmbedding
+from provmark.detector import DetectionResult
+from provmark.front import EmbedInputError, Watermark, check_embed_inputs
+from provmark.watermark.hook import Generation
+from provmark.watermark.models import Models
+from provmark.watermark.schemes import get_scheme
+from provmark.watermark.synonym import SynonymEmbedding
 
-__all__ = ["KeyVerification", "Models", "NearRecord", "Provenance", "TextVerification", "text_sha256"]
+__all__ = ["KeyVerification", "NearRecord", "Provenance", "TextVerification", "text_sha256"]
 
-_MAX_DETECTORS = 1024
+_MAX_WATERMARKS = 1024
 
 
 def text_sha256(text: str) -> str:
@@ -47,53 +47,6 @@ def text_sha256(text: str) -> str:
     (and stripping the ends), so a trailing newline or re-wrapped lines do not change it."""
     canonical = " ".join(unicodedata.normalize("NFC", text).split())
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-class Models:
-    """The serving model (embedded SmolLM2 by default, or a local folder), loaded once per process
-    on first use: the tokenizer alone for model-free detection, the weights for generation, as
-    Balance-Marking's proxy and to rank synonyms, and the sentence encoder for the synonym scheme.
-    Generation and embedding hold ``generate_lock``: the model runs one batch at a time."""
-
-    def __init__(self, path=None):
-        self.path = path
-        self.name = DEFAULT_MODEL_NAME if path is None else str(path)
-        """What records store as their model."""
-        self.generate_lock = threading.Lock()
-        self._lock = threading.Lock()
-        self._tokenizer = None
-        self._loaded: LoadedModel | None = None
-        self._proxy = None
-        self._encoder = None
-
-    def tokenizer(self):
-        with self._lock:
-            if self._tokenizer is None:
-                self._tokenizer = self._loaded.tokenizer if self._loaded else load_tokenizer(self.path)
-            return self._tokenizer
-
-    def loaded(self) -> LoadedModel:
-        with self._lock:
-            if self._loaded is None:
-                self._loaded = load_model(self.path)
-            return self._loaded
-
-    def proxy(self):
-        from provmark.watermark.proxy import Proxy
-
-        loaded = self.loaded()
-        with self._lock:
-            if self._proxy is None:
-                self._proxy = Proxy(loaded.model, loaded.tokenizer)
-            return self._proxy
-
-    def encoder(self):
-        from provmark.watermark.models import load_sentence_encoder
-
-        with self._lock:
-            if self._encoder is None:
-                self._encoder = load_sentence_encoder()
-            return self._encoder
 
 
 @dataclass(frozen=True)
@@ -157,17 +110,15 @@ class Provenance:
     def __init__(self, registry: Registry, models: Models):
         self.registry = registry
         self.models = models
-        self._detectors: dict[tuple[str, float], Detector] = {}
+        self._watermarks: dict[str, Watermark] = {}
 
-    def detector(self, key_id: str, alpha: float) -> Detector:
-        """The key's detector at ``alpha``, built once (detectors hold no per-call state)."""
-        found = self._detectors.get((key_id, alpha))
+    def watermark(self, key_id: str) -> Watermark:
+        """The key's front door over the serving models, built once (it caches its detectors)."""
+        found = self._watermarks.get(key_id)
         if found is None:
-            key = self.registry.watermark_key(key_id)
-            proxy = self.models.proxy() if key.config.generation_time and watermarker_class(key.scheme).uses_proxy else None
-            if len(self._detectors) >= _MAX_DETECTORS:
-                self._detectors.clear()
-            found = self._detectors[(key_id, alpha)] = create_detector(key, alpha=alpha, proxy=proxy)
+            if len(self._watermarks) >= _MAX_WATERMARKS:
+                self._watermarks.clear()
+            found = self._watermarks[key_id] = Watermark(self.registry.watermark_key(key_id), self.models)
         return found
 
     def generate(
@@ -178,17 +129,15 @@ class Provenance:
         store the text's hash on the record. The record comes first, so a key that cannot issue one
         (unknown, retired, exhausted) fails before the model loads; a generation that fails
         withdraws its record."""
-        self._require_scheme(key_id, tenant_id, generation_time=True)
+        self._require_inputs(key_id, tenant_id, prompts=[prompt])
         record = self.registry.new_record(key_id, tenant_id=tenant_id, model=self.models.name, metadata=metadata)
         payloads = None if record.payload is None else [record.payload]
         try:
-            key = self.registry.watermark_key(key_id)
-            loaded = self.models.loaded()
+            watermark = self.watermark(key_id)
+            self.models.loaded()  # load outside the lock: verifications need none of it
             with self.models.generate_lock:
-                (generation,) = generate(
-                    loaded.model, loaded.tokenizer, [prompt], key, payloads, chat=chat, seed=seed,
-                    max_new_tokens=max_new_tokens, temperature=temperature,
-                )
+                (generation,) = watermark.embed(prompts=[prompt], payloads=payloads, chat=chat, seed=seed,
+                                                max_new_tokens=max_new_tokens, temperature=temperature)
         except BaseException:
             self.registry.delete_record(record.id)
             raise
@@ -200,29 +149,35 @@ class Provenance:
         """Issue a record under a key that watermarks finished text (synonym), watermark ``text``
         with it, store the watermarked text's hash on the record (zero-bit: verification finds the
         record by that hash). Failures withdraw the record, as ``generate`` does."""
-        self._require_scheme(key_id, tenant_id, generation_time=False)
+        self._require_inputs(key_id, tenant_id, texts=[text])
         record = self.registry.new_record(key_id, tenant_id=tenant_id, model=self.models.name, metadata=metadata)
         try:
-            key = self.registry.watermark_key(key_id)
-            loaded, encoder = self.models.loaded(), self.models.encoder()
-            embedder = SynonymEmbedder(key, model=loaded.model, tokenizer=loaded.tokenizer, encoder=encoder)
+            watermark = self.watermark(key_id)
+            self.models.loaded()  # load outside the lock, as generate does
+            self.models.encoder()
             with self.models.generate_lock:
-                embedding = embedder.embed(text)
+                (embedding,) = watermark.embed(texts=[text])
         except BaseException:
             self.registry.delete_record(record.id)
             raise
         return embedding, self.registry.set_record_text(record.id, text_sha256(embedding.text))
 
-    def _require_scheme(self, key_id: str, tenant_id: str, *, generation_time: bool) -> None:
+    def _require_inputs(self, key_id: str, tenant_id: str, *, prompts=None, texts=None) -> None:
         """Refuse (422, field ``key_id``) a key whose scheme embeds the other way: while generating
-        (``/v1/generate``) or into finished text (``/v1/embed``)."""
-        scheme = self.registry.key(key_id, tenant_id=tenant_id).scheme
-        if SCHEMES[scheme][0].generation_time != generation_time:
-            if generation_time:
-                message = f"key {key_id} is a {scheme} key, which watermarks finished text: use /v1/embed"
+        (``/v1/generate``) or into finished text (``/v1/embed``). The payload is the record's
+        number, issued afterwards, so it is checked as present whenever the scheme carries one."""
+        scheme = get_scheme(self.registry.key(key_id, tenant_id=tenant_id).scheme)
+        try:
+            check_embed_inputs(scheme, prompts=prompts, texts=texts, payloads=[0] if scheme.supports_payload else None)
+        except EmbedInputError as exc:
+            if exc.reason == "wants_text":
+                message = f"key {key_id} is a {scheme.name} key, which watermarks finished text: use /v1/embed"
+            elif exc.reason == "wants_prompt":
+                message = (f"key {key_id} is a {scheme.name} key, which watermarks while a model generates: "
+                           "use /v1/generate")
             else:
-                message = f"key {key_id} is a {scheme} key, which watermarks while a model generates: use /v1/generate"
-            raise InvalidInputError(message, field="key_id")
+                raise
+            raise InvalidInputError(message, field="key_id") from None
 
     def verify(
         self, texts: list[str], keys: list[KeyRef], *, tenant_id: str | None, alpha: float = 1e-3, min_tokens: int = 10,
@@ -233,8 +188,7 @@ class Provenance:
         ``tenant_id`` is the caller (None: anonymous); a key of another tenant is treated as public.
         ``fields`` names each text in errors (default ``texts.<i>``)."""
         fields = fields or [f"texts.{i}" for i in range(len(texts))]
-        tokenizer = self.models.tokenizer()
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ids = self.models.tokenizer()(texts, add_special_tokens=False)["input_ids"]
         for name, row in zip(fields, ids):
             if len(row) < min_tokens:
                 raise InvalidInputError(
@@ -244,11 +198,11 @@ class Provenance:
         per_key_alpha = alpha / max(len(keys), 1)
         columns = []
         for info in keys:
-            detector = self.detector(info.key_id, per_key_alpha)
-            results = detector.detect_batch(texts if detector.reads_text else ids)
+            watermark = self.watermark(info.key_id)
+            results = watermark.detect(texts, alpha=per_key_alpha, token_ids=ids)
             public = info.tenant_id != tenant_id
             columns.append(
-                [self._match(detector.key, result, digest, nearest, public) for result, digest in zip(results, hashes)]
+                [self._match(watermark.key, result, digest, nearest, public) for result, digest in zip(results, hashes)]
             )
         return [
             TextVerification(digest, len(row), sorted((c[i] for c in columns), key=lambda k: k.result.log10_p_value))

@@ -8,10 +8,14 @@ and echoed value is valid JSON text.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from dataclasses import fields
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
+from provmark.detector.result import DetectionResult
+from provmark.watermark.params import attribute_docs, scheme_params
 from provmark.watermark.schemes import SCHEMES
 
 __all__ = [
@@ -82,7 +86,18 @@ Prose = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS, json_schem
                   AfterValidator(_not_blank)]
 Identifier = Annotated[str, Field(min_length=1, max_length=100)]
 Metadata = Annotated[dict[str, Any], AfterValidator(_json_object)]
-Scheme = Literal[tuple(SCHEMES)]
+
+
+def _known_scheme(value: str) -> str:
+    if value not in SCHEMES:
+        raise ValueError(f"unknown scheme {value!r}; known schemes: {', '.join(sorted(SCHEMES))}")
+    return value
+
+
+# The registry is read when a request is validated and when the OpenAPI schema is written, so a
+# scheme registered after this module loads (a plugin) is accepted and listed.
+Scheme = Annotated[str, AfterValidator(_known_scheme),
+                   Field(json_schema_extra=lambda schema: schema.update(enum=list(SCHEMES)))]
 
 
 class _Request(BaseModel):
@@ -106,22 +121,21 @@ class ErrorBody(BaseModel):
     errors: list[ErrorItem] = Field(min_length=1)
 
 
-class KeyParams(_Request):
-    """Scheme parameters, as for ``provmark keys create``; the scheme's own defaults fill the rest,
-    and its config checks ranges and the parameters it does not have (a 422 naming ``params``)."""
+def _key_params() -> type[BaseModel]:
+    """``KeyParams``: one optional field per scheme parameter, derived from the config dataclasses
+    (``watermark.params``: type, choices, help); the configs validate the values."""
+    types = {int: Int, float: float, str: str}
+    fields = {
+        param.name: ((Literal[param.choices] if param.choices else types[param.type]) | None,
+                     Field(None, description=param.help))
+        for param in scheme_params().values()
+    }
+    return create_model("KeyParams", __base__=_Request, __module__=__name__, __doc__=(
+        "Scheme parameters, as for ``provmark keys create``; the scheme's own defaults fill the rest,\n"
+        "and its config checks ranges and the parameters it does not have (a 422 naming ``params``)."), **fields)
 
-    gamma: float | None = None
-    delta: float | None = None
-    context_width: Int | None = None
-    bits: Int | None = None
-    radix: Int | None = None
-    block_size: Int | None = None
-    segment_bits: Int | None = None
-    pool_size: Int | None = None
-    head: Int | None = None
-    proxy_context: Literal["text", "window", "prompt"] | None = None
-    similarity_threshold: float | None = None
-    max_candidates: Int | None = None
+
+KeyParams = _key_params()
 
 
 class KeyCreate(_Request):
@@ -233,27 +247,35 @@ class NearRecordOut(BaseModel):
     bits_differ: int
 
 
-class KeyVerificationOut(BaseModel):
-    """A ``DetectionResult`` (every field) and the record the text points to."""
+def _listed(annotation):
+    """A dataclass field's type as JSON carries it: tuples (any length) become lists."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is tuple:
+        items = {_listed(a) for a in args if a is not Ellipsis}
+        return list[items.pop() if len(items) == 1 else Any]
+    if origin in (Union, UnionType):
+        return Union[tuple(_listed(a) for a in args)]
+    return annotation
 
-    scheme: str
-    key_id: str
-    prf_version: str
-    is_watermarked: bool
-    p_value: float
-    log10_p_value: float
-    score: float
-    num_scored_tokens: int
-    alpha: float
-    payload: int | None
-    payload_hex: str | None
-    bit_confidences: list[float] | None
-    spans: list[list[int]]
-    word_bits: list[list[int]] = Field(description="Synonym keys: [start, end, bit] of every scored word.")
-    match: Literal["text", "payload"] | None
-    record: RecordOut | None
-    nearest_records: list[NearRecordOut]
-    note: str | None
+
+def _verification_out() -> type[BaseModel]:
+    """``KeyVerificationOut``: every field of ``DetectionResult`` (derived, so a new result field
+    reaches the API), then the record the text points to."""
+    docs, hints = attribute_docs(DetectionResult), get_type_hints(DetectionResult)
+    result_fields = {f.name: (_listed(hints[f.name]), Field(..., description=docs.get(f.name)))
+                     for f in fields(DetectionResult)}
+    return create_model(
+        "KeyVerificationOut", __module__=__name__,
+        __doc__="A ``DetectionResult`` (every field) and the record the text points to.",
+        **result_fields,
+        match=(Literal["text", "payload"] | None, ...),
+        record=(RecordOut | None, ...),
+        nearest_records=(list[NearRecordOut], ...),
+        note=(str | None, ...),
+    )
+
+
+KeyVerificationOut = _verification_out()
 
 
 class VerifyResponse(BaseModel):

@@ -87,6 +87,11 @@ class _Segment(NamedTuple):
 class VanillaDetector(Detector):
     """Decodes Vanilla-Marking keys; needs only the key."""
 
+    supports_locate = True
+    locate_caveat: str | None = None
+    """Why ``locate`` may miss a pasted span with this key, for the front ends to pass on (None: it
+    should not)."""
+
     def __init__(self, key, *, alpha: float = DEFAULT_ALPHA, proxy=None):
         super().__init__(key, alpha=alpha)
         self.config: VanillaConfig = key.config
@@ -264,6 +269,13 @@ class VanillaDetector(Detector):
         chosen = pairs.available.gather(1, pool_indices(offsets, rows, messages)[:, None]).squeeze(1)
         return chosen, pairs.available.to(torch.float64).mean(dim=1)
 
+    def token_evidence(self, token_ids, payload: int, prompt_ids=None) -> tuple[torch.Tensor, ...]:
+        """(index int64 (n,) of each scored token in ``token_ids``, hit, expected) as ``token_hits``:
+        the explanation of one sequence under ``payload``."""
+        (pairs,) = self.pairs([token_ids], None if prompt_ids is None else [prompt_ids])
+        hit, expected = self.token_hits(pairs, payload)
+        return pairs.positions, hit, expected
+
     def _log_likelihood_ratios(self, pairs: Pairs, payload: int) -> np.ndarray:
         """Per pair, log P(observation | watermarked) / P(observation | not), under the payload's
         partition: unwatermarked, the token is available with probability p0 (its share of the
@@ -279,6 +291,13 @@ class VanillaDetector(Detector):
 
 class BalanceDetector(VanillaDetector):
     """Decodes Balance-Marking keys; needs the proxy model (``watermark.proxy.Proxy``)."""
+
+    @property
+    def locate_caveat(self) -> str | None:
+        if self.config.proxy_context != "text":
+            return None
+        return ("this balance key's proxy reads the whole text (proxy_context 'text'), so a span pasted after other "
+                "text loses most of its evidence; keys made with --proxy-context window are located reliably")
 
 
 def _subset(pairs: Pairs, mask: torch.Tensor) -> Pairs:

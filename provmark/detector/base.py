@@ -120,6 +120,8 @@ class Detector(abc.ABC):
 
     reads_text: ClassVar[bool] = False
     """Whether the detector reads strings (the synonym scheme) rather than token ids."""
+    supports_locate: ClassVar[bool] = False
+    """Whether ``locate`` searches windows of a longer text for a watermarked span."""
 
     def __init__(self, key: WatermarkKey, *, alpha: float = DEFAULT_ALPHA):
         if not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
@@ -227,6 +229,29 @@ class PairDetector(Detector):
         counts = torch.bincount(seq_index, minlength=len(sequences)).tolist()
         evidence = self._aggregate_scores(token_scores, seq_index, len(sequences))
         return [self._result(e, n) for e, n in zip(evidence, counts)]
+
+    def token_evidence(self, token_ids, payload, prompt_ids=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(index int64 (N,) of each scored token in ``token_ids``, hit bool (N,), expected float64
+        (N,)): whether each scored token lies in the set the embedder prefers at its step for
+        ``payload`` (None for a zero-bit key), and the chance of that in text written without the
+        key (the preferred share of the step's shards). The rule is the embedder's own
+        (``Watermarker.step_params`` with this detector's shard PRF)."""
+        from provmark.watermark.schemes import watermarker_class
+
+        pairs, where = self.scored_positions(token_ids, prompt_ids)
+        contexts, tokens = pairs[:, :-1], pairs[:, -1]
+        payloads = None if payload is None else [payload] * tokens.shape[0]
+        params = watermarker_class(self.key.scheme)(self.key).step_params(contexts, payloads).resolved(contexts)
+        counts = params.shard_counts
+        shard = torch.empty_like(tokens)
+        for count in torch.unique(counts).tolist():  # fastrange takes one shard count at a time
+            rows = (counts == count).nonzero().squeeze(1)
+            shard[rows] = self.shards(contexts[rows], tokens[rows], params.salts[rows], count)
+        hit = ((params.preferred >> shard) & 1).bool()
+        # bits at or above S name no shard (Python ints: a 64-shard mask's sign bit is shard 63)
+        usable = [m & ((1 << c) - 1) for m, c in zip(params.preferred.tolist(), counts.tolist())]
+        expected = torch.tensor([bin(m).count("1") for m in usable], dtype=torch.float64) / counts.double()
+        return where, hit, expected
 
     @abc.abstractmethod
     def _score_tokens(self, contexts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

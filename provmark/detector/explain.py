@@ -24,9 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from provmark.detector.base import Detector, PairDetector, _as_ids
+from provmark.detector.base import Detector, _as_ids
 from provmark.detector.result import DetectionResult
 
 __all__ = ["TokenEvidence", "Explanation", "explain", "explain_text"]
@@ -84,41 +82,14 @@ class Explanation:
         }
 
 
-def _shard_hits(detector: PairDetector, contexts: torch.Tensor, tokens: torch.Tensor, payload) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hit bool (N,), expected float64 (N,)) of scored pairs under the embedder's step rule."""
-    from provmark.watermark.schemes import watermarker_class
-
-    key = detector.key
-    payloads = None if payload is None else [payload] * tokens.shape[0]
-    params = watermarker_class(key.scheme)(key).step_params(contexts, payloads).resolved(contexts)
-    counts = params.shard_counts
-    shard = torch.empty_like(tokens)
-    for count in torch.unique(counts).tolist():  # fastrange takes one shard count at a time
-        rows = (counts == count).nonzero().squeeze(1)
-        shard[rows] = detector.shards(contexts[rows], tokens[rows], params.salts[rows], count)
-    hit = ((params.preferred >> shard) & 1).bool()
-    # bits at or above S name no shard (Python ints: a 64-shard mask's sign bit is shard 63)
-    usable = [m & ((1 << c) - 1) for m, c in zip(params.preferred.tolist(), counts.tolist())]
-    expected = torch.tensor([bin(m).count("1") for m in usable], dtype=torch.float64) / counts.double()
-    return hit, expected
-
-
 def explain(detector: Detector, token_ids, *, prompt_ids=None) -> Explanation:
     """Detect the watermark in ``token_ids`` and say, token by token, which carried evidence."""
-    from provmark.detector.balance import VanillaDetector
-
     ids = _as_ids(token_ids)
     result = detector.detect(ids, prompt_ids=prompt_ids)
     hits: dict[int, tuple[bool, float]] = {}
     multi_bit = detector.key.config.supports_payload
     if result.num_scored_tokens and (result.payload is not None or not multi_bit):
-        if isinstance(detector, VanillaDetector):
-            (pairs,) = detector.pairs([ids], None if prompt_ids is None else [prompt_ids])
-            hit, expected = detector.token_hits(pairs, result.payload)
-            where = pairs.positions
-        else:
-            pairs, where = detector.scored_positions(ids, prompt_ids)
-            hit, expected = _shard_hits(detector, pairs[:, :-1], pairs[:, -1], result.payload)
+        where, hit, expected = detector.token_evidence(ids, result.payload, prompt_ids)
         hits = {int(i): (bool(h), float(e)) for i, h, e in zip(where.tolist(), hit.tolist(), expected.tolist())}
     tokens = tuple(
         TokenEvidence(index, token, *hits.get(index, (None, None))) for index, token in enumerate(ids.tolist())
@@ -126,16 +97,10 @@ def explain(detector: Detector, token_ids, *, prompt_ids=None) -> Explanation:
     return Explanation(result, tokens)
 
 
-def explain_text(key, text: str, tokenizer, *, alpha: float | None = None, proxy=None) -> Explanation:
-    """``explain`` for text: tokenise it as ``detector.detect_text`` does and give every token its
-    character offsets in ``text``, so a renderer can colour the text itself. A synonym key
-    explains the words instead (see the module doc) and needs no tokenizer."""
-    from provmark.detector import DEFAULT_ALPHA, create_detector
-    from provmark.errors import InvalidTextError
-
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidTextError("text is empty; give the text to check")
-    detector = create_detector(key, alpha=DEFAULT_ALPHA if alpha is None else alpha, proxy=proxy)
+def explain_text(detector: Detector, text: str, tokenizer=None) -> Explanation:
+    """``explain`` for text: tokenise it as detection does and give every token its character
+    offsets in ``text``, so a renderer can colour the text itself. A detector that reads text (the
+    synonym scheme) explains the words instead (see the module doc) and needs no tokenizer."""
     if detector.reads_text:
         return _explain_words(detector, text)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from provmark.errors import ParameterError
-from provmark.watermark.hook import Generation, generate
+from provmark.watermark.hook import Generation
 
 __all__ = ["PROMPTS_PATH", "load_prompts", "generate_batched"]
 
@@ -22,14 +22,15 @@ def load_prompts(count: int | None = None) -> list[str]:
     return prompts[:count]
 
 
-def generate_batched(model, tokenizer, prompts: Sequence[str], key, payloads: Sequence | None = None, *, tokens: int,
-                     seed: int, batch: int, temperature: float = 1.0) -> list[Generation]:
-    """``hook.generate`` over ``prompts``, ``batch`` at a time, each completion exactly ``tokens``
-    tokens long (EOS suppressed, so that every text of a comparison has the same length). Batch
-    b is seeded with ``seed + b * batch``, so a seed replays the run."""
+def generate_batched(generate: Callable[..., list], prompts: Sequence[str], payloads: Sequence | None = None, *,
+                     tokens: int, seed: int, batch: int, temperature: float = 1.0) -> list[Generation]:
+    """``generate(prompts=..., payloads=..., seed=..., ...)`` (``Watermark.embed``, or ``hook.generate``
+    with its model, tokenizer and key bound) over ``prompts``, ``batch`` at a time, each completion
+    exactly ``tokens`` tokens long (EOS suppressed, so that every text of a comparison has the same
+    length). Batch b is seeded with ``seed + b * batch``, so a seed replays the run."""
     out = []
     for start in range(0, len(prompts), batch):
         rows = slice(start, start + batch)
-        out += generate(model, tokenizer, list(prompts[rows]), key, None if payloads is None else list(payloads[rows]),
+        out += generate(prompts=list(prompts[rows]), payloads=None if payloads is None else list(payloads[rows]),
                         seed=seed + start, temperature=temperature, max_new_tokens=tokens, min_new_tokens=tokens)
     return out

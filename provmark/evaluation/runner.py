@@ -33,6 +33,7 @@ that p-values below float range count).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import platform
@@ -48,16 +49,18 @@ import torch
 
 from provmark.attacks import STRENGTHS, apply, paraphrase_batch
 from provmark.attacks.base import words_of
-from provmark.detector import VanillaDetector, create_detector
-from provmark.detector.explain import Explanation, explain_text
+from provmark.detector.explain import Explanation
 from provmark.errors import InvalidTextError
 from provmark.evaluation.cache import WindowCache
 from provmark.evaluation.human import human_texts
 from provmark.evaluation.prompts import generate_batched, load_prompts
 from provmark.evaluation.quality import bit_accuracy, quality
 from provmark.evaluation.suites import SchemeSpec, Suite
+from provmark.front import Watermark
+from provmark.watermark.hook import generate
 from provmark.watermark.keys import create_key
-from provmark.watermark.schemes import watermarker_class
+from provmark.watermark.models import Models
+from provmark.watermark.schemes import get_scheme
 
 __all__ = ["ALPHAS", "FIELDS", "SUMMARY_FIELDS", "Evaluation", "run_suite", "summarise"]
 
@@ -171,9 +174,9 @@ def _attack_texts(attack: str, strength: float | None, texts: Sequence[str], hos
 
 
 class _Scheme:
-    """One scheme's key, detector and watermarked texts."""
+    """One scheme's key, its front door (``provmark.front.Watermark``) and its watermarked texts."""
 
-    def __init__(self, spec: SchemeSpec, seed: int, prompts: int, model, tokenizer):
+    def __init__(self, spec: SchemeSpec, seed: int, prompts: int, models: Models):
         self.spec = spec
         self.key = create_key(spec.scheme, dict(spec.params), secret=_secret(seed, spec.label))
         config = self.key.config
@@ -181,23 +184,22 @@ class _Scheme:
         self.payloads = None
         if config.supports_payload:
             self.payloads = [payload_rng.randrange(config.capacity) for _ in range(prompts)]
-        self.proxy = None
-        if config.generation_time and watermarker_class(self.key.scheme).uses_proxy:
-            self.proxy = WindowCache(model, tokenizer)
-        self.detector = create_detector(self.key, proxy=self.proxy)
+        scheme = get_scheme(spec.scheme)
+        loaded = models.loaded()
+        self.proxy = WindowCache(loaded.model, loaded.tokenizer) if scheme.uses_proxy else None
+        self.watermark = Watermark(self.key, models, proxy=self.proxy)
         self.texts: list[str] = []
         self.token_ids: list[list[int]] = []
 
-    def detect(self, tokenizer, texts: Sequence[str], locate: bool, window: int):
-        """(results, token counts) of ``texts``."""
-        if self.detector.reads_text:
-            return self.detector.detect_batch(list(texts)), [len(words_of(t)) for t in texts]
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        if locate and isinstance(self.detector, VanillaDetector):
-            results = [self.detector.locate(i, window=window, stride=max(1, window // LOCATE_STRIDES)) for i in ids]
-        else:
-            results = self.detector.detect_batch(ids)
-        return results, [len(i) for i in ids]
+    def detect(self, texts: Sequence[str], locate: bool, window: int):
+        """(results, lengths in the units the detector reads) of ``texts``; ``locate`` searches
+        windows where the scheme can."""
+        watermark = self.watermark
+        ids = None if watermark.scheme.reads_text else watermark.token_ids(texts)
+        locate = locate and watermark.scheme.supports_locate
+        results = watermark.detect(texts, token_ids=ids, locate=locate, window=window,
+                                   stride=max(1, window // LOCATE_STRIDES))
+        return results, watermark.lengths(texts, ids)
 
 
 def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequence[str] | None = None,
@@ -224,31 +226,25 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
 
     try:
         step("generating unwatermarked texts")
-        plain = generate_batched(model, tokenizer, prompts, None, tokens=suite.tokens, seed=seed, batch=suite.batch,
-                                 temperature=suite.temperature)
+        plain = generate_batched(functools.partial(generate, model, tokenizer, key=None), prompts, None,
+                                 tokens=suite.tokens, seed=seed, batch=suite.batch, temperature=suite.temperature)
         plain_texts = [g.text for g in plain]
         human = _human(tokenizer, suite)
         bar.update(1)
         schemes = []
+        models = Models.of(model, tokenizer, model_name, encoder=encoder)
         for number, spec in enumerate(suite.schemes, 1):
             step(f"watermarking with {spec.label}")
-            scheme = _Scheme(spec, seed, len(prompts), model, tokenizer)
-            if scheme.key.config.generation_time:
-                generations = generate_batched(model, tokenizer, prompts, scheme.key, scheme.payloads,
-                                               tokens=suite.tokens, seed=seed + 100_003 * number, batch=suite.batch,
+            scheme = _Scheme(spec, seed, len(prompts), models)
+            if scheme.watermark.scheme.generation_time:
+                generations = generate_batched(scheme.watermark.embed, prompts, scheme.payloads, tokens=suite.tokens,
+                                               seed=seed + 100_003 * number, batch=suite.batch,
                                                temperature=suite.temperature)
                 scheme.texts = [g.text for g in generations]
                 scheme.token_ids = [list(g.token_ids) for g in generations]
-            else:
-                from provmark.watermark.synonym import SynonymEmbedder
-
-                if encoder is None:
-                    from provmark.watermark.models import load_sentence_encoder
-
-                    encoder = load_sentence_encoder()
-                embedder = SynonymEmbedder(scheme.key, model=model, tokenizer=tokenizer, encoder=encoder)
-                scheme.texts = [embedder.embed(t).text for t in plain_texts]
-                scheme.token_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in scheme.texts]
+            else:  # a finished-text scheme watermarks the unwatermarked texts
+                scheme.texts = [e.text for e in scheme.watermark.embed(texts=plain_texts)]
+                scheme.token_ids = scheme.watermark.token_ids(scheme.texts)
             schemes.append(scheme)
             bar.update(1)
 
@@ -259,7 +255,8 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
                      for s in schemes}
         bar.update(1)
 
-        explained_scheme = next((s for s in schemes if s.key.config.generation_time and s.payloads is not None), None)
+        explained_scheme = next((s for s in schemes if s.watermark.scheme.generation_time and s.payloads is not None),
+                                None)
         explained_condition = _explained_condition(suite)
         explanation = None
         least_share = min(suite.strengths.get("copy_paste", STRENGTHS["copy_paste"]))
@@ -279,12 +276,12 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
                                                       _rng(seed, label, attack, strength), model, tokenizer)]
                 locate = attack == "copy_paste"
                 if scheme is explained_scheme and (attack, strength) == explained_condition:
-                    explanation = explain_text(scheme.key, marked[0], tokenizer, proxy=scheme.proxy)
+                    explanation = scheme.watermark.explain(marked[0])
                 kinds = [("watermarked", marked, qualities[label]), (UNWATERMARKED, controls, plain_quality)]
                 if attack == "none" and human:
                     kinds.append((HUMAN, human, None))
                 for kind, texts, quality_of in kinds:
-                    results, counts = scheme.detect(tokenizer, texts, locate, suite.tokens)
+                    results, counts = scheme.detect(texts, locate, suite.tokens)
                     for index, (result, count) in enumerate(zip(results, counts)):
                         rows.append(_row(suite, scheme, attack, strength, index, kind, result, count,
                                          quality_of[index] if attack == "none" and quality_of else None))

@@ -33,6 +33,7 @@ Choices where provmark departs from the official code, each to fix a pitfall of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
@@ -54,6 +55,10 @@ PROXY_WINDOW = 10
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+ProxyContext = Literal["text", "window", "prompt"]
+"""What Balance-Marking's proxy reads (``BalanceConfig.proxy_context``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,7 +127,7 @@ class BalanceConfig(VanillaConfig):
     head: int = 256
     """The proxy's most probable ids that are split at half their mass (``kernels.balanced_split``);
     the rest get Vanilla's coin. 0 is Vanilla-Marking."""
-    proxy_context: str = "text"
+    proxy_context: ProxyContext = "text"
     """What the proxy reads at generation. "text": the generated text alone, exactly what the
     detector (which never sees the prompt) will read, at the price of a second forward pass per
     step. "window": the last ``PROXY_WINDOW`` ids of the generated text (the paper's choice), as the
@@ -136,7 +141,7 @@ class BalanceConfig(VanillaConfig):
         super().__post_init__()
         if not _is_int(self.head) or not 1 <= self.head <= 1 << 17:
             raise ParameterError(f"head must be an integer in [1, 131072], got {self.head!r}; 256 is the default")
-        if self.proxy_context not in ("text", "window", "prompt"):
+        if self.proxy_context not in get_args(ProxyContext):
             raise ParameterError(f"proxy_context must be 'text', 'window' or 'prompt', got {self.proxy_context!r}")
 
 

@@ -34,8 +34,7 @@ class SchemeConfig:
 
     scheme: ClassVar[str]
     supports_payload: ClassVar[bool] = False
-    generation_time: ClassVar[bool] = True
-    """Whether the scheme watermarks while a model generates (False: it rewrites finished text)."""
+    """Whether a key carries a payload (multi-bit); such a config also has ``bits`` and ``capacity``."""
     context_width: int
 
     def to_params(self) -> dict:

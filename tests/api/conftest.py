@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from provmark.api.app import create_app
 from provmark.api.crypto import MasterKey
-from provmark.api.provenance import Models
+from provmark.watermark.models import Models
 from provmark.api.registry import Registry
 from provmark.watermark.hook import WatermarkLogitsProcessor
 

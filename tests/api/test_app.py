@@ -2,7 +2,8 @@
 
 import pytest
 
-from provmark.api.provenance import Models, text_sha256
+from provmark.api.provenance import text_sha256
+from provmark.watermark.models import Models
 from provmark.watermark.models import LoadedModel
 from tests.api.conftest import assert_error, plain_text, watermarked_text
 
