@@ -148,7 +148,8 @@ class Watermark:
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """The texts as detection reads them: token ids, no special tokens added."""
-        return self.models.tokenizer()(list(texts), add_special_tokens=False)["input_ids"]
+        tokenizer = self.models.tokenizer()
+        return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
 
     def lengths(self, texts: Sequence[str], token_ids: Sequence | None = None) -> list[int]:
         """Each text's length in the units its detector reads: tokens, or words for a detector that

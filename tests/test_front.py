@@ -92,7 +92,7 @@ def model_dir(tmp_path_factory, tiny_model, tokenizer):
 
 def _ok(result):
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 def test_a_toy_scheme_registered_here_reaches_keys_create_embed_and_detect(toy, tmp_path, model_dir):
@@ -204,7 +204,8 @@ def test_every_scheme_parameter_reaches_the_cli_and_the_api_from_its_config():
     assert set(scheme_params()) == declared
     assert set(schemas.KeyParams.model_fields) == declared
     create = cli.commands["keys"].commands["create"]
-    options = {opt for p in create.get_params(click.Context(create)) for opt in p.opts}
+    context = click.Context(create, help_option_names=["-h", "--help"])
+    options = {opt for p in create.get_params(context) for opt in p.opts}
     assert {"--lm-lookahead", "--max-fit-drop", "--proxy-context"} <= options
     assert {p.option for p in scheme_params().values()} <= options
     assert "synonym: Tokens after the synonym" in scheme_params()["lm_lookahead"].help

@@ -108,7 +108,9 @@ def create_app(
     )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     handlers.install(app)
-    app.include_router(router)
+    # The routes themselves, not an included router: the 405 handler lists every method of a path
+    # from ``app.routes``, where FastAPI shows an included router as one opaque entry.
+    app.router.routes.extend(router.routes)
     return app
 
 

@@ -156,7 +156,7 @@ def watermarker_class(scheme: str) -> type[Watermarker]:
     entry = get_scheme(scheme)
     if entry.watermarker is None:
         raise ParameterError(
-            f"{scheme} watermarks finished text, not generation: use provmark.front.Watermark.embed(texts=...) "
+            f"{scheme} watermarks finished text, not generation: use provmark.watermark.synonym.embed_text "
             "(provmark embed --key KEY --text FILE)"
         )
     return entry.watermarker
