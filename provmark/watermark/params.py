@@ -80,7 +80,7 @@ class Param:
         groups: dict[tuple[str, str], list[str]] = {}
         sentences = 2 if len(self.schemes) == 1 else 1
         for scheme, default, doc in self.schemes:
-            groups.setdefault((_sentences(doc, sentences), repr(default)), []).append(scheme)
+            groups.setdefault((_sentences(doc, sentences).rstrip("."), repr(default)), []).append(scheme)
         return "; ".join(f"{', '.join(names)}: {doc} (default {default})".replace(":  (", ": (")
                          for (doc, default), names in groups.items())
 
