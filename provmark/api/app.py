@@ -30,6 +30,7 @@ from provmark.api.crypto import MasterKeyError
 from provmark.api.db import schema_version
 from provmark.api.errors import APIError, AuthError, InvalidInputError, NotFoundError, RateLimitedError, error_body
 from provmark.api.limits import DEFAULT_BURST, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE, RateLimiter, retry_after
+from provmark.api.openai_compat import openai_router
 from provmark.api.provenance import KeyVerification, Models, Provenance, TextVerification
 from provmark.api.registry import KeyInfo, KeyRef, Record, Registry, Tenant
 from provmark.errors import ModelLoadError, ProvmarkError
@@ -360,6 +361,7 @@ def create_app(
         """One of the caller's records."""
         return _record_out(registry.record(record_id, tenant_id=who.id))
 
+    app.include_router(openai_router(registry, provenance.models, tenant))
     return app
 
 
