@@ -30,18 +30,18 @@ def test_greedy_decoding_gives_the_ids_of_hook_generate(tiny_model, tokenizer):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # generate's do_sample=False warning
         (expected,) = generate(tiny_model, tokenizer, [tokenizer.decode(prompt)], MPAC, [77], chat=False,
-                               do_sample=False, max_new_tokens=24)
-    (ids,) = _decode(tiny_model, [RowRequest(prompt_ids=tuple(prompt), key=MPAC, payload=77, max_new_tokens=24,
+                               do_sample=False, max_new_tokens=12)
+    (ids,) = _decode(tiny_model, [RowRequest(prompt_ids=tuple(prompt), key=MPAC, payload=77, max_new_tokens=12,
                                              temperature=0)], pad_id=tokenizer.pad_token_id)
     assert tuple(ids) == expected.token_ids
 
 
 def test_rows_of_different_keys_and_payloads_in_one_batch_each_carry_their_own_mark(tiny_model):
     rows = [
-        RowRequest(prompt_ids=(5, 6, 7), key=MPAC, payload=201, max_new_tokens=160, seed=1),
-        RowRequest(prompt_ids=(9, 10, 11, 12, 13, 14), key=KGW, max_new_tokens=160, seed=2),
-        RowRequest(prompt_ids=(5, 6), key=MPAC, payload=17, max_new_tokens=160, seed=3, top_p=0.9),
-        RowRequest(prompt_ids=(8, 9, 10), key=None, max_new_tokens=160, seed=4),
+        RowRequest(prompt_ids=(5, 6, 7), key=MPAC, payload=201, max_new_tokens=64, seed=1),
+        RowRequest(prompt_ids=(9, 10, 11, 12, 13, 14), key=KGW, max_new_tokens=64, seed=2),
+        RowRequest(prompt_ids=(5, 6), key=MPAC, payload=17, max_new_tokens=64, seed=3, top_p=0.9),
+        RowRequest(prompt_ids=(8, 9, 10), key=None, max_new_tokens=64, seed=4),
     ]
     out = _decode(tiny_model, rows)
     mpac, kgw = create_detector(MPAC), create_detector(KGW)
@@ -54,9 +54,9 @@ def test_rows_of_different_keys_and_payloads_in_one_batch_each_carry_their_own_m
 
 
 def test_a_seeded_row_samples_the_same_ids_alone_or_beside_others(tiny_model):
-    row = RowRequest(prompt_ids=(5, 6, 7), key=MPAC, payload=3, max_new_tokens=30, seed=42)
+    row = RowRequest(prompt_ids=(5, 6, 7), key=MPAC, payload=3, max_new_tokens=12, seed=42)
     (alone,) = _decode(tiny_model, [row])
-    beside = _decode(tiny_model, [RowRequest(prompt_ids=(1, 2, 3, 4, 5, 6), key=KGW, max_new_tokens=30), row])
+    beside = _decode(tiny_model, [RowRequest(prompt_ids=(1, 2, 3, 4, 5, 6), key=KGW, max_new_tokens=12), row])
     assert beside[1] == alone
 
 

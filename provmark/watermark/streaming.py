@@ -152,16 +152,17 @@ class BatchDecoder:
         from softmax(scores / T) restricted to the row's top-p nucleus (the most likely id always
         stays in it)."""
         probs = torch.softmax(scores / self._temperatures[:, None], dim=-1)
-        ordered, order = probs.sort(dim=-1, descending=True)
-        outside = (ordered.cumsum(dim=-1) - ordered) >= self._top_p[:, None]
-        ordered = ordered.masked_fill(outside, 0.0)
+        if bool((self._top_p < 1).any()):  # sorting the vocabulary costs as much as sampling it
+            ordered, order = probs.sort(dim=-1, descending=True)
+            outside = (ordered.cumsum(dim=-1) - ordered) >= self._top_p[:, None]
+            probs = torch.zeros_like(probs).scatter_(1, order, ordered.masked_fill(outside, 0.0))
+        greedy = probs.argmax(dim=-1)
         picks = []
         for index, generator in enumerate(self._generators):
             if self._greedy[index] or self.finished[index]:
-                picks.append(order[index, 0])
+                picks.append(greedy[index])
             else:
-                position = torch.multinomial(ordered[index], 1, generator=generator)[0]
-                picks.append(order[index, position])
+                picks.append(torch.multinomial(probs[index], 1, generator=generator)[0])
         return torch.stack(picks)
 
 
