@@ -3,7 +3,6 @@
 import warnings
 
 import pytest
-import torch
 
 from provmark.detector import create_detector
 from provmark.errors import ParameterError

@@ -52,7 +52,7 @@ from provmark.errors import ModelLoadError
 from provmark.watermark.schemes import SCHEMES
 from provmark.watermark.streaming import RowRequest
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "RECORD_HEADER", "openai_router"]
+__all__ = ["RECORD_HEADER", "ChatCompletionRequest", "CompletionRequest", "openai_router"]
 
 RECORD_HEADER = "X-Provmark-Record"
 MAX_CHOICES = 8

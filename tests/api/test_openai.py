@@ -177,6 +177,40 @@ def test_a_full_generation_queue_answers_503_with_retry_after(fresh_db, acme, ti
     assert len(fresh_db.records(tenant_id=acme.id)) == 2  # the refused request issued no record
 
 
+def test_requests_that_wait_together_are_decoded_as_one_batch(fresh_db, acme, tiny_dir, monkeypatch):
+    models = Models(str(tiny_dir))
+    queue = GenerationQueue(models, fresh_db, gather_s=0)
+    batches = []
+    decode = queue._decode
+    monkeypatch.setattr(queue, "_decode", lambda jobs: (batches.append([len(j.rows) for j in jobs]), decode(jobs)))
+
+    async def tenant():
+        return acme.tenant
+
+    app = FastAPI()
+    app.include_router(openai_router(fresh_db, models, tenant, queue=queue))
+    client = TestClient(app)
+    fresh_db.create_key(acme.id, "mpac", {"bits": 8})
+    answers = []
+
+    def post(n):
+        answers.append(client.post("/v1/chat/completions",
+                                   json={"model": "any", "messages": MESSAGES, "max_tokens": 4, "n": n}))
+
+    threads = [threading.Thread(target=post, args=(n,)) for n in (1, 2, 1)]
+    with models.generate_lock:  # the first request's batch waits for the lock; the others queue behind it
+        threads[0].start()
+        _wait(lambda: batches == [[1]])
+        for thread in threads[1:]:
+            thread.start()
+        _wait(lambda: queue.waiting_rows == 3)
+    for thread in threads:
+        thread.join(60)
+    assert sorted(batches) == [[1], [1, 2]] or sorted(batches) == [[1], [2, 1]]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert sorted(len(a.json()["choices"]) for a in answers) == [1, 1, 2]
+
+
 def _wait(condition, timeout=60.0):
     deadline = time.monotonic() + timeout
     while not condition():
