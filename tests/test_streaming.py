@@ -59,6 +59,23 @@ def test_a_seeded_row_samples_the_same_ids_alone_or_beside_others(tiny_model):
     assert beside[1] == alone
 
 
+@pytest.mark.parametrize("late_prompt", [(1, 2), (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)])
+def test_a_row_that_joins_a_running_batch_samples_what_it_would_alone(tiny_model, late_prompt):
+    # The short prompt joins behind the running row's padding; the long one pads the running row further.
+    early = RowRequest(prompt_ids=(5, 6, 7), key=MPAC, payload=3, max_new_tokens=10, seed=42)
+    late = RowRequest(prompt_ids=late_prompt, key=KGW, max_new_tokens=5, seed=7)
+    (early_alone,), (late_alone,) = _decode(tiny_model, [early]), _decode(tiny_model, [late])
+    decoder = BatchDecoder(tiny_model, [early], stop_ids=[], pad_id=2)
+    out = {0: [], 1: []}
+    for step in range(10):
+        if step == 3:
+            assert decoder.join([late]) == [1]
+        for handle, token in enumerate(decoder.step()):
+            if token is not None:
+                out[handle].append(token)
+    assert decoder.done and out[0] == early_alone and out[1] == late_alone
+
+
 def test_rows_end_at_their_own_length_or_stop_id_and_finish_stops_a_row(tiny_model):
     rows = [RowRequest(prompt_ids=(5, 6, 7), key=MPAC, payload=1, max_new_tokens=n, seed=0) for n in (3, 9, 9)]
     decoder = BatchDecoder(tiny_model, rows, stop_ids=[], pad_id=2)

@@ -2,13 +2,14 @@
 
 Each request (``Job``: one prompt's ``n`` choices, or a completion request's prompts) reserves its
 rows in a bounded queue before its records are issued (``reserve``: ``QueueFullError`` when full),
-then waits in it (``submit``). One worker thread per process takes the waiting jobs first come,
-first served, as many whole jobs as fit ``max_batch_rows`` (whatever their keys and sampling
-settings: ``watermark.streaming.BatchDecoder`` applies each row's own), and decodes them as one
-batch under ``Models.generate_lock``, so a batch never runs beside another generation of the same
-process (``/v1/generate``, ``/v1/embed``). Jobs that arrive while a batch runs wait for the next one:
-batches are static, rows do not join a running batch. The worker waits ``gather_s`` after the first
-job of a batch arrives, so requests sent together are decoded together.
+then waits in it (``submit``). One worker thread per process decodes them with one
+``watermark.streaming.BatchDecoder``: a batch starts with the jobs waiting (after ``gather_s``, so
+requests sent together start together), and between steps the jobs that arrived since join it, as
+many whole jobs as fit ``max_batch_rows`` beside the rows still decoding (continuous batching;
+each row keeps its own key, payload and sampling settings), while finished rows leave it. Every
+step, and every join's prompt pass, runs under ``Models.generate_lock``, so one batch of the
+process runs at a time, interleaved with ``/v1/generate`` and ``/v1/embed`` between steps. A model
+whose cache cannot be joined runs static batches: jobs wait for the running batch to end.
 
 Every sampled token goes to its job as an event the moment the step ends (``Delta``: the text
 that became safe to show, see ``TextStream``). The worker also settles each row's record when the
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from provmark.api.provenance import Models, text_sha256
 from provmark.api.registry import Record, Registry
 from provmark.errors import ProvmarkError
-from provmark.watermark.streaming import BatchDecoder, RowRequest, TextStream
+from provmark.watermark.streaming import BatchDecoder, RowRequest, TextStream, reads_generated_text
 
 __all__ = ["Delta", "Done", "Failed", "Finished", "GenerationQueue", "Job", "QueueFullError"]
 
@@ -155,74 +156,98 @@ class GenerationQueue:
             return self._reserved
 
     def _take(self) -> list[Job]:
-        """The next batch: waiting jobs in arrival order while their rows fit ``max_batch_rows``."""
+        """The jobs that start a batch: wait for one, then ``gather_s``, then ``_waiting``."""
         with self._changed:
             while not self._jobs:
                 self._changed.wait()
         if self.gather_s:
             time.sleep(self.gather_s)
+        return self._waiting(self.max_batch_rows)
+
+    def _waiting(self, room: int) -> list[Job]:
+        """Waiting jobs in arrival order while their rows fit ``room`` (none when the first does not)."""
         with self._changed:
-            batch, rows = [], 0
-            while self._jobs and rows + len(self._jobs[0].rows) <= self.max_batch_rows:
+            batch = []
+            while self._jobs and len(self._jobs[0].rows) <= room:
                 job = self._jobs.popleft()
                 batch.append(job)
-                rows += len(job.rows)
+                room -= len(job.rows)
                 self._reserved -= len(job.rows)
             return batch
 
     def _run(self) -> None:
         while True:
-            jobs = self._take()
+            running: list[Job] = []
             try:
-                self._decode(jobs)
+                self._decode(self._take(), running)
             except BaseException as exc:  # noqa: BLE001 - the worker must survive any batch
-                _log.exception("generation batch of %d jobs failed", len(jobs))
-                for job in jobs:
+                _log.exception("generation batch of %d jobs failed", len(running))
+                for job in running:
                     self._fail(job, exc)
 
-    def _decode(self, jobs: list[Job]) -> None:
-        live = []
-        for job in jobs:
-            if job.cancelled.is_set():  # its client left while it waited
-                self._abandon(job)
-            else:
-                live.append(job)
+    def _decode(self, jobs: list[Job], running: list[Job]) -> None:
+        """Decode ``jobs`` and every job that joins the batch while it runs; ``running`` holds the
+        jobs not yet done (what a failure must settle)."""
+        running += jobs
+        live = [job for job in jobs if not (job.cancelled.is_set() and self._abandon(job, running))]
         if not live:
             return
         loaded = self.models.loaded()
         tokenizer = loaded.tokenizer
-        owners = [(job, index) for job in live for index in range(len(job.rows))]
-        rows = [row for job in live for row in job.rows]
-        needs_proxy = any(r.key is not None and r.key.config.generation_time
-                          and getattr(r.key.config, "proxy_context", "prompt") != "prompt" for r in rows)
-        proxy = self.models.proxy() if needs_proxy else None
+        proxy = self._proxy([row for job in live for row in job.rows])
         stop_ids = sorted({tokenizer.eos_token_id, tokenizer.pad_token_id} - {None})
+        owners: dict[int, tuple[Job, int]] = {}
+        streams: dict[int, TextStream] = {}
+
+        def own(job: Job, handles: list[int]) -> None:
+            for index, handle in enumerate(handles):
+                owners[handle] = (job, index)
+                streams[handle] = TextStream(tokenizer, job.stop)
+
         with self.models.generate_lock:
-            decoder = BatchDecoder(loaded.model, rows, stop_ids=stop_ids, pad_id=tokenizer.pad_token_id, proxy=proxy)
-            streams = [TextStream(tokenizer, job.stop) for job, _ in owners]
-            while True:
-                for row, (job, index) in enumerate(owners):
-                    if job.cancelled.is_set() and not decoder.finished[row]:
-                        decoder.finish(row)
-                        self._settle_incomplete(job, index)
+            decoder = BatchDecoder(loaded.model, [row for job in live for row in job.rows], stop_ids=stop_ids,
+                                   pad_id=tokenizer.pad_token_id, proxy=proxy)
+        handles = iter(range(len(decoder.rows)))
+        for job in live:
+            own(job, [next(handles) for _ in job.rows])
+        while True:
+            for handle in decoder.active:
+                job, index = owners[handle]
+                if job.cancelled.is_set():
+                    decoder.finish(handle)
+                    self._settle_incomplete(job, index)
+            with self.models.generate_lock:
+                if decoder.can_join:  # continuous batching: waiting jobs join between steps
+                    for job in self._waiting(self.max_batch_rows - len(decoder.active)):
+                        running.append(job)
+                        if not (job.cancelled.is_set() and self._abandon(job, running)):
+                            decoder.proxy = decoder.proxy or self._proxy(job.rows)
+                            own(job, decoder.join(job.rows))
                 if decoder.done:
                     break
-                for row, token in enumerate(decoder.step()):
-                    if token is None:
-                        continue
-                    job, index = owners[row]
-                    piece = streams[row].push(token)
-                    if piece:
-                        job.notify(Delta(index, piece))
-                    if streams[row].stopped:
-                        decoder.finish(row)
-                    if decoder.finished[row]:
-                        stopped = streams[row].stopped or token in stop_ids
-                        tokens = decoder.num_tokens[row] - (token in stop_ids)
-                        self._settle(job, index, streams[row], "stop" if stopped else "length", tokens)
-        for job in live:
-            if len(job._ended) == len(job.rows):
-                job.notify(Done())
+                sampled = decoder.step()
+            for handle, token in enumerate(sampled):
+                if token is None:
+                    continue
+                job, index = owners[handle]
+                piece = streams[handle].push(token)
+                if piece:
+                    job.notify(Delta(index, piece))
+                if streams[handle].stopped:
+                    decoder.finish(handle)
+                if decoder.finished[handle]:
+                    stopped = streams[handle].stopped or token in stop_ids
+                    tokens = decoder.num_tokens[handle] - (token in stop_ids)
+                    self._settle(job, index, streams[handle], "stop" if stopped else "length", tokens)
+            for job in list(running):
+                if len(job._ended) == len(job.rows):
+                    running.remove(job)
+                    job.notify(Done())
+
+    def _proxy(self, rows: list[RowRequest]):
+        """Balance-Marking's proxy (the serving model) when a row's key reads the generated text."""
+        needs = any(r.key is not None and reads_generated_text(r.key) for r in rows)
+        return self.models.proxy() if needs else None
 
     def _settle(self, job: Job, index: int, stream: TextStream, reason: str, tokens: int) -> None:
         rest = stream.close()
@@ -236,9 +261,13 @@ class GenerationQueue:
         job._ended.add(index)
         self.registry.set_record_incomplete(job.record_ids[index])
 
-    def _abandon(self, job: Job) -> None:
+    def _abandon(self, job: Job, running: list[Job]) -> bool:
+        """Settle a job cancelled before it started (every record incomplete); True."""
         for index in range(len(job.rows)):
             self._settle_incomplete(job, index)
+        running.remove(job)
+        job.notify(Done())
+        return True
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         try:

@@ -15,6 +15,7 @@ from benchmarks.api_server import ServerFixture, tiny_model_dir
 from provmark.api.batching import GenerationQueue
 from provmark.api.openai_compat import openai_router
 from provmark.api.provenance import Models, text_sha256
+from provmark.watermark.streaming import BatchDecoder
 from tests.api.conftest import assert_error
 
 MESSAGES = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Tell me about tides."}]
@@ -177,12 +178,12 @@ def test_a_full_generation_queue_answers_503_with_retry_after(fresh_db, acme, ti
     assert len(fresh_db.records(tenant_id=acme.id)) == 2  # the refused request issued no record
 
 
-def test_requests_that_wait_together_are_decoded_as_one_batch(fresh_db, acme, tiny_dir, monkeypatch):
+def test_requests_that_arrive_while_a_batch_runs_join_it(fresh_db, acme, tiny_dir, monkeypatch):
     models = Models(str(tiny_dir))
     queue = GenerationQueue(models, fresh_db, gather_s=0)
-    batches = []
-    decode = queue._decode
-    monkeypatch.setattr(queue, "_decode", lambda jobs: (batches.append([len(j.rows) for j in jobs]), decode(jobs)))
+    rows_per_step = []
+    step = BatchDecoder.step
+    monkeypatch.setattr(BatchDecoder, "step", lambda self: (rows_per_step.append(len(self.active)), step(self))[1])
 
     async def tenant():
         return acme.tenant
@@ -193,20 +194,21 @@ def test_requests_that_wait_together_are_decoded_as_one_batch(fresh_db, acme, ti
     fresh_db.create_key(acme.id, "mpac", {"bits": 8})
     answers = []
 
-    def post(n):
+    def post(n, max_tokens):
         answers.append(client.post("/v1/chat/completions",
-                                   json={"model": "any", "messages": MESSAGES, "max_tokens": 4, "n": n}))
+                                   json={"model": "any", "messages": MESSAGES, "max_tokens": max_tokens, "n": n}))
 
-    threads = [threading.Thread(target=post, args=(n,)) for n in (1, 2, 1)]
+    threads = [threading.Thread(target=post, args=args) for args in ((1, 6), (2, 3), (1, 3))]
     with models.generate_lock:  # the first request's batch waits for the lock; the others queue behind it
         threads[0].start()
-        _wait(lambda: batches == [[1]])
+        _wait(lambda: queue._worker is not None and queue.waiting_rows == 0)
         for thread in threads[1:]:
             thread.start()
         _wait(lambda: queue.waiting_rows == 3)
     for thread in threads:
         thread.join(60)
-    assert sorted(batches) == [[1], [1, 2]] or sorted(batches) == [[1], [2, 1]]
+    # All four rows decode from the first step on; the three short ones leave after their third.
+    assert rows_per_step == [4, 4, 4, 1, 1, 1]
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert sorted(len(a.json()["choices"]) for a in answers) == [1, 1, 2]
 
