@@ -189,7 +189,12 @@ class GenerationQueue:
         """Decode ``jobs`` and every job that joins the batch while it runs; ``running`` holds the
         jobs not yet done (what a failure must settle)."""
         running += jobs
-        live = [job for job in jobs if not (job.cancelled.is_set() and self._abandon(job, running))]
+        live = []
+        for job in jobs:
+            if job.cancelled.is_set():  # its client left while it waited
+                self._abandon(job, running)
+            else:
+                live.append(job)
         if not live:
             return
         loaded = self.models.loaded()
@@ -204,9 +209,8 @@ class GenerationQueue:
                 owners[handle] = (job, index)
                 streams[handle] = TextStream(tokenizer, job.stop)
 
-        with self.models.generate_lock:
-            decoder = BatchDecoder(loaded.model, [row for job in live for row in job.rows], stop_ids=stop_ids,
-                                   pad_id=tokenizer.pad_token_id, proxy=proxy)
+        decoder = BatchDecoder(loaded.model, [row for job in live for row in job.rows], stop_ids=stop_ids,
+                               pad_id=tokenizer.pad_token_id, proxy=proxy)  # runs nothing until its first step
         handles = iter(range(len(decoder.rows)))
         for job in live:
             own(job, [next(handles) for _ in job.rows])
@@ -220,9 +224,11 @@ class GenerationQueue:
                 if decoder.can_join:  # continuous batching: waiting jobs join between steps
                     for job in self._waiting(self.max_batch_rows - len(decoder.active)):
                         running.append(job)
-                        if not (job.cancelled.is_set() and self._abandon(job, running)):
-                            decoder.proxy = decoder.proxy or self._proxy(job.rows)
-                            own(job, decoder.join(job.rows))
+                        if job.cancelled.is_set():
+                            self._abandon(job, running)
+                            continue
+                        decoder.proxy = decoder.proxy or self._proxy(job.rows)
+                        own(job, decoder.join(job.rows))
                 if decoder.done:
                     break
                 sampled = decoder.step()
@@ -261,13 +267,12 @@ class GenerationQueue:
         job._ended.add(index)
         self.registry.set_record_incomplete(job.record_ids[index])
 
-    def _abandon(self, job: Job, running: list[Job]) -> bool:
-        """Settle a job cancelled before it started (every record incomplete); True."""
+    def _abandon(self, job: Job, running: list[Job]) -> None:
+        """Settle a job cancelled before it started: every record incomplete."""
         for index in range(len(job.rows)):
             self._settle_incomplete(job, index)
         running.remove(job)
         job.notify(Done())
-        return True
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         try:
