@@ -19,9 +19,10 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 import provmark
-from provmark.api import handlers
+from provmark.api import handlers, routes
 from provmark.api.errors import error_body
 from provmark.api.limits import DEFAULT_BURST, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE, RateLimiter
+from provmark.api.openai_compat import openai_router
 from provmark.api.provenance import Provenance
 from provmark.api.registry import Registry
 from provmark.api.routes import Service, router
@@ -111,6 +112,7 @@ def create_app(
     # The routes themselves, not an included router: the 405 handler lists every method of a path
     # from ``app.routes``, where FastAPI shows an included router as one opaque entry.
     app.router.routes.extend(router.routes)
+    app.router.routes.extend(openai_router(registry, app.state.service.provenance.models, routes.tenant).routes)
     return app
 
 

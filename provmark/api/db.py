@@ -74,6 +74,13 @@ def m001_registry(db: Database) -> None:
     db["records"].create_index(["tenant_id", "created_at"])
 
 
+@MIGRATIONS()
+def m002_record_status(db: Database) -> None:
+    # A streamed generation issues its record before the text exists: "generating" until the
+    # stream ends, then "complete" (text hash stored) or "incomplete" (the client left mid-stream).
+    db["records"].add_column("status", str, not_null_default="complete")
+
+
 def schema_version(db: Database) -> int:
     """How many registry migrations the database has applied."""
     return len(MIGRATIONS.applied(db))

@@ -125,6 +125,9 @@ class Record:
     created_at: str
     text_sha256: str | None
     """``provenance.text_sha256`` of the text, when the registry knows it."""
+    status: str = "complete"
+    """"complete"; "generating" while a streamed generation runs; "incomplete" when its client left
+    mid-stream (the text carries the payload, but the registry never saw all of it: no text hash)."""
 
     def to_dict(self, *, public: bool = False) -> dict:
         """JSON-ready dict; ``public`` drops the caller-supplied metadata (verify through a public key)."""
@@ -332,7 +335,7 @@ class Registry:
     _RECORD_COLUMNS = (
         "records.id, tenants.name, records.key_id, records.number, records.scheme, records.params,"
         " records.prf_version, records.model, records.metadata, records.created_at, records.text_sha256,"
-        " records.tenant_id"
+        " records.tenant_id, records.status"
     )
     _RECORD_FROM = " FROM records JOIN tenants ON tenants.id = records.tenant_id"
 
@@ -344,7 +347,7 @@ class Registry:
         return Record(
             id=row[0], tenant_id=row[11], tenant=row[1], key_id=row[2], number=row[3], scheme=row[4], params=params, prf_version=row[6],
             payload=payload, payload_hex=None if payload is None else payload_hex(payload, config.bits),
-            model=row[7], metadata=json.loads(row[8]), created_at=row[9], text_sha256=row[10],
+            model=row[7], metadata=json.loads(row[8]), created_at=row[9], text_sha256=row[10], status=row[12],
         )
 
     def _free_number(self, key: KeyInfo) -> int:
@@ -376,9 +379,10 @@ class Registry:
 
     def new_record(
         self, key_id: str, *, tenant_id: str | None, model: str | None, metadata: dict[str, Any] | None = None,
-        text_sha256: str | None = None,
+        text_sha256: str | None = None, status: str = "complete",
     ) -> Record:
-        """Issue a record under an active key: allocate its number (the payload to embed) and store it."""
+        """Issue a record under an active key: allocate its number (the payload to embed) and store it
+        (``status`` "generating" for a generation that finishes later: ``set_record_text``)."""
         with self._write():
             key = self.key(key_id, tenant_id=tenant_id)
             if key.status != "active":
@@ -390,15 +394,22 @@ class Registry:
                     "id": record_id, "tenant_id": key.tenant_id, "key_id": key_id, "number": number,
                     "scheme": key.scheme, "params": json.dumps(key.params), "prf_version": key.prf_version,
                     "model": model, "metadata": json.dumps(metadata or {}), "created_at": _now(),
-                    "text_sha256": text_sha256,
+                    "text_sha256": text_sha256, "status": status,
                 }
             )
         return self.record(record_id)
 
     def set_record_text(self, record_id: str, text_sha256: str) -> Record:
-        """Store the hash of the text a record's generation produced."""
+        """Store the hash of the text a record's generation produced; the record is then complete."""
         with self._write():
-            self.db.execute("UPDATE records SET text_sha256 = ? WHERE id = ?", [text_sha256, record_id])
+            self.db.execute("UPDATE records SET text_sha256 = ?, status = 'complete' WHERE id = ?",
+                            [text_sha256, record_id])
+        return self.record(record_id)
+
+    def set_record_incomplete(self, record_id: str) -> Record:
+        """Mark a record whose generation stopped before its text was whole (no text hash stored)."""
+        with self._write():
+            self.db.execute("UPDATE records SET status = 'incomplete' WHERE id = ?", [record_id])
         return self.record(record_id)
 
     def delete_record(self, record_id: str) -> None:

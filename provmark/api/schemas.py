@@ -180,6 +180,9 @@ class RecordOut(BaseModel):
     metadata: dict[str, Any] | None = Field(description="Caller-supplied; null when verified through a public key.")
     created_at: str
     text_sha256: str | None
+    status: Literal["complete", "generating", "incomplete"] = Field(description=(
+        "complete; generating while a streamed completion runs; incomplete when its client left mid-stream "
+        "(no text hash: found by payload only)."))
 
 
 class GenerateRequest(_Request):

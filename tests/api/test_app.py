@@ -17,14 +17,14 @@ def _key(client, tenant, scheme="mpac", **params):
 # -- service ------------------------------------------------------------------------------------
 
 def test_healthz_needs_no_token(client):
-    assert client.get("/healthz").json() == {"ok": True, "schema_version": 1, "version": "0.1.0"}
+    assert client.get("/healthz").json() == {"ok": True, "schema_version": 2, "version": "0.1.0"}
 
 
 def test_the_openapi_schema_documents_every_route_and_the_error_shape(client):
     schema = client.get("/openapi.json").json()
     assert set(schema["paths"]) == {"/healthz", "/v1/keys", "/v1/keys/{key_id}", "/v1/keys/{key_id}/rotate",
                                     "/v1/generate", "/v1/embed", "/v1/verify", "/v1/verify/batch",
-                                    "/v1/records/{record_id}"}
+                                    "/v1/records/{record_id}", "/v1/chat/completions", "/v1/completions", "/v1/models"}
     assert "ErrorBody" in schema["components"]["schemas"]
     assert schema["paths"]["/v1/verify"]["post"]["responses"]["422"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ErrorBody"}

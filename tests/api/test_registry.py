@@ -31,7 +31,7 @@ def test_migrations_apply_once_and_reopening_keeps_the_data(db_path, registries)
     first.create_tenant("acme")
     again = Registry.open(db_path, MASTER_KEY)
     registries.append(again)
-    assert schema_version(again.db) == 1
+    assert schema_version(again.db) == 2
     assert [t.name for t in again.tenants()] == ["acme"]
 
 
