@@ -34,7 +34,7 @@ from benchmarks.synonym import prefix_words, similarity
 from provmark.detector import create_detector
 from provmark.watermark.keys import create_key
 from provmark.watermark.models import load_model, load_sentence_encoder
-from provmark.watermark.synonym import SynonymEmbedder
+from provmark.watermark.synonym import SynonymEmbedder, substitution_cost
 
 THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.96, 0.98)
 CANDIDATES = (1, 2, 4, 8)
@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     parser.add_argument("--words", type=int, default=200)
     parser.add_argument("--version", type=int, default=2, help="the key's detection rule")
     parser.add_argument("--max-fit-drop", type=float, default=6.0)
-    parser.add_argument("--max-candidates", type=int, default=max(CANDIDATES))
+    parser.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS)
+    parser.add_argument("--candidates", type=int, nargs="+", default=CANDIDATES)
     parser.add_argument("--out", type=Path, default=None, help="CSV of the curve")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the curve")
     args = parser.parse_args(argv)
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(1)
     texts = [prefix_words(json.loads(line)["text"], args.words) for line in args.corpus.read_text().splitlines() if line.strip()]
-    key = create_key("synonym", {"version": args.version, "max_candidates": args.max_candidates,
+    key = create_key("synonym", {"version": args.version, "max_candidates": max(args.candidates),
                                  "max_fit_drop": args.max_fit_drop}, secret=bytes(range(32)))
     loaded, encoder = load_model(), load_sentence_encoder()
     embedder = SynonymEmbedder(key, model=loaded.model, tokenizer=loaded.tokenizer, encoder=encoder)
@@ -84,13 +85,13 @@ def main(argv=None) -> int:
         rank.append(rank[-1] + 1 if (p, index) == last else 0)
         last = (p, index)
     rows = []
-    for count in CANDIDATES:
-        for threshold in THRESHOLDS:
+    for count in args.candidates:
+        for threshold in args.thresholds:
             for plan in plans:
                 plan.options = {}
             for (p, index, form, drop, sim), r in zip(scored, rank):
                 if r < count and sim >= threshold:
-                    plans[p].options.setdefault(index, []).append((form, drop))
+                    plans[p].options.setdefault(index, []).append((form, substitution_cost(drop, sim)))
             marked = [embedder._choose(plan) for plan in plans]
             sims = [similarity(encoder, t, m.text) for t, m in zip(texts, marked)]
             row = {"max_candidates": count, "similarity_threshold": threshold,
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         for ax, n in zip(axes, (100, args.words)):
-            for count in CANDIDATES:
+            for count in args.candidates:
                 chosen = [r for r in rows if r["max_candidates"] == count]
                 ax.plot([r["median_similarity"] for r in chosen], [r[f"detected_{n}"] for r in chosen], marker="o",
                         label=f"max_candidates {count}")
@@ -124,7 +125,8 @@ def main(argv=None) -> int:
                                 fontsize=6, xytext=(2, 2), textcoords="offset points")
             ax.set_xlabel("median MiniLM similarity (original vs watermarked)")
             ax.set_ylabel(f"detected at alpha {ALPHA:g}")
-            ax.set_title(f"{n} words, development set ({len(texts)} texts), key version {args.version}")
+            ax.set_title(f"{n} words, {len(texts)} dev texts, key v{args.version}, max_fit_drop {args.max_fit_drop:g}",
+                         fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()

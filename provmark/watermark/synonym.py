@@ -9,8 +9,8 @@ scored words as it can get bit 1; detection (``detector.synonym``) then finds mo
 the fair coin allows. The text outside replaced words is kept byte for byte.
 
 **Candidates** for a word (``EMBEDDER_VERSION`` synonym-embed-v2) are its WordNet 3.0 synonyms
-(``candidate_forms``: every part of speech the word may have, inflected with ``lemminflect`` to
-the word's inflection, ``running`` -> ``sprinting``, in the word's case) that pass the rules at
+(``candidate_forms``: in the parts of speech the word is usually used in, by WordNet's SemCor
+counts, ``usual_parts_of_speech``; inflected with ``lemminflect`` to the word's inflection, ``running`` -> ``sprinting``, in the word's case) that pass the rules at
 that position (``words.substitute_is_eligible``, so no other word's eligibility changes) and
 that the LM can propose in one token: the lexicon intersected with the LM's vocabulary at the
 slot, as the paper's masked LM proposes its candidates. Then, for every text of a batch at once:
@@ -26,8 +26,9 @@ slot, as the paper's masked LM proposes its candidates. Then, for every text of 
 
 **Choice.** Because the bit of a word hashes the words before it, the choices interact. A beam
 search over the words (states: the last h word forms) picks the substitutions that give the
-most scored words bit 1, each substitution costing ``SUBSTITUTION_COST`` plus ``FIT_COST`` per
-nat of fit lost: it may also replace a 1-bit word when that turns the next word's bit to 1.
+most scored words bit 1, each substitution costing a fraction of a bit (``substitution_cost``:
+more for fit and similarity lost): it may also replace a 1-bit word when that turns the next
+word's bit to 1.
 Versions 1 and 2 of the key are embedded alike; each counts only its own scored words.
 
 Departures from the paper, each for a pitfall it has: keyed bits on normalised whole words (not
@@ -58,7 +59,7 @@ from provmark.watermark.words import (analyse, match_case, normalise, replace_wo
                                      substitute_is_eligible, word_bit)
 
 __all__ = ["SynonymConfig", "Substitution", "SynonymEmbedding", "SynonymEmbedder", "LMScorer", "candidate_forms",
-           "embed_text"]
+           "usual_parts_of_speech", "substitution_cost", "embed_text"]
 
 EMBEDDER_VERSION = "synonym-embed-v2"
 """How the embedder chooses substitutions (recorded with each embedding; detection does not
@@ -66,6 +67,8 @@ depend on it: any substitutions of eligible words by eligible words detect the s
 VERSIONS = (1, 2)
 """Detection rules (``words.scored_words``): 1 scores every eligible word, 2 only carriers."""
 MAX_CANDIDATES = 64
+POS_SHARE = 0.25
+"""A part of speech of a word counts as usual when used at least this share as often as its most used one."""
 LM_WINDOW = 1024
 """Tokens the LM reads at once; a longer text is read in windows overlapping by LM_WINDOW_CONTEXT."""
 LM_WINDOW_CONTEXT = 256
@@ -74,7 +77,10 @@ LM_BATCH_TOKENS = 4096
 SUBSTITUTION_COST = 0.1
 """Value, in 1-bits, of leaving a word as written: a substitution must win at least this much."""
 FIT_COST = 0.01
-"""Value, in 1-bits, of one nat of the LM's log-likelihood lost by a substitution (ties go to the fittest)."""
+"""Value, in 1-bits, of one nat of the LM's log-likelihood lost by a substitution."""
+SIMILARITY_COST = 2.0
+"""Value, in 1-bits, of a unit of MiniLM cosine lost around the slot: among substitutions that
+give the same bits, the search takes the most similar."""
 SIMILARITY_RADIUS = 12
 """Words each side of a slot that the similarity filter compares (within its sentence)."""
 ENCODER_BATCH = 64
@@ -127,13 +133,16 @@ class SynonymConfig(SchemeConfig):
 
 
 @functools.lru_cache(maxsize=200_000)
-def candidate_forms(word: str) -> tuple[str, ...]:
-    """Lower-case single-word synonyms of a lower-case ``word``, inflected like it (plural,
-    tense, comparison), most frequent senses first, without repeats."""
+def candidate_forms(word: str, parts_of_speech: str = "nvar") -> tuple[str, ...]:
+    """Lower-case single-word synonyms of a lower-case ``word`` in the given WordNet parts of
+    speech (default all), inflected like it (plural, tense, comparison), most frequent senses
+    first, without repeats."""
     import lemminflect
 
     out = []
     for pos, base, lemma in lexicon.synonym_lemmas(word):
+        if pos not in parts_of_speech:
+            continue
         if word == base:
             tags = [_BASE_TAG[pos]]
         else:
@@ -144,6 +153,23 @@ def candidate_forms(word: str) -> tuple[str, ...]:
             if form and form not in out and not _same_stem(form, word):
                 out.append(form)
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=200_000)
+def usual_parts_of_speech(word: str) -> str:
+    """The WordNet parts of speech (``n``, ``v``, ``a``, ``r``) in which a lower-case ``word`` is
+    used at least ``POS_SHARE`` as often as in its most used one (SemCor tag counts); all of
+    its parts of speech when none is counted. A synonym from a rare part of speech mostly breaks
+    the grammar (``part`` the noun -> ``separate``, from the verb)."""
+    reader = lexicon.wordnet()
+    counts = {}
+    for pos in lexicon.POS_ORDER:
+        base = reader.morphy(word, pos)
+        if base is not None:
+            counts[pos] = sum(lemma.count() for synset in reader.synsets(base, pos) for lemma in synset.lemmas()
+                              if lemma.name().lower() == base)
+    top = max(counts.values(), default=0)
+    return "".join(pos for pos, count in counts.items() if top == 0 or count >= POS_SHARE * top)
 
 
 def _same_stem(a: str, b: str) -> bool:
@@ -245,14 +271,22 @@ class _Slot(NamedTuple):
     """The one LM token of each candidate (white space before the word included)."""
 
 
+def substitution_cost(drop: float, similarity: float) -> float:
+    """What the substitution search charges, in 1-bits, for a substitution that loses ``drop``
+    nats of fit and keeps ``similarity`` (MiniLM cosine of the words around the slot)."""
+    return SUBSTITUTION_COST + FIT_COST * max(drop, 0.0) + SIMILARITY_COST * (1.0 - similarity)
+
+
 class _Plan:
     """One text on its way through ``embed_batch``."""
 
     def __init__(self, text: str, tw, scored: tuple[bool, ...], ids: list[int]):
         self.text, self.tw, self.scored, self.ids = text, tw, scored, ids
         self.slots: list[_Slot] = []
-        self.fits: dict[int, tuple[float, list[float]]] = {}
+        self.fits: dict[int, tuple[float, list[tuple[str, float]]]] = {}
+        """Word index -> (the original word's log-probability, [(candidate, its log-probability)])."""
         self.options: dict[int, list[tuple[str, float]]] = {}
+        """Word index -> [(candidate, substitution_cost)] that passed every filter."""
 
 
 class SynonymEmbedder:
@@ -306,7 +340,7 @@ class SynonymEmbedder:
         self._score_slots(plans)
         for p, index, form, drop, similarity in self._similarities(plans):
             if similarity >= self.config.similarity_threshold:
-                plans[p].options.setdefault(index, []).append((form, drop))
+                plans[p].options.setdefault(index, []).append((form, substitution_cost(drop, similarity)))
         return [self._choose(plan) for plan in plans]
 
     def _plan(self, text: str) -> _Plan:
@@ -328,9 +362,10 @@ class SynonymEmbedder:
             if lead.strip():
                 continue  # the word's first token also holds the punctuation before it
             candidates, candidate_ids = [], []
-            for form in candidate_forms(w.text.lower()):
+            lower = w.text.lower()
+            for form in candidate_forms(lower, usual_parts_of_speech(lower)):
                 form = match_case(form, w.text)
-                if not substitute_is_eligible(form, tw.sentence_start[i], tw.names, self.config.version):
+                if not substitute_is_eligible(form, w.text, tw.sentence_start[i], tw.names, self.config.version):
                     continue
                 token = self._single_token(lead + form)
                 if token is not None:
@@ -377,7 +412,7 @@ class SynonymEmbedder:
                 if any(r is None for r in rows):
                     continue
                 original = sum(float(r[plan.ids[t]]) for r, t in zip(rows, range(slot.token, slot.last_token + 1)))
-                plan.fits[slot.index] = (original, rows[0][list(slot.candidate_ids)].tolist())
+                plan.fits[slot.index] = (original, list(zip(slot.candidates, rows[0][list(slot.candidate_ids)].tolist())))
 
     def _forward_windows(self, chunk_list, indices, where, logps) -> None:
         width = max(len(chunk) for _, _, chunk in chunk_list) + 1
@@ -404,7 +439,8 @@ class SynonymEmbedder:
 
     def _similarities(self, plans: list[_Plan]) -> list[tuple[int, int, str, float, float]]:
         """(text, word index, candidate, fit drop, similarity) for each slot's ``max_candidates``
-        fittest candidates within ``max_fit_drop`` nats of the original word: the MiniLM cosine
+        fittest candidates within ``max_fit_drop`` nats of the original word, fittest first: the
+        MiniLM cosine
         between the words around the slot as written and with the candidate (up to
         ``SIMILARITY_RADIUS`` words each side, within the sentence; one encoder pass, batched by
         length, for all the texts). The caller keeps those reaching ``similarity_threshold``."""
@@ -417,7 +453,8 @@ class SynonymEmbedder:
                 if slot.index not in plan.fits:
                     continue
                 original, fits = plan.fits[slot.index]
-                ranked = sorted(((f, k) for k, f in enumerate(fits) if f >= original - config.max_fit_drop), reverse=True)
+                ranked = sorted((f for f in fits if f[1] >= original - config.max_fit_drop), key=lambda f: -f[1])
+                ranked = ranked[: config.max_candidates]
                 if not ranked:
                     continue
                 i, s = slot.index, sentence_of[slot.index]
@@ -428,9 +465,9 @@ class SynonymEmbedder:
                     b -= 1
                 lo, hi, w = words[a].start, words[b].end, words[i]
                 row = originals.setdefault((p, lo, hi), len(originals))
-                for fit, k in ranked[: config.max_candidates]:
-                    variants.append(plan.text[lo : w.start] + slot.candidates[k] + plan.text[w.end : hi])
-                    owners.append((p, row, i, slot.candidates[k], original - fit))
+                for form, fit in ranked:
+                    variants.append(plan.text[lo : w.start] + form + plan.text[w.end : hi])
+                    owners.append((p, row, i, form, original - fit))
         if not variants:
             return []
         windows = [plans[p].text[lo:hi] for p, lo, hi in originals]
@@ -457,7 +494,7 @@ class SynonymEmbedder:
         # state: last h forms -> (value, chain of (index, form) substitutions)
         beam: dict[tuple[str, ...], tuple[float, tuple]] = {tuple([""] * h): (0.0, ())}
         for i, w in enumerate(tw.words):
-            options = [(forms[i], 0.0)] + [(f, SUBSTITUTION_COST + FIT_COST * max(drop, 0.0)) for f, drop in plan.options.get(i, [])]
+            options = [(forms[i], 0.0)] + plan.options.get(i, [])
             nxt: dict[tuple[str, ...], tuple[float, tuple]] = {}
             for context, (value, chain) in beam.items():
                 for k, (form, cost) in enumerate(options):

@@ -38,8 +38,9 @@ word's characters and joining the gaps back gives the text byte for byte (``repl
 **Stability.** Rules 1, 3-4 and 7 look at the word alone; rules 2, 5 and 6 look only at gaps and
 at words that are never eligible (title-case words off sentence starts), which substitution does
 not touch. So replacing an eligible word by a lower-case (or, at a sentence start, title-case)
-word that itself passes rules 1-4 (and 7, for version 2: ``substitute_is_eligible``) leaves
-every other word's eligibility and carrier status unchanged, which is what ``watermark.synonym``
+word that itself passes rules 1-4 (and, for version 2, is a carrier exactly when the word it
+replaces is: ``substitute_is_eligible``) leaves every word's eligibility and carrier status
+unchanged, which is what ``watermark.synonym``
 checks for each candidate; the same rule then gives the same scored words at detection, before
 and after substitution.
 
@@ -168,10 +169,12 @@ def scored_words(tw: TextWords, version: int) -> tuple[bool, ...]:
     return tuple(e and is_carrier(w.text.lower()) for w, e in zip(tw.words, tw.eligible))
 
 
-def substitute_is_eligible(word: str, sentence_start: bool, names: frozenset[str], version: int) -> bool:
-    """Whether ``word`` may replace an eligible word at a position: rules 1-4 and, in version
-    2, rule 7, so that no word's eligibility or carrier status changes (see Stability)."""
-    return form_is_eligible(word, sentence_start, names) and (version == 1 or is_carrier(word.lower()))
+def substitute_is_eligible(word: str, original: str, sentence_start: bool, names: frozenset[str], version: int) -> bool:
+    """Whether ``word`` may replace the eligible word ``original`` at a position: rules 1-4 and,
+    in version 2, the same carrier status (rule 7), so that no word's eligibility or scoring
+    changes (see Stability)."""
+    return form_is_eligible(word, sentence_start, names) and (
+        version == 1 or is_carrier(word.lower()) == is_carrier(original.lower()))
 
 
 def _marked_mask(text: str) -> list[bool]:
