@@ -160,6 +160,15 @@ def test_a_carrier_is_only_replaced_by_a_carrier_in_version_2():
     assert substitute_is_eligible("shore", "large", False, frozenset(), 1)
 
 
+def test_the_embedder_takes_synonyms_from_the_parts_of_speech_a_word_is_usually_used_in():
+    from provmark.watermark.synonym import usual_parts_of_speech
+
+    assert usual_parts_of_speech("part") == "n" and usual_parts_of_speech("running") == "v"
+    assert usual_parts_of_speech("command") == "nv"
+    assert "separate" in candidate_forms("part") and "separate" not in candidate_forms("part", "n")
+    assert set(candidate_forms("part", "n")) < set(candidate_forms("part"))
+
+
 def test_candidates_are_inflected_like_the_word_and_are_not_the_same_stem():
     assert "sprinting" in candidate_forms("running") or "racing" in candidate_forms("running")
     assert "larger" in candidate_forms("bigger")
