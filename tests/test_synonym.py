@@ -14,8 +14,17 @@ from provmark.errors import InvalidTextError, ParameterError
 from provmark.watermark import lexicon
 from provmark.watermark.keys import create_key
 from provmark.watermark.synonym import SynonymConfig, candidate_forms
-from provmark.watermark.words import (analyse, form_is_eligible, is_carrier, match_case, replace_words, scored_words,
-                                      sentences, substitute_is_eligible, word_bit)
+from provmark.watermark.words import (
+    analyse,
+    form_is_eligible,
+    is_carrier,
+    match_case,
+    replace_words,
+    scored_words,
+    sentences,
+    substitute_is_eligible,
+    word_bit,
+)
 
 SECRET = bytes(range(32))
 KEY = create_key("synonym", secret=SECRET)

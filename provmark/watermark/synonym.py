@@ -55,8 +55,16 @@ from provmark.errors import InvalidTextError, ParameterError
 from provmark.watermark import lexicon
 from provmark.watermark.base import SchemeConfig
 from provmark.watermark.kgw import validate_context_width
-from provmark.watermark.words import (analyse, match_case, normalise, replace_words, scored_words, sentences,
-                                     substitute_is_eligible, word_bit)
+from provmark.watermark.words import (
+    analyse,
+    match_case,
+    normalise,
+    replace_words,
+    scored_words,
+    sentences,
+    substitute_is_eligible,
+    word_bit,
+)
 
 __all__ = ["SynonymConfig", "Substitution", "SynonymEmbedding", "SynonymEmbedder", "LMScorer", "candidate_forms",
            "usual_parts_of_speech", "substitution_cost", "embed_text"]
@@ -388,8 +396,7 @@ class SynonymEmbedder:
                 if start + LM_WINDOW >= n:
                     break
                 start += LM_WINDOW - LM_WINDOW_CONTEXT
-        # Each needed position: the slot word's tokens, read in the window that gives them the most context.
-        wanted: dict[int, list[tuple[int, int]]] = {}  # window -> [(row position, token id)]
+        # Each slot token is read in the one window where at least LM_WINDOW_CONTEXT tokens precede it (or the first).
         where: dict[tuple[int, int], tuple[int, int]] = {}  # (plan, token) -> (window, row position)
         for w_index, (plan, start, chunk) in enumerate(windows):
             for slot in plan.slots:
