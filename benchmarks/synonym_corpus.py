@@ -25,18 +25,20 @@ from provmark.evaluation.human import human_texts
 MIN_WORDS = 400
 
 
-def lm_texts(limit: int, batch: int) -> list[str]:
-    """Plain (unwatermarked) answers of the embedded model to the first ``limit`` prompts."""
+def lm_texts(limit: int, batch: int, offset: int = 0) -> list[str]:
+    """Plain (unwatermarked) answers of the embedded model to ``limit`` prompts from number
+    ``offset`` on (the benchmark takes the first ones; the development set of
+    ``benchmarks.synonym_dev`` the ones after them)."""
     from provmark.evaluation.prompts import load_prompts
     from provmark.watermark.hook import generate
     from provmark.watermark.models import load_model
 
-    prompts = load_prompts()[:limit]
+    prompts = load_prompts()[offset : offset + limit]
     loaded = load_model()
     out = []
     for start in range(0, len(prompts), batch):
         asked = [f"{p} Write about 400 words." for p in prompts[start : start + batch]]
-        generations = generate(loaded.model, loaded.tokenizer, asked, None, seed=start, progress=True,
+        generations = generate(loaded.model, loaded.tokenizer, asked, None, seed=offset + start, progress=True,
                                max_new_tokens=640, temperature=0.8)
         out += [g.text.strip() for g in generations]
     return out

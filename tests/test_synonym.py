@@ -5,6 +5,7 @@ import json
 import math
 import random
 import re
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,17 @@ from provmark.front import detect_text
 from provmark.watermark import lexicon
 from provmark.watermark.keys import create_key
 from provmark.watermark.synonym import SynonymConfig, candidate_forms
-from provmark.watermark.words import analyse, form_is_eligible, match_case, replace_words, sentences, word_bit
+from provmark.watermark.words import (
+    analyse,
+    form_is_eligible,
+    is_carrier,
+    match_case,
+    replace_words,
+    scored_words,
+    sentences,
+    substitute_is_eligible,
+    word_bit,
+)
 
 SECRET = bytes(range(32))
 KEY = create_key("synonym", secret=SECRET)
@@ -104,6 +115,68 @@ def test_the_eligibility_rule_is_the_same_before_and_after_any_eligible_substitu
             assert after.eligible == tw.eligible and len(after.words) == len(tw.words), (w.text, form)
             swaps += 1
     assert swaps > 50
+
+
+def _corpus_texts(words):
+    from benchmarks.synonym import prefix_words
+
+    path = Path(__file__).parent.parent / "benchmarks" / "results" / "synonym_dev_corpus.jsonl"
+    return [prefix_words(json.loads(line)["text"], words) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_version_2_scores_the_eligible_carriers_only():
+    tw = analyse(PARAGRAPH)
+    scored = scored_words(tw, 2)
+    assert scored_words(tw, 1) == tw.eligible
+    assert all(e for e, s in zip(tw.eligible, scored) if s) and 10 < sum(scored) < sum(tw.eligible)
+    carriers = {w.text for w, s in zip(tw.words, scored) if s}
+    assert {"quietly", "gather", "prepare", "large"} <= carriers and not {"town", "boats", "shore"} & carriers
+    result = create_detector(create_key("synonym", {"version": 2}, secret=SECRET)).detect(PARAGRAPH)
+    assert [PARAGRAPH[a:b] for a, b, _ in result.word_bits] == [w.text for w, s in zip(tw.words, scored) if s]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_scored_words_are_unchanged_by_every_substitution_the_embedder_may_make_over_a_corpus(version):
+    # The 18 development texts (first 120 words): each scored-word rule is invariant under every
+    # single substitution of an eligible word by a candidate the embedder may use there, and
+    # under all of them made at once (the first allowed candidate of every eligible word).
+    swaps = 0
+    for text in _corpus_texts(120):
+        tw = analyse(text)
+        scored = scored_words(tw, version)
+        everything = {}
+        for i, w in enumerate(tw.words):
+            if not tw.eligible[i]:
+                continue
+            allowed = [match_case(f, w.text) for f in candidate_forms(w.text.lower())]
+            allowed = [f for f in allowed if substitute_is_eligible(f, w.text, tw.sentence_start[i], tw.names, version)][:3]
+            for form in allowed:
+                after = analyse(replace_words(text, tw.words, {i: form}))
+                assert (after.eligible, scored_words(after, version)) == (tw.eligible, scored), (w.text, form)
+                swaps += 1
+            if allowed:
+                everything[i] = allowed[0]
+        after = analyse(replace_words(text, tw.words, everything))
+        assert (after.eligible, scored_words(after, version)) == (tw.eligible, scored)
+    assert swaps > 1000
+
+
+def test_a_carrier_is_only_replaced_by_a_carrier_in_version_2():
+    assert is_carrier("large") and is_carrier("big") and not is_carrier("shore") and not is_carrier("banks")
+    assert substitute_is_eligible("big", "large", False, frozenset(), 2)
+    assert not substitute_is_eligible("shore", "large", False, frozenset(), 2)
+    assert not substitute_is_eligible("large", "shore", False, frozenset(), 2)
+    assert substitute_is_eligible("shore", "banks", False, frozenset(), 2)
+    assert substitute_is_eligible("shore", "large", False, frozenset(), 1)
+
+
+def test_the_embedder_takes_synonyms_from_the_parts_of_speech_a_word_is_usually_used_in():
+    from provmark.watermark.synonym import usual_parts_of_speech
+
+    assert usual_parts_of_speech("part") == "n" and usual_parts_of_speech("running") == "v"
+    assert usual_parts_of_speech("command") == "nv"
+    assert "separate" in candidate_forms("part") and "separate" not in candidate_forms("part", "n")
+    assert set(candidate_forms("part", "n")) < set(candidate_forms("part"))
 
 
 def test_candidates_are_inflected_like_the_word_and_are_not_the_same_stem():
@@ -217,6 +290,7 @@ def test_the_detector_reads_text_not_token_ids():
     ({"lm_lookahead": 33}, "lm_lookahead must be an integer in [0, 32], got 33; 4 is the default"),
     ({"max_fit_drop": 0}, "max_fit_drop must be a number in (0, 50], got 0; 6.0 is the default"),
     ({"context_width": 0}, "context_width must be an integer in [1, 16], got 0; 2 is the default"),
+    ({"version": 3}, "version must be one of 1, 2, got 3; 2 is the recommended"),
 ])
 def test_config_refuses_values_out_of_range(params, message):
     with pytest.raises(ParameterError, match=re.escape(message)):
@@ -250,6 +324,51 @@ def test_install_writes_the_45_lexicographer_file_names(tmp_path):
     assert lines[18] == "18\tnoun.person\t1" and lines[43] == "43\tverb.weather\t2"
 
 
+# -- the substitution search ------------------------------------------------------------------
+
+def _bare_embedder(key):
+    from types import SimpleNamespace
+
+    from provmark.watermark.synonym import SynonymEmbedder
+
+    return SynonymEmbedder(key, model=object(), tokenizer=SimpleNamespace(bos_token_id=1, eos_token_id=2), encoder=object())
+
+
+@pytest.mark.parametrize("context_width,version", [(1, 1), (1, 2), (2, 1)])
+def test_the_substitution_search_finds_the_most_one_bits_that_any_choice_reaches(context_width, version):
+    # Every eligible word of a short text gets two or three made-up options; brute force over all
+    # choices gives the most 1-bits among scored words, which the beam search must reach with
+    # the fewest substitutions among those choices.
+    import itertools
+
+    from provmark.watermark.synonym import _Plan
+
+    key = create_key("synonym", {"context_width": context_width, "version": version}, secret=SECRET)
+    embedder = _bare_embedder(key)
+    text = "The quick river runs past old houses and large quiet gardens near the small town."
+    tw = analyse(text)
+    scored = scored_words(tw, version)
+    rng = random.Random(context_width * 10 + version)
+    options = {i: [(f, 0.1 + 0.01 * k) for k, f in enumerate(rng.sample(VOCABULARY, rng.choice([1, 2])))]
+               for i, e in enumerate(tw.eligible) if e}
+    plan = _Plan(text, tw, scored, [])
+    plan.options = options
+    result = embedder._choose(plan)
+    subkey = KEY.subkey("word-bit").to_bytes(8, "big")
+
+    def ones(forms):
+        return sum(word_bit(subkey, tuple(forms[j] if j >= 0 else "" for j in range(i - context_width, i)), forms[i])
+                   for i in range(len(forms)) if scored[i])
+
+    indices = sorted(options)
+    best = max((ones([dict(zip(indices, choice)).get(i, w.text) for i, w in enumerate(tw.words)]), -sum(c != w for c, w in zip(choice, [tw.words[i].text for i in indices])))
+               for choice in itertools.product(*[[tw.words[i].text] + [f for f, _ in options[i]] for i in indices]))
+    marked = analyse(result.text)
+    assert ones([w.text for w in marked.words]) == best[0] > ones([w.text for w in tw.words])
+    assert len(result.substitutions) == -best[1]
+    assert all(s.replacement in [f for f, _ in options[s.index]] for s in result.substitutions)
+
+
 # -- round trips through the real models (slow) ------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -261,17 +380,27 @@ def embedded(real_model):
 
 
 @pytest.mark.slow
-def test_embedding_changes_only_replaced_words_and_gives_each_bit_one(embedded):
+def test_embedding_changes_only_replaced_words_by_their_synonyms(embedded):
     assert embedded.substitutions
     original, marked = analyse(PARAGRAPH), analyse(embedded.text)
     assert marked.eligible == original.eligible and len(marked.words) == len(original.words)
     changed = {s.index: s.replacement for s in embedded.substitutions}
     assert replace_words(PARAGRAPH, original.words, changed) == embedded.text
-    subkey = KEY.subkey("word-bit").to_bytes(8, "big")
-    forms = [w.text for w in marked.words]
     for s in embedded.substitutions:
         assert s.original == PARAGRAPH[s.start : s.end] and marked.words[s.index].text == s.replacement
-        assert word_bit(subkey, marked.context(s.index, 1, forms), s.replacement) == 1
+        assert s.replacement.lower() in candidate_forms(s.original.lower())
+
+
+@pytest.mark.slow
+def test_a_batch_embeds_each_text_as_it_would_alone(real_model):
+    from provmark.watermark.synonym import SynonymEmbedder
+
+    key = create_key("synonym", {"version": 2}, secret=SECRET)
+    embedder = SynonymEmbedder(key, model=real_model.model, tokenizer=real_model.tokenizer)
+    texts = [PARAGRAPH, "Small boats gather near the quiet harbour.\n\nThe old fishermen prepare their nets early."]
+    batch = embedder.embed_batch(texts)
+    alone = [embedder.embed(t) for t in texts]
+    assert [b.text for b in batch] == [a.text for a in alone] and batch[0].substitutions
 
 
 @pytest.mark.slow

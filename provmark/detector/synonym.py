@@ -1,8 +1,9 @@
-"""Synonym-scheme detection: the share of 1-bits among eligible words, exact binomial tail.
+"""Synonym-scheme detection: the share of 1-bits among scored words, exact binomial tail.
 
 The text is cut into words and the eligibility rule applied exactly as the embedder did
-(``watermark.words``); each eligible word's keyed bit is recomputed from it and the h words
-before it. Under the null (text written without the key) the bit of each distinct
+(``watermark.words``); the scored words are the eligible ones (key version 1) or the eligible
+carriers (version 2, ``words.scored_words``), and each one's keyed bit is recomputed from it
+and the h words before it. Under the null (text written without the key) the bit of each distinct
 (context, word) pair is a fair coin independent of the text, so the number of 1-bits among
 the n distinct pairs is Binomial(n, 1/2) and the p-value is its exact upper tail, computed in
 log space. The score is the z-statistic (2 ones - n) / sqrt(n), for ranking only.
@@ -23,7 +24,7 @@ from provmark.detector.result import DetectionResult
 from provmark.detector.stats import binomial_log_sf
 from provmark.errors import InvalidTextError, ParameterError
 from provmark.watermark import subkeys
-from provmark.watermark.words import TextWords, analyse, normalise, word_bit
+from provmark.watermark.words import TextWords, analyse, normalise, scored_words, word_bit
 
 __all__ = ["SynonymDetector"]
 
@@ -38,14 +39,16 @@ class SynonymDetector(Detector):
             raise ParameterError(f"SynonymDetector needs a synonym key, got a {key.scheme} key")
         super().__init__(key, alpha=alpha)
         self._subkey = key.subkey(subkeys.WORD_BIT).to_bytes(8, "big")
+        self._version = key.config.version
 
     def word_bits(self, text: str | TextWords) -> list[tuple[int, int, int]]:
         """(start, end, bit) of every scored word of ``text`` (or of its ``words.analyse``), in
-        text order: the eligible words, each distinct (context, word) pair once."""
+        text order: the scored words, each distinct (context, word) pair once."""
         tw = text if isinstance(text, TextWords) else analyse(text)
+        scored = scored_words(tw, self._version)
         seen, out = set(), []
         for i, w in enumerate(tw.words):
-            if not tw.eligible[i]:
+            if not scored[i]:
                 continue
             context = tw.context(i, self.context_width)
             pair = (*map(normalise, context), normalise(w.text))

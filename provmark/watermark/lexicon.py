@@ -25,7 +25,7 @@ from pathlib import Path
 from provmark.errors import ProvmarkError
 
 __all__ = ["LEXNAMES", "POS_ORDER", "WORDNET_ENV", "WordNetMissingError", "wordnet_dir", "install_wordnet", "wordnet",
-           "has_synonyms", "synonym_lemmas"]
+           "has_synonyms", "has_common_synonym", "synonym_lemmas"]
 
 WORDNET_ENV = "PROVMARK_WORDNET_DIR"
 
@@ -42,7 +42,7 @@ LEXNAMES = (
 
 _SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 _REQUIRED = ("data.noun", "data.verb", "data.adj", "data.adv", "index.noun", "index.verb", "index.adj", "index.adv",
-             "noun.exc", "verb.exc", "adj.exc", "adv.exc")
+             "noun.exc", "verb.exc", "adj.exc", "adv.exc", "cntlist.rev")
 POS_ORDER = ("n", "v", "a", "r")
 """WordNet parts of speech a content word may have: noun, verb, adjective, adverb."""
 
@@ -129,6 +129,26 @@ def synonym_lemmas(word: str) -> tuple[tuple[str, str, str], ...]:
                 seen.add((pos, name))
                 out.append((pos, base, name))
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=200_000)
+def has_common_synonym(word: str) -> bool:
+    """Whether a lower-case ``word`` shares a synset with another single-word lemma, both used in
+    that sense in WordNet's sense-tagged corpus (SemCor tag counts, ``cntlist.rev``, above 0):
+    the carrier test of the synonym scheme's version 2 (``words.is_carrier``)."""
+    reader = wordnet()
+    for pos in POS_ORDER:
+        base = reader.morphy(word, pos)
+        if base is None:
+            continue
+        for synset in reader.synsets(base, pos):
+            lemmas = synset.lemmas()
+            own = [lemma for lemma in lemmas if lemma.name().lower() == base]
+            if own and own[0].count() > 0 and any(
+                lemma.name().lower() != base and _single_word(lemma.name()) and lemma.count() > 0 for lemma in lemmas
+            ):
+                return True
+    return False
 
 
 def has_synonyms(word: str) -> bool:

@@ -44,7 +44,7 @@ SPLIT_CASES = [  # (order seed, coin seed, pool index, pool size, head) over GOL
     (0, 0, 0, 64, 0), (12345, 678, 5, 64, 8), (0xFFFFFFFF, 0xDEADBEEF, 63, 64, 40), (42, 43, 1, 2, 3),
 ]
 GOLDEN_VOCAB = 40
-SYNONYM_CASES = [{}, {"context_width": 2, "similarity_threshold": 0.95}]
+SYNONYM_CASES = [{}, {"context_width": 2, "similarity_threshold": 0.95}, {"version": 2}]
 SYNONYM_TEXT = ("Rapid growth followed. The quick brown fox jumps over the lazy dog, and the quick brown fox jumps "
                 "again! Maria said \"large house\" near https://example.com while the old well-known river runs "
                 "quietly through the town.\n\nChildren watched the boats.")
