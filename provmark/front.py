@@ -122,7 +122,7 @@ class Watermark:
             loaded = self.models.loaded()
             embedder = self.scheme.embedder(self.key, model=loaded.model, tokenizer=loaded.tokenizer,
                                             encoder=self.models.encoder())
-            return [embedder.embed(text) for text in texts]
+            return embedder.embed_batch(list(texts))
         from provmark.watermark.hook import generate
 
         loaded = self.models.loaded()

@@ -44,7 +44,7 @@ class Scheme:
 
     Exactly one of ``watermarker`` (embeds while a model generates: a ``Watermarker`` subclass)
     and ``embedder`` (rewrites finished text: a class built as ``embedder(key, model=,
-    tokenizer=, encoder=)`` with an ``embed(text)`` method) is given."""
+    tokenizer=, encoder=)`` with an ``embed_batch(texts)`` method) is given."""
 
     name: str
     config: type[SchemeConfig]
