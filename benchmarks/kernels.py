@@ -22,6 +22,13 @@ bias (the fused kernel on CUDA, empty on a CPU), its torch reference, the unfuse
 takes after the processor (``shard_bias``, then temperature, softmax and ``torch.multinomial``),
 and the copy floor. vLLM's fused Gumbel-max kernel (about 0.04 ms per step at batch 1) is the bar.
 
+**Host operations.** Torch operations the host dispatches per ``WatermarkLogitsProcessor`` call
+and per step of the fused-sampling loop (the model's forward excluded), for each shard scheme,
+on the GPU code path: every public op is sent down its Triton branch with the kernel launchers
+replaced by stubs, so the count runs on a CPU and counts what a GPU step would cost the host
+outside the launches themselves (``--host-ops-only`` prints this table alone). An operation is
+one top-level ``aten::`` event of the torch profiler; kernel launches are counted separately.
+
 **End-to-end.** Tokens per second of batched generation with the embedded model (or
 ``--model DIR``), plain and KGW-watermarked, through ``model.generate`` with the processor and
 through provmark's fused-sampling loop; every row generates exactly ``--new-tokens`` tokens.
@@ -29,6 +36,7 @@ through provmark's fused-sampling loop; every row generates exactly ``--new-toke
     python -m benchmarks.kernels                        # both parts, on CUDA when present
     python -m benchmarks.kernels --device cpu --vocabs 32000,128256 --batches 1,8,32
     python -m benchmarks.kernels --skip-e2e             # the per-step table only
+    python -m benchmarks.kernels --host-ops-only        # the host-operation counts only
 """
 
 from __future__ import annotations
@@ -202,6 +210,114 @@ def print_end_to_end(device: torch.device, model_dir: str | None, batch: int, ne
         print(f"{loop:<22} {best['plain']:12.1f} {best['watermarked']:18.1f} {slowdown:9.1%}", flush=True)
 
 
+HOST_SCHEMES = (  # (scheme, params, payload of each row)
+    ("kgw", {}, None),
+    ("mpac", {"bits": 16, "radix": 4}, [0xBEEF, 0x1234, 7, 0]),
+    ("majormark", {"bits": 12}, [5, 1000, 77, 4000]),
+    ("majormark+", {"bits": 16}, [3, 2000, 30000, 38415]),
+    ("vanilla", {"bits": 8, "segment_bits": 8}, [1, 2, 255, 0]),
+)
+
+
+class _StubLaunch:
+    """Stands in for a Triton kernel: ``kernel[grid](**args)`` only counts the launch."""
+
+    def __init__(self, counter: list):
+        self.counter = counter
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.counter.append(1)
+
+
+def _stub_kernels(counter: list):
+    """Send every public op down its Triton branch with stub launchers; returns an undo."""
+    import triton
+
+    undo = []
+    for name in ("shard_bias", "fused_sampling", "balanced_split", "repeated_context"):
+        try:
+            module = importlib.import_module(f"provmark.kernels.{name}")
+        except ImportError:
+            continue
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, triton.runtime.JITFunction) or attr == "triton_ready":
+                undo.append((module, attr, value))
+                setattr(module, attr, (lambda tensor: True) if attr == "triton_ready" else _StubLaunch(counter))
+    return lambda: [setattr(module, attr, value) for module, attr, value in undo]
+
+
+def _count_ops(fn) -> int:
+    """Top-level ``aten::`` operations that ``fn()`` dispatches (torch profiler, CPU)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with record_function("measured"):
+            fn()
+    return sum(1 for e in prof.events()
+               if e.name.startswith("aten::") and e.cpu_parent is not None and e.cpu_parent.name == "measured")
+
+
+class _FixedLogits:
+    """A stand-in causal LM that returns the same logits at every step and dispatches nothing."""
+
+    def __init__(self, logits):
+        self.output = type("Output", (), {"logits": logits, "past_key_values": None})()
+
+    def __call__(self, **kwargs):
+        return self.output
+
+
+def host_ops(scheme: str, params: dict, payloads, vocab: int = 49152, prompt: int = 16, steps: int = 10):
+    """(operations per processor call, per fused step; launches per call, per step) of one
+    scheme at batch 4 on the stubbed GPU path. The processor call is measured at the sixth
+    step of a generation; the fused step is (ops of ``steps`` + 1 steps - ops of 1 step) / steps."""
+    from provmark.watermark import hook
+
+    key = create_key(scheme, params, secret=bytes(range(32)))
+    batch = 4
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab - 1, (batch, prompt), generator=gen)
+    scores = torch.randn(batch, vocab, generator=gen)
+    scores[:, vocab - 1] = float("-inf")  # the stop id: never drawn, so no row finishes
+    launches: list = []
+    undo = _stub_kernels(launches)
+    try:
+        processor = hook.WatermarkLogitsProcessor(key, payloads)
+        for column in range(5):
+            processor(torch.cat([ids, ids[:, :column]], dim=1), scores)
+        step = torch.cat([ids, ids[:, :5]], dim=1)
+        launches.clear()
+        call_ops, call_launches = _count_ops(lambda: processor(step, scores)), len(launches)
+        settings = {"temperature": 0.7, "min_new_tokens": 0}
+        model = _FixedLogits(scores[:, None, :])
+        mask = torch.ones_like(ids)
+
+        def decode(new_tokens):
+            processor = hook.WatermarkLogitsProcessor(key, payloads)
+            hook._fused_decode(model, ids, mask, processor, {**settings, "max_new_tokens": new_tokens}, 7, [vocab - 1],
+                               vocab - 1, None)
+
+        decode(steps + 1)  # warm-up
+        launches.clear()
+        one = _count_ops(lambda: decode(1))
+        one_launches = len(launches)
+        launches.clear()
+        many = _count_ops(lambda: decode(steps + 1))
+        step_launches = (len(launches) - one_launches) / steps
+    finally:
+        undo()
+    return call_ops, (many - one) / steps, call_launches, step_launches
+
+
+def print_host_ops() -> None:
+    print("\nhost operations on the GPU path (Triton launchers stubbed), batch 4, vocabulary 49152; "
+          "top-level aten ops of the torch profiler")
+    print(f"{'scheme':<11} {'ops/processor call':>19} {'ops/fused step':>15} {'launches/call':>14} {'launches/step':>14}")
+    for scheme, params, payloads in HOST_SCHEMES:
+        call, step, call_launches, step_launches = host_ops(scheme, params, payloads)
+        print(f"{scheme:<11} {call:>19} {step:>15.1f} {call_launches:>14} {step_launches:>14.1f}", flush=True)
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -215,6 +331,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-batches", type=_ints, default=list(SAMPLE_BATCHES))
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per CPU cell; generation runs per e2e row")
     parser.add_argument("--skip-e2e", action="store_true", help="only the per-step table")
+    parser.add_argument("--host-ops-only", action="store_true", help="only the host-operation counts")
     parser.add_argument("--e2e-batch", type=int, default=None, help="rows of the generation batch (CPU 8, GPU 32)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--model", default=None, help="a local Hugging Face causal LM folder (default: embedded)")
@@ -224,6 +341,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     with torch.no_grad():
+        if args.host_ops_only:
+            print_host_ops()
+            return 0
         print_step_table(device, args.vocabs, args.batches, args.repeats)
         print_sample_table(device, args.sample_vocabs, args.sample_batches, args.repeats)
         if not args.skip_e2e:
