@@ -267,10 +267,12 @@ class _FixedLogits:
         return self.output
 
 
-def host_ops(scheme: str, params: dict, payloads, vocab: int = 49152, prompt: int = 16, steps: int = 10):
+def host_ops(scheme: str, params: dict, payloads, vocab: int = 49152, prompt: int = 16, steps: int = 32):
     """(operations per processor call, per fused step; launches per call, per step) of one
     scheme at batch 4 on the stubbed GPU path. The processor call is measured at the sixth
-    step of a generation; the fused step is (ops of ``steps`` + 1 steps - ops of 1 step) / steps."""
+    step of a generation (after ``begin`` where the processor has it, as ``generate`` calls it);
+    the fused step is (ops of 2 ``steps`` + 1 steps - ops of ``steps`` + 1 steps) / ``steps``, so
+    the set-up, the first step (which reads the whole prompt) and the warm-up are left out."""
     from provmark.watermark import hook
 
     key = create_key(scheme, params, secret=bytes(range(32)))
@@ -283,6 +285,8 @@ def host_ops(scheme: str, params: dict, payloads, vocab: int = 49152, prompt: in
     undo = _stub_kernels(launches)
     try:
         processor = hook.WatermarkLogitsProcessor(key, payloads)
+        if hasattr(processor, "begin"):  # what generate() does; without it each call compares the prompt
+            processor.begin(ids)
         for column in range(5):
             processor(torch.cat([ids, ids[:, :column]], dim=1), scores)
         step = torch.cat([ids, ids[:, :5]], dim=1)
@@ -297,12 +301,12 @@ def host_ops(scheme: str, params: dict, payloads, vocab: int = 49152, prompt: in
             hook._fused_decode(model, ids, mask, processor, {**settings, "max_new_tokens": new_tokens}, 7, [vocab - 1],
                                vocab - 1, None)
 
-        decode(steps + 1)  # warm-up
+        decode(2 * steps + 1)  # warm-up
         launches.clear()
-        one = _count_ops(lambda: decode(1))
+        one = _count_ops(lambda: decode(steps + 1))
         one_launches = len(launches)
         launches.clear()
-        many = _count_ops(lambda: decode(steps + 1))
+        many = _count_ops(lambda: decode(2 * steps + 1))
         step_launches = (len(launches) - one_launches) / steps
     finally:
         undo()
