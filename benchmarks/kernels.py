@@ -31,7 +31,10 @@ one top-level ``aten::`` event of the torch profiler; kernel launches are counte
 
 **End-to-end.** Tokens per second of batched generation with the embedded model (or
 ``--model DIR``), plain and KGW-watermarked, through ``model.generate`` with the processor and
-through provmark's fused-sampling loop; every row generates exactly ``--new-tokens`` tokens.
+through provmark's fused-sampling loop; every row generates exactly ``--new-tokens`` tokens. A
+random-weight model of SmolLM2-1.7B's shape (``--random-layers`` of its 24 layers) runs beside
+the embedded one. Each run is warmed up once untimed; the figures are medians of
+``--e2e-repeats`` rounds that interleave the four runs.
 
     python -m benchmarks.kernels                        # both parts, on CUDA when present
     python -m benchmarks.kernels --device cpu --vocabs 32000,128256 --batches 1,8,32
@@ -183,31 +186,61 @@ def print_sample_table(device: torch.device, vocabs, batches, repeats: int) -> N
                   f"{t['copy'] * 1e3:9.3f} {t[base] / t['copy']:15.2f} {t['unfused'] / t[base]:17.2f}", flush=True)
 
 
-def print_end_to_end(device: torch.device, model_dir: str | None, batch: int, new_tokens: int, repeats: int) -> None:
+SMOLLM2_1_7B = dict(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_attention_heads=32,
+                   num_key_value_heads=32, max_position_embeddings=8192, rope_theta=130000.0, rms_norm_eps=1e-5,
+                   tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+"""SmolLM2-1.7B's shape (its config.json, 24 layers), for a random-weight model of that shape."""
+
+
+def random_model(layers: int, dtype: torch.dtype = torch.float32):
+    """A randomly initialised Llama with SmolLM2-1.7B's widths and vocabulary and ``layers``
+    layers (24 is the real depth): the per-step shape of a larger model without its weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**SMOLLM2_1_7B, num_hidden_layers=layers)).to(dtype).eval()
+
+
+def print_end_to_end(device: torch.device, model_dir: str | None, batch: int, new_tokens: int, repeats: int,
+                     random_layers: int) -> None:
+    """Tokens per second of both loops, plain and KGW-watermarked, for the embedded model and a
+    random-weight model of SmolLM2-1.7B's shape: one warm-up generation per (model, loop, key)
+    that is not timed, then ``repeats`` rounds in which the four runs are interleaved; the
+    median of each."""
     from provmark.watermark.hook import generate
     from provmark.watermark.models import load_model
 
     loaded = load_model(model_dir)
-    model = loaded.model.to(device)
+    models = [(loaded.name, loaded.model.to(device))]
+    if random_layers:
+        models.append((f"random SmolLM2-1.7B shape, {random_layers} of 24 layers", random_model(random_layers).to(device)))
     prompts = load_prompts()[:batch]
     settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    print(f"\nend to end: {loaded.name}, batch {len(prompts)}, {new_tokens} new tokens per row, best of {repeats}, "
-          f"{device}")
-    print(f"{'loop':<22} {'plain tok/s':>12} {'watermarked tok/s':>18} {'slowdown':>9}")
-    for loop, fused in (("transformers generate", False), ("fused sampling", True)):
-        best = {}
-        for _ in range(repeats):  # interleaved, so machine noise hits both alike
-            for label, key in (("plain", None), ("watermarked", KEY)):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                outs = generate(model, loaded.tokenizer, prompts, key, seed=1, fused_sampling=fused, **settings)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                rate = sum(len(g.token_ids) for g in outs) / (time.perf_counter() - start)
-                best[label] = max(best.get(label, 0.0), rate)
-        slowdown = 1 - best["watermarked"] / best["plain"]
-        print(f"{loop:<22} {best['plain']:12.1f} {best['watermarked']:18.1f} {slowdown:9.1%}", flush=True)
+    print(f"\nend to end: batch {len(prompts)}, {new_tokens} new tokens per row, median of {repeats} interleaved "
+          f"rounds after one warm-up run each, {device}")
+    print(f"{'model':<44} {'loop':<22} {'plain tok/s':>12} {'watermarked tok/s':>18} {'slowdown':>9}")
+    for name, model in models:
+        runs = [(loop, fused, label, key) for loop, fused in (("transformers generate", False), ("fused sampling", True))
+                for label, key in (("plain", None), ("watermarked", KEY))]
+
+        def run(fused, key):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            outs = generate(model, loaded.tokenizer, prompts, key, seed=1, fused_sampling=fused, **settings)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return sum(len(g.token_ids) for g in outs) / (time.perf_counter() - start)
+
+        for _, fused, _, key in runs:  # warm-up, not timed
+            run(fused, key)
+        rates = {(loop, label): [] for loop, _, label, _ in runs}
+        for _ in range(repeats):  # interleaved, so machine noise hits every run alike
+            for loop, fused, label, key in runs:
+                rates[loop, label].append(run(fused, key))
+        for loop in ("transformers generate", "fused sampling"):
+            plain, marked = statistics.median(rates[loop, "plain"]), statistics.median(rates[loop, "watermarked"])
+            print(f"{name:<44} {loop:<22} {plain:12.1f} {marked:18.1f} {1 - marked / plain:9.1%}", flush=True)
 
 
 HOST_SCHEMES = (  # (scheme, params, payload of each row)
@@ -314,6 +347,9 @@ def host_ops(scheme: str, params: dict, payloads, vocab: int = 49152, prompt: in
 
 
 def print_host_ops() -> None:
+    if not HAS_TRITON:
+        print("\nno host-operation table: it follows the Triton branch of each op, and Triton is not installed")
+        return
     print("\nhost operations on the GPU path (Triton launchers stubbed), batch 4, vocabulary 49152; "
           "top-level aten ops of the torch profiler")
     print(f"{'scheme':<11} {'ops/processor call':>19} {'ops/fused step':>15} {'launches/call':>14} {'launches/step':>14}")
@@ -338,6 +374,9 @@ def main(argv=None) -> int:
     parser.add_argument("--host-ops-only", action="store_true", help="only the host-operation counts")
     parser.add_argument("--e2e-batch", type=int, default=None, help="rows of the generation batch (CPU 8, GPU 32)")
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--e2e-repeats", type=int, default=5, help="interleaved rounds of the end-to-end runs")
+    parser.add_argument("--random-layers", type=int, default=24,
+                        help="layers of the random SmolLM2-1.7B-shaped model (24: the real depth; 0: leave it out)")
     parser.add_argument("--model", default=None, help="a local Hugging Face causal LM folder (default: embedded)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -350,9 +389,10 @@ def main(argv=None) -> int:
             return 0
         print_step_table(device, args.vocabs, args.batches, args.repeats)
         print_sample_table(device, args.sample_vocabs, args.sample_batches, args.repeats)
+        print_host_ops()
         if not args.skip_e2e:
             batch = args.e2e_batch or (32 if device.type == "cuda" else 8)
-            print_end_to_end(device, args.model, batch, args.new_tokens, max(args.repeats // 2, 1))
+            print_end_to_end(device, args.model, batch, args.new_tokens, args.e2e_repeats, args.random_layers)
     return 0
 
 

@@ -159,7 +159,8 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         contexts = sampler.contexts()
         if watermarker.shard_rule:
             return sampler.step(logits, watermarker.step_params(contexts, self.payloads).resolved(contexts))
-        biased = watermarker.bias(sampler.generated(), logits, contexts, self.payloads, None, sampler.prompt_length)
+        # in float32, as the bias was always added (the shard kernels upcast as they load instead)
+        biased = watermarker.bias(sampler.generated(), logits.float(), contexts, self.payloads, None, sampler.prompt_length)
         return sampler.step(biased, watermarked=False)
 
 
