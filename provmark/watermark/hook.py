@@ -8,9 +8,11 @@ unbiased (see ``kernels.repeated_context``). Place it before temperature and top
 warpers (``generate`` does): Balance-Marking reads the model's distribution from its input.
 
 ``generate(..., fused_sampling=True)`` runs provmark's own decoding loop instead of
-``model.generate``: the model with its key/value cache, then one ``kernels.fused_sample`` call per
-step that adds the watermark bias, applies the temperature and draws the token by keyed
-Gumbel-max (one Triton kernel on a GPU; Balance-Marking biases first, then samples).
+``model.generate``: the model with its key/value cache, then one step of a
+``kernels.FusedSampler`` (built once per call, its state on the model's device) that adds the
+watermark bias, applies the temperature and draws the token by keyed Gumbel-max (one Triton
+launch on a GPU; Balance-Marking biases first, then samples; Vanilla-Marking's rows depend on the
+context and are built at each step).
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         float (B, V) new logits; ``scores`` is not modified.
 
     The processor remembers the prompt of the generation it is serving, so it can tell generated
-    steps from prompt tokens. When it sees a different prompt it starts over, so one instance can
-    serve several ``generate()`` calls in turn (not concurrently).
+    steps from prompt tokens, and each row's contexts so far (``kernels.RepeatedContexts``, on the
+    device on a GPU), so a repeated context costs the same at every step. ``begin(prompt_ids)``
+    names the prompt (``generate`` calls it); a step then reads nothing back from the device.
+    Without it, a call whose input does not extend the last one by the same prompt columns (one
+    comparison read back per call) starts over, so one instance can serve several
+    ``generate()`` calls in turn (not concurrently).
     """
 
     def __init__(self, key: WatermarkKey, payloads: Sequence | None = None, *, proxy=None):
