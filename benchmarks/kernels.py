@@ -223,7 +223,7 @@ def print_end_to_end(device: torch.device, model_dir: str | None, batch: int, ne
         runs = [(loop, fused, label, key) for loop, fused in (("transformers generate", False), ("fused sampling", True))
                 for label, key in (("plain", None), ("watermarked", KEY))]
 
-        def run(fused, key):
+        def run(fused, key, model=model):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()

@@ -6,8 +6,8 @@ import torch
 from provmark.detector import create_detector
 from provmark.errors import ParameterError
 from provmark.kernels.fused_sampling import fused_sample, sampling_seed_table, sampling_seeds
-from provmark.kernels.repeated_context import repeated_context_mask
 from provmark.kernels.prf import split_key
+from provmark.kernels.repeated_context import repeated_context_mask
 from provmark.kernels.shard_bias import preferred_mask
 from provmark.watermark.hook import generate
 from provmark.watermark.keys import create_key

@@ -59,7 +59,7 @@ if HAS_TRITON:
     from provmark.kernels._triton import token_words as token_words_tl
     from provmark.kernels.repeated_context import repeated_step
 
-__all__ = ["FusedSampler", "fused_sample", "sampling_seeds"]
+__all__ = ["FusedSampler", "fused_sample", "sampling_seed_table", "sampling_seeds"]
 
 BLOCK_V = 2048  # vocabulary ids per program of the first (block argmax) stage
 

@@ -337,7 +337,6 @@ def _fused_decode(model, input_ids, attention_mask, processor, settings, noise_k
     GPU, only when rows can stop early) and dispatches, besides the model, the logits view, the
     sampler's launch and step count, the attention-mask view and the position update."""
     batch, prompt = input_ids.shape
-    device = input_ids.device
     max_new, min_new = settings["max_new_tokens"], settings.get("min_new_tokens") or 0
     sampler_settings = dict(steps=max_new, temperature=settings["temperature"], noise_key=noise_key, stop_ids=stop_ids,
                             pad_id=pad_id if pad_id is not None else stop_ids[0], min_new=min_new)
