@@ -22,13 +22,24 @@ bias (the fused kernel on CUDA, empty on a CPU), its torch reference, the unfuse
 takes after the processor (``shard_bias``, then temperature, softmax and ``torch.multinomial``),
 and the copy floor. vLLM's fused Gumbel-max kernel (about 0.04 ms per step at batch 1) is the bar.
 
+**Host operations.** Torch operations the host dispatches per ``WatermarkLogitsProcessor`` call
+and per step of the fused-sampling loop (the model's forward excluded), for each shard scheme,
+on the GPU code path: every public op is sent down its Triton branch with the kernel launchers
+replaced by stubs, so the count runs on a CPU and counts what a GPU step would cost the host
+outside the launches themselves (``--host-ops-only`` prints this table alone). An operation is
+one top-level ``aten::`` event of the torch profiler; kernel launches are counted separately.
+
 **End-to-end.** Tokens per second of batched generation with the embedded model (or
 ``--model DIR``), plain and KGW-watermarked, through ``model.generate`` with the processor and
-through provmark's fused-sampling loop; every row generates exactly ``--new-tokens`` tokens.
+through provmark's fused-sampling loop; every row generates exactly ``--new-tokens`` tokens. A
+random-weight model of SmolLM2-1.7B's shape (``--random-layers`` of its 24 layers) runs beside
+the embedded one. Each run is warmed up once untimed; the figures are medians of
+``--e2e-repeats`` rounds that interleave the four runs.
 
     python -m benchmarks.kernels                        # both parts, on CUDA when present
     python -m benchmarks.kernels --device cpu --vocabs 32000,128256 --batches 1,8,32
     python -m benchmarks.kernels --skip-e2e             # the per-step table only
+    python -m benchmarks.kernels --host-ops-only        # the host-operation counts only
 """
 
 from __future__ import annotations
@@ -175,31 +186,176 @@ def print_sample_table(device: torch.device, vocabs, batches, repeats: int) -> N
                   f"{t['copy'] * 1e3:9.3f} {t[base] / t['copy']:15.2f} {t['unfused'] / t[base]:17.2f}", flush=True)
 
 
-def print_end_to_end(device: torch.device, model_dir: str | None, batch: int, new_tokens: int, repeats: int) -> None:
+SMOLLM2_1_7B = dict(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_attention_heads=32,
+                   num_key_value_heads=32, max_position_embeddings=8192, rope_theta=130000.0, rms_norm_eps=1e-5,
+                   tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+"""SmolLM2-1.7B's shape (its config.json, 24 layers), for a random-weight model of that shape."""
+
+
+def random_model(layers: int, dtype: torch.dtype = torch.float32):
+    """A randomly initialised Llama with SmolLM2-1.7B's widths and vocabulary and ``layers``
+    layers (24 is the real depth): the per-step shape of a larger model without its weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**SMOLLM2_1_7B, num_hidden_layers=layers)).to(dtype).eval()
+
+
+def print_end_to_end(device: torch.device, model_dir: str | None, batch: int, new_tokens: int, repeats: int,
+                     random_layers: int) -> None:
+    """Tokens per second of both loops, plain and KGW-watermarked, for the embedded model and a
+    random-weight model of SmolLM2-1.7B's shape: one warm-up generation per (model, loop, key)
+    that is not timed, then ``repeats`` rounds in which the four runs are interleaved; the
+    median of each."""
     from provmark.watermark.hook import generate
     from provmark.watermark.models import load_model
 
     loaded = load_model(model_dir)
-    model = loaded.model.to(device)
+    models = [(loaded.name, loaded.model.to(device))]
+    if random_layers:
+        models.append((f"random SmolLM2-1.7B shape, {random_layers} of 24 layers", random_model(random_layers).to(device)))
     prompts = load_prompts()[:batch]
     settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    print(f"\nend to end: {loaded.name}, batch {len(prompts)}, {new_tokens} new tokens per row, best of {repeats}, "
-          f"{device}")
-    print(f"{'loop':<22} {'plain tok/s':>12} {'watermarked tok/s':>18} {'slowdown':>9}")
-    for loop, fused in (("transformers generate", False), ("fused sampling", True)):
-        best = {}
-        for _ in range(repeats):  # interleaved, so machine noise hits both alike
-            for label, key in (("plain", None), ("watermarked", KEY)):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                outs = generate(model, loaded.tokenizer, prompts, key, seed=1, fused_sampling=fused, **settings)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                rate = sum(len(g.token_ids) for g in outs) / (time.perf_counter() - start)
-                best[label] = max(best.get(label, 0.0), rate)
-        slowdown = 1 - best["watermarked"] / best["plain"]
-        print(f"{loop:<22} {best['plain']:12.1f} {best['watermarked']:18.1f} {slowdown:9.1%}", flush=True)
+    print(f"\nend to end: batch {len(prompts)}, {new_tokens} new tokens per row, median of {repeats} interleaved "
+          f"rounds after one warm-up run each, {device}")
+    print(f"{'model':<44} {'loop':<22} {'plain tok/s':>12} {'watermarked tok/s':>18} {'slowdown':>9}")
+    for name, model in models:
+        runs = [(loop, fused, label, key) for loop, fused in (("transformers generate", False), ("fused sampling", True))
+                for label, key in (("plain", None), ("watermarked", KEY))]
+
+        def run(fused, key, model=model):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            outs = generate(model, loaded.tokenizer, prompts, key, seed=1, fused_sampling=fused, **settings)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return sum(len(g.token_ids) for g in outs) / (time.perf_counter() - start)
+
+        for _, fused, _, key in runs:  # warm-up, not timed
+            run(fused, key)
+        rates = {(loop, label): [] for loop, _, label, _ in runs}
+        for _ in range(repeats):  # interleaved, so machine noise hits every run alike
+            for loop, fused, label, key in runs:
+                rates[loop, label].append(run(fused, key))
+        for loop in ("transformers generate", "fused sampling"):
+            plain, marked = statistics.median(rates[loop, "plain"]), statistics.median(rates[loop, "watermarked"])
+            print(f"{name:<44} {loop:<22} {plain:12.1f} {marked:18.1f} {1 - marked / plain:9.1%}", flush=True)
+
+
+HOST_SCHEMES = (  # (scheme, params, payload of each row)
+    ("kgw", {}, None),
+    ("mpac", {"bits": 16, "radix": 4}, [0xBEEF, 0x1234, 7, 0]),
+    ("majormark", {"bits": 12}, [5, 1000, 77, 4000]),
+    ("majormark+", {"bits": 16}, [3, 2000, 30000, 38415]),
+    ("vanilla", {"bits": 8, "segment_bits": 8}, [1, 2, 255, 0]),
+)
+
+
+class _StubLaunch:
+    """Stands in for a Triton kernel: ``kernel[grid](**args)`` only counts the launch."""
+
+    def __init__(self, counter: list):
+        self.counter = counter
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.counter.append(1)
+
+
+def _stub_kernels(counter: list):
+    """Send every public op down its Triton branch with stub launchers; returns an undo."""
+    import triton
+
+    undo = []
+    for name in ("shard_bias", "fused_sampling", "balanced_split", "repeated_context"):
+        try:
+            module = importlib.import_module(f"provmark.kernels.{name}")
+        except ImportError:
+            continue
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, triton.runtime.JITFunction) or attr == "triton_ready":
+                undo.append((module, attr, value))
+                setattr(module, attr, (lambda tensor: True) if attr == "triton_ready" else _StubLaunch(counter))
+    return lambda: [setattr(module, attr, value) for module, attr, value in undo]
+
+
+def _count_ops(fn) -> int:
+    """Top-level ``aten::`` operations that ``fn()`` dispatches (torch profiler, CPU)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with record_function("measured"):
+            fn()
+    return sum(1 for e in prof.events()
+               if e.name.startswith("aten::") and e.cpu_parent is not None and e.cpu_parent.name == "measured")
+
+
+class _FixedLogits:
+    """A stand-in causal LM that returns the same logits at every step and dispatches nothing."""
+
+    def __init__(self, logits):
+        self.output = type("Output", (), {"logits": logits, "past_key_values": None})()
+
+    def __call__(self, **kwargs):
+        return self.output
+
+
+def host_ops(scheme: str, params: dict, payloads, vocab: int = 49152, prompt: int = 16, steps: int = 32):
+    """(operations per processor call, per fused step; launches per call, per step) of one
+    scheme at batch 4 on the stubbed GPU path. The processor call is measured at the sixth
+    step of a generation (after ``begin`` where the processor has it, as ``generate`` calls it);
+    the fused step is (ops of 2 ``steps`` + 1 steps - ops of ``steps`` + 1 steps) / ``steps``, so
+    the set-up, the first step (which reads the whole prompt) and the warm-up are left out."""
+    from provmark.watermark import hook
+
+    key = create_key(scheme, params, secret=bytes(range(32)))
+    batch = 4
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab - 1, (batch, prompt), generator=gen)
+    scores = torch.randn(batch, vocab, generator=gen)
+    scores[:, vocab - 1] = float("-inf")  # the stop id: never drawn, so no row finishes
+    launches: list = []
+    undo = _stub_kernels(launches)
+    try:
+        processor = hook.WatermarkLogitsProcessor(key, payloads)
+        if hasattr(processor, "begin"):  # what generate() does; without it each call compares the prompt
+            processor.begin(ids)
+        for column in range(5):
+            processor(torch.cat([ids, ids[:, :column]], dim=1), scores)
+        step = torch.cat([ids, ids[:, :5]], dim=1)
+        launches.clear()
+        call_ops, call_launches = _count_ops(lambda: processor(step, scores)), len(launches)
+        settings = {"temperature": 0.7, "min_new_tokens": 0}
+        model = _FixedLogits(scores[:, None, :])
+        mask = torch.ones_like(ids)
+
+        def decode(new_tokens):
+            processor = hook.WatermarkLogitsProcessor(key, payloads)
+            hook._fused_decode(model, ids, mask, processor, {**settings, "max_new_tokens": new_tokens}, 7, [vocab - 1],
+                               vocab - 1, None)
+
+        decode(2 * steps + 1)  # warm-up
+        launches.clear()
+        one = _count_ops(lambda: decode(steps + 1))
+        one_launches = len(launches)
+        launches.clear()
+        many = _count_ops(lambda: decode(2 * steps + 1))
+        step_launches = (len(launches) - one_launches) / steps
+    finally:
+        undo()
+    return call_ops, (many - one) / steps, call_launches, step_launches
+
+
+def print_host_ops() -> None:
+    if not HAS_TRITON:
+        print("\nno host-operation table: it follows the Triton branch of each op, and Triton is not installed")
+        return
+    print("\nhost operations on the GPU path (Triton launchers stubbed), batch 4, vocabulary 49152; "
+          "top-level aten ops of the torch profiler")
+    print(f"{'scheme':<11} {'ops/processor call':>19} {'ops/fused step':>15} {'launches/call':>14} {'launches/step':>14}")
+    for scheme, params, payloads in HOST_SCHEMES:
+        call, step, call_launches, step_launches = host_ops(scheme, params, payloads)
+        print(f"{scheme:<11} {call:>19} {step:>15.1f} {call_launches:>14} {step_launches:>14.1f}", flush=True)
 
 
 def _ints(text: str) -> list[int]:
@@ -215,8 +371,12 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-batches", type=_ints, default=list(SAMPLE_BATCHES))
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per CPU cell; generation runs per e2e row")
     parser.add_argument("--skip-e2e", action="store_true", help="only the per-step table")
+    parser.add_argument("--host-ops-only", action="store_true", help="only the host-operation counts")
     parser.add_argument("--e2e-batch", type=int, default=None, help="rows of the generation batch (CPU 8, GPU 32)")
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--e2e-repeats", type=int, default=5, help="interleaved rounds of the end-to-end runs")
+    parser.add_argument("--random-layers", type=int, default=24,
+                        help="layers of the random SmolLM2-1.7B-shaped model (24: the real depth; 0: leave it out)")
     parser.add_argument("--model", default=None, help="a local Hugging Face causal LM folder (default: embedded)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -224,11 +384,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     with torch.no_grad():
+        if args.host_ops_only:
+            print_host_ops()
+            return 0
         print_step_table(device, args.vocabs, args.batches, args.repeats)
         print_sample_table(device, args.sample_vocabs, args.sample_batches, args.repeats)
+        print_host_ops()
         if not args.skip_e2e:
             batch = args.e2e_batch or (32 if device.type == "cuda" else 8)
-            print_end_to_end(device, args.model, batch, args.new_tokens, max(args.repeats // 2, 1))
+            print_end_to_end(device, args.model, batch, args.new_tokens, args.e2e_repeats, args.random_layers)
     return 0
 
 

@@ -23,6 +23,7 @@ import sys
 # modules, not the functions of the same names that provmark.kernels exports
 balanced_split = importlib.import_module("provmark.kernels.balanced_split")
 fused_sampling = importlib.import_module("provmark.kernels.fused_sampling")
+repeated_context = importlib.import_module("provmark.kernels.repeated_context")
 shard_bias = importlib.import_module("provmark.kernels.shard_bias")
 
 ALIGNED = [["tt.divisibility", 16]]
@@ -63,17 +64,28 @@ def specialisations():
             {"out_ptr": "*i1", "mass_ptr": "*fp64", "ids_ptr": "*i64", "order_seeds_ptr": "*i64", "starts_ptr": "*i64",
              "head": "i32", "out_row_stride": "i32"},
             {"BLOCK_HEAD": 256, "ONE_CHUNK": one_chunk}, ("head", "out_row_stride"))
-    for dtype, bias in (("fp32", True), ("bf16", False)):
-        types = {"logits_ptr": f"*{dtype}", **row_params, "inv_temperatures_ptr": "*fp32", "noise_seeds_ptr": "*i64",
-                 "best_scores_ptr": "*fp32", "best_ids_ptr": "*i64", "vocab_size": "i32", "num_blocks": "i32",
-                 "logits_row_stride": "i32", "logits_col_stride": "i32"}
-        constants = {"CONTEXT_WIDTH": 2 if bias else 0, "HAS_BIAS": bias, "HAS_POSITIONS": bias, "HAS_SKIP": bias,
-                     "BLOCK_V": fused_sampling.BLOCK_V, "logits_col_stride": 1}
-        yield f"fused_sample {dtype} bias={bias}", _spec(
-            fused_sampling._fused_sample_kernel, types, constants, ("vocab_size", "logits_row_stride"))
-    yield "pick_best", _spec(fused_sampling._pick_best_kernel,
-                             {"best_scores_ptr": "*fp32", "best_ids_ptr": "*i64", "out_ptr": "*i64", "num_blocks": "i32"},
-                             {"BLOCK_BLOCKS": 128})
+    sample_types = {"logits_row_stride": "i32", "logits_col_stride": "i32", "vocab_size": "i32",
+                    "keys_ptr": "*i64", "salts_ptr": "*i64", "shard_counts_ptr": "*i64", "preferred_ptr": "*i64",
+                    "deltas_ptr": "*fp32", "position_keys_ptr": "*i64", "num_positions": "i32",
+                    "sequence_ptr": "*i64", "sequence_row_stride": "i32", "first_column": "i32", "step_ptr": "*i64",
+                    "skip_ptr": "*i1", "table_ptr": "*i32", "table_capacity": "i32", "inv_temperatures_ptr": "*fp32",
+                    "noise_seeds_ptr": "*i64", "noise_step_stride": "i32", "stop_ids_ptr": "*i64", "min_new": "i32",
+                    "pad_id": "i32", "done_ptr": "*i1", "partial_scores_ptr": "*fp32", "partial_ids_ptr": "*i64",
+                    "counters_ptr": "*i32", "out_ptr": "*i64", "num_blocks": "i32", "row_slots": "i32"}
+    # (dtype, bias, positions, skip, stateful, stop ids): a stateless call with a skip flag, a
+    # generation step with the repeated-context table and stop ids, and a plain generation step
+    for dtype, bias, positions, skip, stateful, stops in (("fp32", True, True, 1, False, 0), ("bf16", True, False, 2, True, 2),
+                                                          ("fp16", False, False, 0, True, 1)):
+        constants = {"CONTEXT_WIDTH": 2 if bias else 0, "HAS_BIAS": bias, "HAS_POSITIONS": positions, "SKIP": skip,
+                     "STATEFUL": stateful, "NUM_STOPS": stops, "BLOCK_V": fused_sampling.BLOCK_V,
+                     "BLOCK_BLOCKS": 64, "logits_col_stride": 1}
+        yield f"fused_sample {dtype} bias={bias} skip={skip} stateful={stateful}", _spec(
+            fused_sampling._fused_sample_kernel, {"logits_ptr": f"*{dtype}", **sample_types}, constants,
+            ("vocab_size", "logits_row_stride", "table_capacity"))
+    yield "repeated_context", _spec(repeated_context._repeated_context_kernel,
+                                    {"table_ptr": "*i32", "capacity": "i32", "sequence_ptr": "*i64",
+                                     "sequence_row_stride": "i32", "column": "i32", "skip_ptr": "*i1"},
+                                    {"CONTEXT_WIDTH": 3}, ("capacity",))
 
 
 def main(argv=None) -> int:

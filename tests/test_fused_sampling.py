@@ -5,8 +5,9 @@ import torch
 
 from provmark.detector import create_detector
 from provmark.errors import ParameterError
-from provmark.kernels.fused_sampling import fused_sample, sampling_seeds
+from provmark.kernels.fused_sampling import fused_sample, sampling_seed_table, sampling_seeds
 from provmark.kernels.prf import split_key
+from provmark.kernels.repeated_context import repeated_context_mask
 from provmark.kernels.shard_bias import preferred_mask
 from provmark.watermark.hook import generate
 from provmark.watermark.keys import create_key
@@ -83,3 +84,82 @@ def test_fused_generation_carries_each_rows_payload(tiny_model, tokenizer):
 def test_fused_generation_refuses_settings_it_cannot_honour(tiny_model, tokenizer, settings, message):
     with pytest.raises(ParameterError, match=message):
         generate(tiny_model, tokenizer, "Hi", KEY, fused_sampling=True, max_new_tokens=2, **settings)
+
+
+def test_the_seed_table_holds_every_steps_sampling_seeds():
+    table = sampling_seed_table(2**63 + 5, 7, 20)  # 140 rows: the batched (numpy) hashing path
+    assert torch.equal(table, torch.stack([sampling_seeds(2**63 + 5, step, 20) for step in range(7)]))
+
+
+def _peaky_model(vocab=500):
+    """A 1-layer random Llama whose next-token distributions are sharp: contexts repeat and the
+    stop id (2) comes up, so the loop's repeated-context and stopping rules are exercised."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=2, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(25)
+        model.lm_head.weight[2] = model.lm_head.weight[338] * 1.05  # a frequent id's twin, a little likelier
+    return model
+
+
+def _step_by_step(model, input_ids, mask, key, payloads, max_new, min_new, temperature, noise_key):
+    """The fused loop as it was written before the generation state: the whole sequence through
+    the model at every step, the public ``fused_sample`` and the whole-sequence repeated-context
+    mask. What ``_fused_decode`` must reproduce."""
+    from provmark.watermark.schemes import watermarker_class
+
+    watermarker = watermarker_class(key.scheme)(key) if key is not None else None
+    ids, done, start = input_ids, torch.zeros(input_ids.shape[0], dtype=torch.bool), input_ids.shape[1]
+    for step in range(max_new):
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        scores = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1, :].float()
+        if step < min_new:
+            scores[:, 2] = float("-inf")
+        sampling = dict(temperatures=torch.full((ids.shape[0],), temperature), noise_seeds=sampling_seeds(noise_key, step, ids.shape[0]))
+        if watermarker is None or ids.shape[1] < watermarker.context_width:
+            drawn = fused_sample(scores, **sampling)
+        else:
+            width = watermarker.context_width
+            contexts = ids[:, -width:]
+            params = watermarker.step_params(contexts, payloads)
+            skip = repeated_context_mask(ids, start=start, context_width=width) if watermarker.skips_repeated_contexts else None
+            drawn = fused_sample(scores, **sampling, keys=params.keys, salts=params.salts, contexts=contexts,
+                                 shard_counts=params.shard_counts, preferred=params.preferred, deltas=params.deltas,
+                                 skip=skip, position_keys=params.position_keys)
+        drawn = torch.where(done, 2, drawn)
+        done |= drawn == 2
+        ids = torch.cat([ids, drawn[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return ids
+
+
+@pytest.mark.parametrize("scheme,params,payloads", [
+    (None, None, None),
+    ("kgw", {"context_width": 1}, None),
+    ("mpac", {"bits": 8, "context_width": 2}, [0xA5, 0x3C, 7]),
+    ("vanilla", {"bits": 8, "segment_bits": 8}, [1, 2, 255]),
+])
+def test_the_fused_loop_draws_the_ids_of_a_step_by_step_loop_over_the_public_ops(scheme, params, payloads):
+    from provmark.watermark.hook import WatermarkLogitsProcessor, _fused_decode
+
+    model = _peaky_model()
+    key = create_key(scheme, params, secret=bytes(range(32))) if scheme else None
+    input_ids = torch.tensor([[2, 2, 40, 41], [7, 8, 9, 10], [2, 2, 2, 99]])  # left padding with the pad id
+    mask = (input_ids != 2).long()
+    mask[1, 0] = 1
+    for min_new in (0, 12):
+        settings = {"max_new_tokens": 24, "min_new_tokens": min_new, "temperature": 0.7}
+        processor = WatermarkLogitsProcessor(key, payloads) if key is not None else None
+        with torch.no_grad():
+            fused = _fused_decode(model, input_ids, mask, processor, settings, 11, [2], 2, None)
+            expected = _step_by_step(model, input_ids, mask, key, payloads, 24, min_new, 0.7, 11)
+        assert torch.equal(fused, expected[:, : fused.shape[1]])
+        assert bool((expected[:, fused.shape[1]:] == 2).all())  # columns cut only when every row had stopped
+        if key is not None and key.config.context_width == 1:
+            assert any(bool(repeated_context_mask(expected[:, : 4 + c], start=4, context_width=1).any()) for c in range(1, 24))
+        if min_new == 0:
+            assert bool((expected[:, 4:] == 2).any())  # some row stopped

@@ -103,3 +103,28 @@ def test_greedy_generation_warns_once(tiny_model, tokenizer):
         generate(tiny_model, tokenizer, "Hi", KEY, do_sample=False, max_new_tokens=3)
     messages = [str(w.message) for w in caught if "do_sample=False" in str(w.message)]
     assert messages == ["watermarking with do_sample=False: outputs are deterministic per prompt"]
+
+
+def test_a_begun_processor_never_compares_its_input_with_the_prompt(monkeypatch):
+    # generate() calls begin(): from then on a step reads nothing back from the device.
+    processor = WatermarkLogitsProcessor(KEY)
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    processor.begin(prompt)
+    unbegun = WatermarkLogitsProcessor(KEY)
+    scores = torch.zeros(2, 1000)
+    steps = [prompt, torch.tensor([[1, 2, 3, 8], [4, 5, 6, 9]]), torch.tensor([[1, 2, 3, 8, 2], [4, 5, 6, 9, 9]])]
+    expected = [unbegun(ids, scores) for ids in steps]
+
+    def refuse(*args):
+        raise AssertionError("torch.equal called")
+
+    monkeypatch.setattr(torch, "equal", refuse)
+    assert all(bool((processor(ids, scores) == out).all()) for ids, out in zip(steps, expected))
+
+
+def test_steps_the_caller_skipped_still_count_as_earlier_contexts():
+    processor = WatermarkLogitsProcessor(KEY)
+    scores = torch.zeros(1, 1000)
+    processor(torch.tensor([[1, 2, 3]]), scores)  # prompt; the next call jumps three steps
+    # the step at column 4 had context (3, 8); the next context is (3, 8) again
+    assert torch.equal(processor(torch.tensor([[1, 2, 3, 8, 7, 3, 8]]), scores), scores)

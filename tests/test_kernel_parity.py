@@ -29,12 +29,14 @@ from provmark.kernels.balanced_split import (
 )
 from provmark.kernels.fused_sampling import _fused_sample_reference, _fused_sample_triton, _log, fused_sample, sampling_seeds
 from provmark.kernels.prf import MASK32, split_key, token_words
+from provmark.kernels.repeated_context import repeated_context_mask
 from provmark.kernels.shard_bias import _shard_bias_reference, _shard_bias_triton, preferred_mask, shard_bias
 
 # the module, not the function of the same name that provmark.kernels exports
 shard_bias_module = importlib.import_module("provmark.kernels.shard_bias")
 balanced_split_module = importlib.import_module("provmark.kernels.balanced_split")
 fused_sampling_module = importlib.import_module("provmark.kernels.fused_sampling")
+repeated_context_module = importlib.import_module("provmark.kernels.repeated_context")
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (pip install -e '.[gpu]')")
 
@@ -350,27 +352,140 @@ def test_every_kernel_compiles_for_an_h100_without_a_gpu():
     done = subprocess.run([sys.executable, "-m", "tests.compile_kernels", "--arch", "90"], env=env, capture_output=True,
                           text=True, cwd=Path(__file__).parent.parent, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count(": ok") == 9
+    assert done.stdout.count(": ok") == 10
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not GPU_READY, reason="needs a CUDA GPU")
-@pytest.mark.parametrize("scheme,params,payloads", [
+HOOK_CASES = [
     ("kgw", {}, None),
     ("mpac", {"bits": 16, "radix": 4}, [0xBEEF, 0x1234, 7]),
     ("majormark", {"bits": 12}, [5, 1000, 77]),
-    ("majormark+", {"bits": 16}, [3, 2000, 40000]),
+    ("majormark+", {"bits": 16}, [3, 2000, 38415]),  # capacity 14**4 = 38416
     ("vanilla", {"bits": 8, "segment_bits": 8}, [1, 2, 255]),
-])
-def test_the_hook_on_a_gpu_biases_exactly_like_the_hook_on_a_cpu(scheme, params, payloads):
+]
+
+
+def _kernel_path(monkeypatch, device):
+    """Send CPU tensors down the kernels' branch (run by the interpreter); a no-op on a GPU."""
+    if device == "cpu":
+        for module in (shard_bias_module, fused_sampling_module, repeated_context_module):
+            monkeypatch.setattr(module, "triton_ready", lambda tensor: True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scheme,params,payloads", HOOK_CASES)
+def test_the_hook_on_a_gpu_biases_exactly_like_the_hook_on_a_cpu(monkeypatch, device, scheme, params, payloads):
     from provmark.watermark.hook import WatermarkLogitsProcessor
     from provmark.watermark.keys import create_key
 
     key = create_key(scheme, params, secret=bytes(range(32)))
     gen = torch.Generator().manual_seed(12)
     ids = torch.randint(0, 49152, (3, 12), generator=gen)
-    ids[1, -4:] = ids[1, -6:-2]  # a repeated context in row 1
+    # Row 1's next context (columns 10, 11) repeats the context of the generated step at column
+    # 10 (columns 8, 9). The source is cloned: an overlapping in-place copy is refused by torch.
+    ids[1, -2:] = ids[1, -4:-2].clone()
     scores = torch.randn(3, 49152, generator=gen)
-    on_cpu, on_gpu = WatermarkLogitsProcessor(key, payloads), WatermarkLogitsProcessor(key, payloads)
-    on_cpu(ids[:, :8], scores), on_gpu(ids[:, :8].cuda(), scores.cuda())  # the prompt: columns 0..7
-    assert torch.equal(on_gpu(ids.cuda(), scores.cuda()).cpu(), on_cpu(ids, scores))
+    on_cpu = WatermarkLogitsProcessor(key, payloads)
+    on_cpu(ids[:, :8], scores)  # the prompt: columns 0..7
+    expected = on_cpu(ids, scores)
+    with monkeypatch.context() as patch:
+        _kernel_path(patch, device)
+        on_device = WatermarkLogitsProcessor(key, payloads)
+        on_device(ids[:, :8].to(device), scores.to(device))
+        biased = on_device(ids.to(device), scores.to(device)).cpu()
+    assert torch.equal(biased, expected)
+    repeated = key.scheme != "vanilla"  # Vanilla-Marking biases every step, as its paper does
+    assert torch.equal(expected[1], scores[1]) == repeated and not torch.equal(expected[0], scores[0])
+
+
+def _sampler_cases(device):
+    """(name, watermarker or None, payloads): no watermark, KGW at h=1 (repeats are common) and
+    MPAC's position tables at h=2."""
+    from provmark.watermark.keys import create_key
+    from provmark.watermark.schemes import watermarker_class
+
+    cases = [("plain", None, None)]
+    for scheme, params, payloads in (("kgw", {"context_width": 1, "gamma": 0.5}, None),
+                                     ("mpac", {"bits": 8, "radix": 4, "context_width": 2}, [0xA5, 0x3C, 7])):
+        key = create_key(scheme, params, secret=bytes(range(32)))
+        cases.append((scheme, watermarker_class(scheme)(key), payloads))
+    return cases
+
+
+def _run_sampler(device, watermarker, payloads, prompt, logits, block_v, min_new):
+    from provmark.kernels.fused_sampling import FusedSampler
+
+    params = None
+    if watermarker is not None:
+        params = watermarker.step_params(torch.zeros((prompt.shape[0], watermarker.context_width), dtype=torch.int64,
+                                                     device=device), payloads)
+    sampler = FusedSampler(prompt.to(device), steps=logits.shape[0], temperature=0.8, noise_key=5, stop_ids=[5, 7],
+                           pad_id=2, min_new=min_new, block_v=block_v, params=params,
+                           context_width=watermarker.context_width if watermarker else None,
+                           skips_repeated_contexts=watermarker is not None)
+    for step_logits in logits:
+        sampler.step(step_logits.to(device))
+    return sampler
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_samplers_kernel_steps_draw_exactly_the_reference_steps_ids(monkeypatch, device):
+    # Steps of a whole generation through the stateful kernel (step number, context, noise row,
+    # repeated-context table, stop-id masking, padding and done flags all read and written on
+    # the device) against the reference steps. The logits favour a few ids, so contexts repeat;
+    # id 5 leads row 0 from the start, so row 0 stops at step min_new and is padded after.
+    gen = torch.Generator().manual_seed(21)
+    steps, batch, vocab = 14, 3, 300
+    logits = torch.randn(steps, batch, vocab, generator=gen) * 3
+    logits[:, :, :12] += 6
+    logits[:, 0, 5] += 20
+    logits[3, 1, 40:60] = float("nan")
+    prompt = torch.randint(0, vocab, (batch, 3), generator=gen)
+    for name, watermarker, payloads in _sampler_cases(device):
+        for min_new, dtype in ((4, torch.float32), (0, torch.bfloat16)):
+            typed = logits.to(dtype)
+            reference = _run_sampler("cpu", watermarker, payloads, prompt, typed, 128, min_new)
+            with monkeypatch.context() as patch:
+                _kernel_path(patch, device)
+                kernel = _run_sampler(device, watermarker, payloads, prompt, typed, _block(device) // 2, min_new)
+            assert kernel.fused and (watermarker is None or kernel.repeated.on_device)
+            assert torch.equal(kernel.sequence.cpu(), reference.sequence), (name, min_new, dtype)
+            assert torch.equal(kernel.done.cpu(), reference.done)
+            generated = reference.sequence[:, 3:]
+            assert bool(reference.done[0]) and generated[0, min_new] == 5 and bool((generated[0, min_new + 1 :] == 2).all())
+            if watermarker is not None and watermarker.context_width == 1:
+                repeats = [repeated_context_mask(reference.sequence[:, :c], start=3, context_width=1) for c in range(4, 17)]
+                assert any(bool(r[1:].any()) for r in repeats)  # the kernel met repeated contexts
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU_READY, reason="needs a CUDA GPU")
+def test_a_sampler_step_captured_in_a_cuda_graph_replays_the_eager_steps():
+    from provmark.kernels.fused_sampling import FusedSampler
+    from provmark.watermark.keys import create_key
+    from provmark.watermark.kgw import KGWWatermarker
+
+    key = create_key("kgw", {"context_width": 2}, secret=bytes(range(32)))
+    gen = torch.Generator().manual_seed(22)
+    steps, batch, vocab = 20, 32, 128256
+    logits = (torch.randn(steps, batch, vocab, generator=gen) * 3).cuda()
+    prompt = torch.randint(0, vocab, (batch, 5), generator=gen).cuda()
+    watermarker = KGWWatermarker(key)
+    params = watermarker.step_params(torch.zeros((batch, 2), dtype=torch.int64, device="cuda"), None)
+
+    def sampler():
+        return FusedSampler(prompt, steps=steps, temperature=0.7, noise_key=3, stop_ids=[2], pad_id=2, min_new=4,
+                            context_width=2, skips_repeated_contexts=True, params=params)
+
+    eager = sampler()
+    for step_logits in logits:
+        eager.step(step_logits)
+    graphed, static = sampler(), logits[0].clone()
+    graphed.step(static)  # the first step sizes the scratch; the graph replays the rest
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graphed.step(static)
+    for step_logits in logits[1:]:
+        static.copy_(step_logits)
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(graphed.sequence, eager.sequence) and torch.equal(graphed.done, eager.done)

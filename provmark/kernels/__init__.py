@@ -6,15 +6,17 @@ the public function sends CUDA tensors to the kernel when Triton is installed (`
 
 from provmark.kernels._triton import HAS_TRITON
 from provmark.kernels.balanced_split import available_ids
-from provmark.kernels.fused_sampling import fused_sample, sampling_seeds
+from provmark.kernels.fused_sampling import FusedSampler, fused_sample, sampling_seed_table, sampling_seeds
 from provmark.kernels.prf import PRF_VERSION, context_seeds, fastrange, mix32, split_key, token_words
-from provmark.kernels.repeated_context import repeated_context_mask
+from provmark.kernels.repeated_context import RepeatedContexts, repeated_context_mask
 from provmark.kernels.shard_bias import MAX_SHARDS, preferred_mask, select_positions, shard_bias
 
 __all__ = [
+    "FusedSampler",
     "HAS_TRITON",
     "MAX_SHARDS",
     "PRF_VERSION",
+    "RepeatedContexts",
     "available_ids",
     "context_seeds",
     "fastrange",
@@ -22,6 +24,7 @@ __all__ = [
     "mix32",
     "preferred_mask",
     "repeated_context_mask",
+    "sampling_seed_table",
     "sampling_seeds",
     "select_positions",
     "shard_bias",

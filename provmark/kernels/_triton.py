@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from provmark.kernels import prf
 
-__all__ = ["HAS_TRITON", "INTERPRETING", "check_devices", "triton_ready"]
+__all__ = ["HAS_TRITON", "INTERPRETING", "check_devices", "int64_rows", "triton_ready"]
 
 try:
     import triton
@@ -52,6 +54,14 @@ def check_devices(device, **tensors) -> None:
     for name, tensor in tensors.items():
         if tensor is not None and tensor.device != device:
             raise ValueError(f"{name} is on {tensor.device} but the logits are on {device}; move it there")
+
+
+def int64_rows(tensor):
+    """``tensor`` as contiguous int64, itself when it already is: a launcher runs at every step,
+    and a ``.to`` that changes nothing is still a dispatched operation on the host."""
+    if tensor.dtype == torch.int64 and tensor.is_contiguous():
+        return tensor
+    return tensor.to(torch.int64).contiguous()
 
 
 if HAS_TRITON:

@@ -22,14 +22,33 @@ operations (the classic fdlibm reduction of logf: x = 2**k * m, then an odd poly
 s = (m - 1)/(m + 1), about 1 ulp), every operation correctly rounded: the division is
 ``div_rn`` in Triton and the kernel is compiled without fused multiply-adds. So the reference
 and the kernel compute the same float32 score for every id, and the same argmax.
+
+**One launch per step.** The kernel's programs (row, block) each find their block's best score,
+write it to a scratch slot and count themselves in on a per-row counter (an atomic add with
+acquire-release order, after a barrier, so the slot is visible first); the program that counts
+last for its row reads the row's slots and writes the sampled id, then sets the counter back
+to zero. So a step is a single launch with no second pick kernel, and the scratch needs no
+clearing between steps.
+
+**Generation state.** ``FusedSampler`` holds what a generation keeps for all its steps: the
+watermark's row parameters, the inverse temperatures, every step's noise seeds, the token
+sequence, the done flags and the repeated-context tables (``kernels.repeated_context``), all
+on the device. A step on a GPU is then one kernel launch plus one in-place add: the kernel reads
+the step number and the context from the device, decides the repeated context in the program
+that picks the id (every block scores its ids with and without the bias, and the last program
+keeps one of the two), masks stop ids before ``min_new_tokens``, pads finished rows, writes the
+id into the sequence and updates the done flags. Nothing is read back by the host and no launch
+argument changes from one step to the next, so the step can be captured in a CUDA graph. On a
+CPU the same step runs the torch reference with the same rules.
 """
 
 from __future__ import annotations
 
 import torch
 
-from provmark.kernels._triton import HAS_TRITON, check_devices, triton_ready
+from provmark.kernels._triton import HAS_TRITON, check_devices, int64_rows, triton_ready
 from provmark.kernels.prf import context_seeds, fold16, folded_token_hash_table, mix32_unfolded_, split_key
+from provmark.kernels.repeated_context import RepeatedContexts
 from provmark.kernels.shard_bias import _adjacent_ids, _check_row_params, preferred_mask
 
 if HAS_TRITON:
@@ -38,8 +57,9 @@ if HAS_TRITON:
 
     from provmark.kernels._triton import preferred_flags, row_shard_params
     from provmark.kernels._triton import token_words as token_words_tl
+    from provmark.kernels.repeated_context import repeated_step
 
-__all__ = ["fused_sample", "sampling_seeds"]
+__all__ = ["FusedSampler", "fused_sample", "sampling_seed_table", "sampling_seeds"]
 
 BLOCK_V = 2048  # vocabulary ids per program of the first (block argmax) stage
 
@@ -62,6 +82,14 @@ def sampling_seeds(seed: int, step: int, batch: int) -> torch.Tensor:
     2**64); it is not a secret."""
     keys = torch.tensor([split_key(seed % (1 << 64))], dtype=torch.int64).expand(batch, 2)
     return context_seeds(keys, torch.full((batch,), step, dtype=torch.int64), torch.arange(batch)[:, None])
+
+
+def sampling_seed_table(seed: int, steps: int, batch: int) -> torch.Tensor:
+    """int64 (steps, B): row t is ``sampling_seeds(seed, t, batch)``, hashed in one batch."""
+    keys = torch.tensor([split_key(seed % (1 << 64))], dtype=torch.int64).expand(steps * batch, 2)
+    salts = torch.arange(steps, dtype=torch.int64).repeat_interleave(batch)
+    rows = torch.arange(batch, dtype=torch.int64).repeat(steps)[:, None]
+    return context_seeds(keys, salts, rows).reshape(steps, batch)
 
 
 def _log(x: torch.Tensor) -> torch.Tensor:
@@ -127,101 +155,177 @@ if HAS_TRITON:
 
     @triton.jit
     def _fused_sample_kernel(
-        logits_ptr, keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, deltas_ptr, skip_ptr,
-        position_keys_ptr, inv_temperatures_ptr, noise_seeds_ptr, best_scores_ptr, best_ids_ptr,
-        vocab_size, num_positions, contexts_row_stride, num_blocks, logits_row_stride, logits_col_stride,
-        CONTEXT_WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_POSITIONS: tl.constexpr, HAS_SKIP: tl.constexpr,
-        BLOCK_V: tl.constexpr,
+        logits_ptr, logits_row_stride, logits_col_stride, vocab_size,
+        keys_ptr, salts_ptr, shard_counts_ptr, preferred_ptr, deltas_ptr, position_keys_ptr, num_positions,
+        sequence_ptr, sequence_row_stride, first_column, step_ptr, skip_ptr, table_ptr, table_capacity,
+        inv_temperatures_ptr, noise_seeds_ptr, noise_step_stride, stop_ids_ptr, min_new, pad_id, done_ptr,
+        partial_scores_ptr, partial_ids_ptr, counters_ptr, out_ptr, num_blocks, row_slots,
+        CONTEXT_WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_POSITIONS: tl.constexpr, SKIP: tl.constexpr,
+        STATEFUL: tl.constexpr, NUM_STOPS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_BLOCKS: tl.constexpr,
     ):
-        """Program (row, block): the best score of the block's ids and the first id holding it."""
+        """Program (row, block): the best score of the block's ids (and, with SKIP == 2, the best
+        unbiased one) into the row's scratch slots; the row's last program to finish picks the id.
+
+        The context is ``sequence[row, column - h : column]``. Stateless (a ``fused_sample``
+        call), the sequence is the (B, h) contexts and the column is h. STATEFUL (a
+        ``FusedSampler`` step), the column is ``first_column + step`` with the step read from
+        ``step_ptr``; noise seeds are row ``step`` of a (steps, B) table; stop ids are masked
+        while ``step < min_new``; the picked id is padded on done rows, written to the sequence
+        and the done flags updated. SKIP: 0 none, 1 a (B,) flag per row, 2 the repeated-context
+        table (decided by the picking program, which is the only one to touch the row's table)."""
         row = tl.program_id(0).to(tl.int64)
         block = tl.program_id(1)
+        step = 0
+        column = tl.cast(first_column, tl.int64)  # an int argument equal to 1 arrives as a constexpr
+        if STATEFUL:
+            step = tl.load(step_ptr)
+            column += step
         ids = block * BLOCK_V + tl.arange(0, BLOCK_V)
         in_vocab = ids < vocab_size
         x = tl.load(logits_ptr + row * logits_row_stride + ids.to(tl.int64) * logits_col_stride, mask=in_vocab,
                     other=float("-inf")).to(tl.float32)
-        if HAS_BIAS:
-            seed, shard_count, preferred = row_shard_params(
-                keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, position_keys_ptr, row,
-                num_positions, contexts_row_stride, CONTEXT_WIDTH, HAS_POSITIONS,
-            )
-            hit = preferred_flags(seed, shard_count, preferred, ids)
-            if HAS_SKIP:
-                hit = hit & (tl.load(skip_ptr + row) == 0)
-            x = tl.where(hit, x + tl.load(deltas_ptr + row), x)
-        words = token_words_tl(tl.load(noise_seeds_ptr + row).to(tl.uint32), ids)
+        if NUM_STOPS > 0:
+            banned = step < min_new
+            for i in tl.static_range(NUM_STOPS):
+                x = tl.where(banned & (ids == tl.load(stop_ids_ptr + i)), float("-inf"), x)
+        words = token_words_tl(tl.load(noise_seeds_ptr + step * noise_step_stride + row).to(tl.uint32), ids)
         u = ((words >> 9) * 2 + 1).to(tl.float32) * 5.9604644775390625e-08  # 2**-24
         noise = -_log_tl(-_log_tl(u))
-        scores = x * tl.load(inv_temperatures_ptr + row) + noise
+        inv_temperature = tl.load(inv_temperatures_ptr + row)
+        has_context = column >= CONTEXT_WIDTH
+        slots = partial_scores_ptr + row * row_slots
+        slot_ids = partial_ids_ptr + row * row_slots
+        if HAS_BIAS:
+            # a context that would start before the sequence is never read: the step is plain
+            context_ptr = sequence_ptr + tl.maximum(column - CONTEXT_WIDTH, 0)
+            seed, shard_count, preferred = row_shard_params(
+                keys_ptr, salts_ptr, context_ptr, shard_counts_ptr, preferred_ptr, position_keys_ptr, row,
+                num_positions, sequence_row_stride, CONTEXT_WIDTH, HAS_POSITIONS,
+            )
+            hit = preferred_flags(seed, shard_count, preferred, ids) & has_context
+            if SKIP == 1:
+                hit = hit & (tl.load(skip_ptr + row) == 0)
+            scores = tl.where(hit, x + tl.load(deltas_ptr + row), x) * inv_temperature + noise
+        else:
+            scores = x * inv_temperature + noise
         scores = tl.where((scores != scores) | ~in_vocab, float("-inf"), scores)
-        best = tl.argmax(scores, axis=0, tie_break_left=True)
-        best_score = tl.max(scores, axis=0)
-        tl.store(best_scores_ptr + row * num_blocks + block, best_score)
-        tl.store(best_ids_ptr + row * num_blocks + block, (block * BLOCK_V + best).to(tl.int64))
+        tl.store(slots + block, tl.max(scores, axis=0))
+        tl.store(slot_ids + block, (block * BLOCK_V + tl.argmax(scores, axis=0, tie_break_left=True)).to(tl.int64))
+        if SKIP == 2:
+            plain = x * inv_temperature + noise
+            plain = tl.where((plain != plain) | ~in_vocab, float("-inf"), plain)
+            tl.store(slots + num_blocks + block, tl.max(plain, axis=0))
+            tl.store(slot_ids + num_blocks + block,
+                     (block * BLOCK_V + tl.argmax(plain, axis=0, tie_break_left=True)).to(tl.int64))
+        # The slots must be visible before the count: a barrier orders the block's threads, the
+        # atomic's release orders the block against the picking program's acquire.
+        tl.debug_barrier()
+        if tl.atomic_add(counters_ptr + row, 1) == num_blocks - 1:
+            first = 0
+            if SKIP == 2:
+                repeated = column < 0  # False
+                if has_context:
+                    repeated = repeated_step(table_ptr + row * table_capacity, table_capacity,
+                                             sequence_ptr + row * sequence_row_stride, column, CONTEXT_WIDTH)
+                first = tl.where(repeated, num_blocks, 0)
+            j = tl.arange(0, BLOCK_BLOCKS)
+            best_scores = tl.load(slots + first + j, mask=j < num_blocks, other=float("-inf"), volatile=True)
+            # blocks are in id order, so the first best block holds the first best id
+            sampled = tl.load(slot_ids + first + tl.argmax(best_scores, axis=0, tie_break_left=True), volatile=True)
+            if STATEFUL:
+                done = tl.load(done_ptr + row)
+                sampled = tl.where(done != 0, pad_id, sampled).to(tl.int64)
+                stopped = done != 0
+                for i in tl.static_range(NUM_STOPS):
+                    stopped = stopped | (sampled == tl.load(stop_ids_ptr + i))
+                tl.store(done_ptr + row, stopped)
+                tl.store(sequence_ptr + row * sequence_row_stride + column, sampled)
+            tl.store(out_ptr + row, sampled)
+            tl.atomic_xchg(counters_ptr + row, 0)  # ready for the next step: no clearing launch
 
-    @triton.jit
-    def _pick_best_kernel(best_scores_ptr, best_ids_ptr, out_ptr, num_blocks, BLOCK_BLOCKS: tl.constexpr):
-        """Program (row,): the id of the first block holding the row's best score (blocks are in
-        id order, so this is the first id overall)."""
-        row = tl.program_id(0).to(tl.int64)
-        j = tl.arange(0, BLOCK_BLOCKS)
-        scores = tl.load(best_scores_ptr + row * num_blocks + j, mask=j < num_blocks, other=float("-inf"))
-        first = tl.argmax(scores, axis=0, tie_break_left=True)
-        tl.store(out_ptr + row, tl.load(best_ids_ptr + row * num_blocks + first))
+
+def _launch(logits, keys, salts, shard_counts, preferred, deltas, position_keys, inv_temperatures, sequence,
+            first_column, context_width, out, scratch, *, skip=None, table=None, step=None, noise_seeds,
+            stop_ids=None, min_new=0, pad_id=0, done=None, block_v):
+    """Launch ``_fused_sample_kernel``; ``scratch`` is (partial scores, partial ids, counters)."""
+    batch, vocab_size = logits.shape
+    num_blocks = triton.cdiv(vocab_size, block_v)
+    has_bias = keys is not None
+    placeholder = inv_temperatures  # any tensor on the device: the kernel reads none of the absent inputs
+    partial_scores, partial_ids, counters = scratch
+    _fused_sample_kernel[(batch, num_blocks)](
+        logits_ptr=logits,
+        logits_row_stride=logits.stride(0),
+        logits_col_stride=logits.stride(1),
+        vocab_size=vocab_size,
+        keys_ptr=int64_rows(keys) if has_bias else placeholder,
+        salts_ptr=int64_rows(salts) if has_bias else placeholder,
+        shard_counts_ptr=int64_rows(shard_counts) if has_bias else placeholder,
+        preferred_ptr=int64_rows(preferred) if has_bias else placeholder,
+        deltas_ptr=deltas if has_bias else placeholder,
+        position_keys_ptr=int64_rows(position_keys) if position_keys is not None else placeholder,
+        num_positions=salts.shape[1] if position_keys is not None else 1,
+        sequence_ptr=sequence,
+        sequence_row_stride=sequence.stride(0),
+        first_column=first_column,
+        step_ptr=step if step is not None else placeholder,
+        skip_ptr=skip if skip is not None else placeholder,
+        table_ptr=table.table if table is not None else placeholder,
+        table_capacity=table.capacity if table is not None else 1,
+        inv_temperatures_ptr=inv_temperatures,
+        noise_seeds_ptr=noise_seeds,
+        noise_step_stride=noise_seeds.stride(0) if noise_seeds.dim() == 2 else 0,
+        stop_ids_ptr=stop_ids if stop_ids is not None else placeholder,
+        min_new=min_new,
+        pad_id=pad_id,
+        done_ptr=done if done is not None else placeholder,
+        partial_scores_ptr=partial_scores,
+        partial_ids_ptr=partial_ids,
+        counters_ptr=counters,
+        out_ptr=out,
+        num_blocks=num_blocks,
+        row_slots=partial_scores.shape[1],
+        CONTEXT_WIDTH=context_width,
+        HAS_BIAS=has_bias,
+        HAS_POSITIONS=position_keys is not None,
+        SKIP=2 if table is not None else 1 if skip is not None else 0,
+        STATEFUL=step is not None,
+        NUM_STOPS=stop_ids.numel() if stop_ids is not None else 0,
+        BLOCK_V=block_v,
+        BLOCK_BLOCKS=triton.next_power_of_2(num_blocks),
+        num_warps=4,
+        enable_fp_fusion=False,  # a fused multiply-add rounds once where the reference rounds twice
+    )
+    return out
+
+
+def _scratch(batch, vocab_size, block_v, device, two_candidates=False):
+    """(partial scores, partial ids, counters) for ``_fused_sample_kernel``: counters start at
+    zero and the kernel leaves them at zero, so one scratch serves every step of a generation."""
+    slots = triton.cdiv(vocab_size, block_v) * (2 if two_candidates else 1)
+    return (torch.empty((batch, slots), dtype=torch.float32, device=device),
+            torch.empty((batch, slots), dtype=torch.int64, device=device),
+            torch.zeros(batch, dtype=torch.int32, device=device))
 
 
 def _fused_sample_triton(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys,
                          inv_temperatures, noise_seeds, block_v=BLOCK_V):
-    """Launch the two stages: a block argmax per (row, block), then the first best block."""
+    """One launch of the kernel for a stateless step: contexts are the (B, h) sequence."""
     batch, vocab_size = logits.shape
     device = logits.device
-    num_blocks = triton.cdiv(vocab_size, block_v)
-    best_scores = torch.empty((batch, num_blocks), dtype=torch.float32, device=device)
-    best_ids = torch.empty((batch, num_blocks), dtype=torch.int64, device=device)
     sampled = torch.empty(batch, dtype=torch.int64, device=device)
     if batch == 0:
         return sampled
-    has_bias = keys is not None
-    contexts = _adjacent_ids(contexts) if has_bias else torch.zeros((batch, 0), dtype=torch.int64, device=device)
-    placeholder = noise_seeds  # any tensor: the kernel reads none of the absent inputs
-    _fused_sample_kernel[(batch, num_blocks)](
-        logits_ptr=logits,
-        keys_ptr=keys.to(torch.int64).contiguous() if has_bias else placeholder,
-        salts_ptr=salts.to(torch.int64).contiguous() if has_bias else placeholder,
-        contexts_ptr=contexts,
-        shard_counts_ptr=shard_counts.to(torch.int64).contiguous() if has_bias else placeholder,
-        preferred_ptr=preferred.to(torch.int64).contiguous() if has_bias else placeholder,
-        deltas_ptr=deltas.to(torch.float32).contiguous() if has_bias else placeholder,
-        skip_ptr=skip.contiguous() if skip is not None else placeholder,
-        position_keys_ptr=position_keys.to(torch.int64).contiguous() if position_keys is not None else placeholder,
-        inv_temperatures_ptr=inv_temperatures.to(torch.float32).contiguous(),
-        noise_seeds_ptr=noise_seeds.to(torch.int64).contiguous(),
-        best_scores_ptr=best_scores,
-        best_ids_ptr=best_ids,
-        vocab_size=vocab_size,
-        num_positions=salts.shape[1] if position_keys is not None else 1,
-        contexts_row_stride=contexts.stride(0),
-        num_blocks=num_blocks,
-        logits_row_stride=logits.stride(0),
-        logits_col_stride=logits.stride(1),
-        CONTEXT_WIDTH=contexts.shape[1],
-        HAS_BIAS=has_bias,
-        HAS_POSITIONS=position_keys is not None,
-        HAS_SKIP=has_bias and skip is not None,
-        BLOCK_V=block_v,
-        num_warps=4,
-        enable_fp_fusion=False,  # a fused multiply-add rounds once where the reference rounds twice
-    )
-    _pick_best_kernel[(batch,)](
-        best_scores_ptr=best_scores,
-        best_ids_ptr=best_ids,
-        out_ptr=sampled,
-        num_blocks=num_blocks,
-        BLOCK_BLOCKS=triton.next_power_of_2(num_blocks),
-        num_warps=4,
-        enable_fp_fusion=False,
-    )
-    return sampled
+    if keys is not None:
+        contexts = _adjacent_ids(contexts)
+        deltas = deltas if deltas.dtype == torch.float32 and deltas.is_contiguous() else deltas.float().contiguous()
+    else:
+        contexts = torch.zeros((batch, 0), dtype=torch.int64, device=device)
+    return _launch(logits, keys, salts, shard_counts, preferred, deltas, position_keys,
+                   inv_temperatures.contiguous(),
+                   contexts, contexts.shape[1], contexts.shape[1], sampled,
+                   _scratch(batch, vocab_size, block_v, device), skip=skip.contiguous() if skip is not None else None,
+                   noise_seeds=int64_rows(noise_seeds), block_v=block_v)
 
 
 def fused_sample(
@@ -276,3 +380,107 @@ def fused_sample(
     sample = _fused_sample_triton if fused else _fused_sample_reference
     return sample(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys,
                   inv_temperatures, noise_seeds)
+
+
+class FusedSampler:
+    """The state of one generation sampled with ``fused_sample``'s rule, built once (see the
+    module docstring, "Generation state").
+
+    Args:
+        prompt_ids: int64 (B, P) the prompts (left padding included); generated ids follow them
+            in ``sequence``.
+        steps: the most steps the generation takes.
+        temperature: sampling temperature, > 0.
+        noise_key: the noise seed (``sampling_seeds(noise_key, step, B)`` at each step).
+        stop_ids: ids that finish a row; a finished row gets ``pad_id`` from then on.
+        pad_id: the id of finished rows.
+        min_new: steps before which stop ids are never drawn.
+        context_width: the watermark's h, or None without a watermark.
+        skips_repeated_contexts: leave a step plain when its context repeats (the shard schemes).
+        params: the watermark's ``StepParams`` for every step (None: give them at each step).
+    """
+
+    def __init__(self, prompt_ids: torch.Tensor, *, steps: int, temperature: float, noise_key: int, stop_ids=(),
+                 pad_id: int = 0, min_new: int = 0, context_width: int | None = None,
+                 skips_repeated_contexts: bool = False, params=None, block_v: int = BLOCK_V):
+        batch, prompt = prompt_ids.shape
+        device = prompt_ids.device
+        self.device, self.batch, self.prompt_length, self.steps = device, batch, prompt, steps
+        self.fused = triton_ready(prompt_ids)
+        self.block_v = block_v
+        self.context_width = context_width
+        self.params = params
+        self.sequence = torch.empty((batch, prompt + steps), dtype=torch.int64, device=device)
+        self.sequence[:, :prompt] = prompt_ids
+        self.inv_temperatures = 1.0 / torch.full((batch,), float(temperature), device=device)
+        self.noise_seeds = sampling_seed_table(noise_key, steps, batch).to(device)
+        self.stop_ids = torch.tensor(sorted(stop_ids), dtype=torch.int64, device=device)
+        self.pad_id, self.min_new = int(pad_id), int(min_new)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.repeated = None
+        if context_width is not None and skips_repeated_contexts:
+            self.repeated = RepeatedContexts(batch, context_width, steps, device)
+        self.step_number = torch.zeros((), dtype=torch.int64, device=device)  # read by the kernel
+        self.taken = 0  # the same count on the host
+        self.out = torch.empty(batch, dtype=torch.int64, device=device)
+        self.next_input = self.out[:, None]
+        if self.fused:
+            self._scratch = _scratch(batch, 1, 1, device)  # replaced on the first step, once V is known
+
+    @property
+    def column(self) -> int:
+        """The sequence column of the next step."""
+        return self.prompt_length + self.taken
+
+    def contexts(self) -> torch.Tensor:
+        """int64 (B, h) the context of the next step (a view of ``sequence``)."""
+        return self.sequence[:, self.column - self.context_width : self.column]
+
+    def generated(self) -> torch.Tensor:
+        """int64 (B, P + steps taken): prompts and the ids drawn so far (a view)."""
+        return self.sequence[:, : self.column]
+
+    def step(self, logits: torch.Tensor, params=None, *, watermarked: bool = True) -> torch.Tensor:
+        """Draw the next id of every row from ``logits`` (B, V) (fp32, fp16 or bf16, any strides)
+        and append it to ``sequence``; returns the (B,) ids (a buffer the next step overwrites).
+
+        ``params`` are the step's ``StepParams`` when the constructor had none (a scheme whose
+        parameters change with the context); ``watermarked=False`` samples ``logits`` as they
+        are (a scheme that biased them itself)."""
+        if self.taken >= self.steps:
+            raise ValueError(f"the sampler was built for {self.steps} steps")
+        params = params if params is not None else self.params
+        bias = watermarked and params is not None and self.context_width is not None
+        if self.fused:
+            self._fused_step(logits, params if bias else None)
+        else:
+            self._reference_step(logits, params if bias else None)
+        self.taken += 1
+        return self.out
+
+    def _fused_step(self, logits, params):
+        if self._scratch[0].shape[1] != -(-logits.shape[1] // self.block_v) * (2 if self.repeated else 1):
+            self._scratch = _scratch(self.batch, logits.shape[1], self.block_v, self.device, self.repeated is not None)
+        _launch(logits, *(params[:5] if params is not None else (None,) * 5),
+                params.position_keys if params is not None else None, self.inv_temperatures, self.sequence,
+                self.prompt_length, self.context_width or 0, self.out, self._scratch,
+                table=self.repeated if params is not None else None, step=self.step_number,
+                noise_seeds=self.noise_seeds, stop_ids=self.stop_ids if self.stop_ids.numel() else None,
+                min_new=self.min_new, pad_id=self.pad_id, done=self.done, block_v=self.block_v)
+        self.step_number += 1
+
+    def _reference_step(self, logits, params):
+        column, width = self.column, self.context_width
+        scores = logits
+        if self.taken < self.min_new and self.stop_ids.numel():
+            scores = logits.to(torch.float32).index_fill(1, self.stop_ids, float("-inf"))
+        rows = (None,) * 8
+        if params is not None and column >= width:
+            skip = self.repeated.step(self.sequence, column) if self.repeated is not None else None
+            rows = (params.keys, params.salts, self.contexts(), params.shard_counts, params.preferred, params.deltas,
+                    skip, params.position_keys)
+        sampled = _fused_sample_reference(scores, *rows, self.inv_temperatures, self.noise_seeds[self.taken])
+        sampled = torch.where(self.done, self.pad_id, sampled)
+        self.done |= torch.isin(sampled, self.stop_ids)
+        self.sequence[:, column] = sampled
+        self.out.copy_(sampled)

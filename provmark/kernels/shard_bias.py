@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from provmark.kernels._triton import HAS_TRITON, check_devices, triton_ready
+from provmark.kernels._triton import HAS_TRITON, check_devices, int64_rows, triton_ready
 from provmark.kernels.prf import context_seeds, fastrange, fold16, folded_token_hash_table, mix32_unfolded_
 
 if HAS_TRITON:
@@ -214,7 +214,8 @@ if HAS_TRITON:
 def _adjacent_ids(contexts: torch.Tensor) -> torch.Tensor:
     """int64 contexts whose ids are adjacent in memory: a column slice of the sequence (what the
     hook passes) is used in place, without a copy launch at every step."""
-    contexts = contexts.to(torch.int64)
+    if contexts.dtype != torch.int64:
+        contexts = contexts.to(torch.int64)
     return contexts if contexts.shape[1] <= 1 or contexts.stride(1) == 1 else contexts.contiguous()
 
 
@@ -228,14 +229,14 @@ def _shard_bias_triton(logits, keys, salts, contexts, shard_counts, preferred, d
     _shard_bias_kernel[(batch, triton.cdiv(vocab_size, block_v))](
         logits_ptr=logits,
         out_ptr=out,
-        keys_ptr=keys.to(torch.int64).contiguous(),
-        salts_ptr=salts.to(torch.int64).contiguous(),
+        keys_ptr=int64_rows(keys),
+        salts_ptr=int64_rows(salts),
         contexts_ptr=contexts,
-        shard_counts_ptr=shard_counts.to(torch.int64).contiguous(),
-        preferred_ptr=preferred.to(torch.int64).contiguous(),
-        deltas_ptr=deltas.to(torch.float32).contiguous(),
+        shard_counts_ptr=int64_rows(shard_counts),
+        preferred_ptr=int64_rows(preferred),
+        deltas_ptr=deltas if deltas.dtype == torch.float32 and deltas.is_contiguous() else deltas.float().contiguous(),
         skip_ptr=skip.contiguous() if skip is not None else keys,  # unread without HAS_SKIP
-        position_keys_ptr=position_keys.to(torch.int64).contiguous() if position_keys is not None else keys,
+        position_keys_ptr=int64_rows(position_keys) if position_keys is not None else keys,
         vocab_size=vocab_size,
         num_positions=salts.shape[1] if position_keys is not None else 1,
         contexts_row_stride=contexts.stride(0),

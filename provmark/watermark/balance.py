@@ -185,6 +185,7 @@ class VanillaWatermarker(Watermarker):
     is shard 1 of S = 2 under salt j."""
 
     skips_repeated_contexts = False
+    constant_rows = False
 
     def __init__(self, key):
         super().__init__(key)

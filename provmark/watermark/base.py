@@ -71,6 +71,9 @@ class Watermarker(abc.ABC):
     skips_repeated_contexts: ClassVar[bool] = True
     """Whether generation leaves a step plain when its context already occurred in the row
     (``kernels.repeated_context``); the detector of such a scheme scores first occurrences."""
+    constant_rows: ClassVar[bool] = True
+    """Whether ``step_params`` is the same at every step of a generation (it may then be built
+    once per generation); False for a scheme whose rows depend on the context."""
     shard_rule: ClassVar[bool] = True
     """Whether ``bias`` is the shard rule of ``step_params`` (so a fused sampler may apply the
     bias itself from the step parameters); False for a scheme that overrides ``bias``."""
@@ -118,7 +121,7 @@ class Watermarker(abc.ABC):
             contexts=contexts,
             shard_counts=params.shard_counts,
             preferred=params.preferred,
-            deltas=params.deltas.to(scores.device),
+            deltas=params.deltas if params.deltas.device == scores.device else params.deltas.to(scores.device),
             skip=skip,
             position_keys=params.position_keys,
         )

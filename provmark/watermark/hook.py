@@ -8,9 +8,11 @@ unbiased (see ``kernels.repeated_context``). Place it before temperature and top
 warpers (``generate`` does): Balance-Marking reads the model's distribution from its input.
 
 ``generate(..., fused_sampling=True)`` runs provmark's own decoding loop instead of
-``model.generate``: the model with its key/value cache, then one ``kernels.fused_sample`` call per
-step that adds the watermark bias, applies the temperature and draws the token by keyed
-Gumbel-max (one Triton kernel on a GPU; Balance-Marking biases first, then samples).
+``model.generate``: the model with its key/value cache, then one step of a
+``kernels.FusedSampler`` (built once per call, its state on the model's device) that adds the
+watermark bias, applies the temperature and draws the token by keyed Gumbel-max (one Triton
+launch on a GPU; Balance-Marking biases first, then samples; Vanilla-Marking's rows depend on the
+context and are built at each step).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from provmark.errors import InvalidTextError, ParameterError
-from provmark.kernels.fused_sampling import fused_sample, sampling_seeds
-from provmark.kernels.repeated_context import repeated_context_mask
+from provmark.kernels.fused_sampling import FusedSampler
+from provmark.kernels.repeated_context import RepeatedContexts
 from provmark.watermark.keys import WatermarkKey
 from provmark.watermark.models import format_prompts
 from provmark.watermark.schemes import watermarker_class
@@ -50,8 +52,12 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         float (B, V) new logits; ``scores`` is not modified.
 
     The processor remembers the prompt of the generation it is serving, so it can tell generated
-    steps from prompt tokens. When it sees a different prompt it starts over, so one instance can
-    serve several ``generate()`` calls in turn (not concurrently).
+    steps from prompt tokens, and each row's contexts so far (``kernels.RepeatedContexts``, on the
+    device on a GPU), so a repeated context costs the same at every step. ``begin(prompt_ids)``
+    names the prompt (``generate`` calls it); a step then reads nothing back from the device.
+    Without it, a call whose input does not extend the last one by the same prompt columns (one
+    comparison read back per call) starts over, so one instance can serve several
+    ``generate()`` calls in turn (not concurrently).
     """
 
     def __init__(self, key: WatermarkKey, payloads: Sequence | None = None, *, proxy=None):
@@ -66,32 +72,64 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         if self.payloads is not None:
             self.watermarker.step_params(torch.zeros((len(self.payloads), key.config.context_width), dtype=torch.int64), self.payloads)
         self._prompt: torch.Tensor | None = None
+        self._begun = False
+        self._length: int | None = None
+        self._repeated: RepeatedContexts | None = None
+        self._sampler_params = None
 
-    def _start_column(self, input_ids: torch.Tensor) -> int:
-        prompt = self._prompt
-        same = (
+    def begin(self, prompt_ids: torch.Tensor) -> None:
+        """Start a generation from ``prompt_ids`` (B, P): the next call at length P is its first
+        step. ``generate`` calls it; without it, the processor takes the first input it sees
+        (and any input that does not extend the last one by a prompt it checks) as a prompt."""
+        self._prompt = prompt_ids
+        self._begun = True
+        self._length = None
+        self._repeated = None
+
+    def _follow(self, input_ids: torch.Tensor) -> int:
+        """Track the generation ``input_ids`` belongs to; returns its first generated column.
+
+        A call that extends the last one (same rows, longer) continues its generation; after
+        ``begin`` that is all there is to check, so a step costs no device round trip. Without
+        ``begin`` the prompt columns are compared too (one read of a comparison per call), so
+        one instance can serve several ``generate()`` calls in turn."""
+        prompt, length = self._prompt, self._length
+        rows, total = input_ids.shape
+        if prompt is not None and self._begun and length is None and tuple(prompt.shape) == (rows, total):
+            length = total  # the first step after begin()
+        elif not (
             prompt is not None
-            and prompt.shape[0] == input_ids.shape[0]
-            and prompt.shape[1] < input_ids.shape[1]
-            and torch.equal(input_ids[:, : prompt.shape[1]], prompt)
-        )
-        if not same:
-            self._prompt = input_ids.clone()
-        return self._prompt.shape[1]
+            and prompt.shape[0] == rows
+            and length is not None
+            and length < total
+            and (self._begun or torch.equal(input_ids[:, : prompt.shape[1]], prompt))
+        ):
+            self._prompt, self._begun, self._repeated = input_ids.clone(), False, None
+            length = total
+        start = self._prompt.shape[1]
+        width = self.watermarker.context_width
+        if self.watermarker.skips_repeated_contexts and self._repeated is None:
+            self._repeated = RepeatedContexts(rows, width, _TABLE_STEPS, input_ids.device)
+        if self._repeated is not None:
+            # steps the caller skipped (the processor was not called at them) still count
+            for column in range(max(start, width, (self._length or 0) + 1), total):
+                self._repeated.step(input_ids, column)
+        self._length = total
+        return start
 
     def step_inputs(self, input_ids: torch.Tensor):
         """(contexts int64 (B, h), skip bool (B,) or None, start column) of the step after
         ``input_ids``, or None when there is no full context to seed from yet."""
-        start = self._start_column(input_ids)
+        start = self._follow(input_ids)
         width = self.watermarker.context_width
         if input_ids.shape[1] < width:
             return None
         if self.payloads is not None and len(self.payloads) != input_ids.shape[0]:
             raise ParameterError(f"got {len(self.payloads)} payloads for a batch of {input_ids.shape[0]} rows")
-        contexts = input_ids[:, -width:].to(torch.int64)
+        contexts = input_ids[:, -width:]
         skip = None
-        if self.watermarker.skips_repeated_contexts:
-            skip = repeated_context_mask(input_ids, start=start, context_width=width)
+        if self._repeated is not None:
+            skip = self._repeated.step(input_ids, input_ids.shape[1])
         return contexts, skip, start
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -101,21 +139,40 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         contexts, skip, start = step
         return self.watermarker.bias(input_ids, scores, contexts, self.payloads, skip, start)
 
-    def sample(self, input_ids: torch.Tensor, scores: torch.Tensor, temperatures: torch.Tensor,
-               noise_seeds: torch.Tensor) -> torch.Tensor:
-        """int64 (B,) next ids drawn by ``kernels.fused_sample`` from the watermarked
-        distribution: shard schemes hand their step parameters to the fused kernel, others
-        bias ``scores`` first (``__call__``) and sample the result."""
-        step = self.step_inputs(input_ids)
-        if step is None or not self.watermarker.shard_rule:
-            biased = scores if step is None else self.watermarker.bias(input_ids, scores, step[0], self.payloads, step[1], step[2])
-            return fused_sample(biased, temperatures=temperatures, noise_seeds=noise_seeds)
-        contexts, skip, _ = step
-        params = self.watermarker.step_params(contexts, self.payloads)
-        return fused_sample(scores, temperatures=temperatures, noise_seeds=noise_seeds, keys=params.keys,
-                            salts=params.salts, contexts=contexts, shard_counts=params.shard_counts,
-                            preferred=params.preferred, deltas=params.deltas.to(scores.device), skip=skip,
-                            position_keys=params.position_keys)
+    def sampler(self, prompt_ids: torch.Tensor, **settings) -> FusedSampler:
+        """A ``kernels.FusedSampler`` for a generation from ``prompt_ids`` under this key, with
+        the watermark's parameters built once when they do not depend on the context.
+        ``settings`` are the sampler's (steps, temperature, noise_key, stop_ids, pad_id, min_new)."""
+        watermarker = self.watermarker
+        params = None
+        if watermarker.shard_rule and watermarker.constant_rows:
+            width = watermarker.context_width
+            params = watermarker.step_params(prompt_ids.new_zeros((prompt_ids.shape[0], width)), self.payloads)
+        self._sampler_params = params
+        return FusedSampler(prompt_ids, context_width=watermarker.context_width,
+                            skips_repeated_contexts=watermarker.shard_rule and watermarker.skips_repeated_contexts,
+                            params=params, **settings)
+
+    def sample(self, sampler: FusedSampler, logits: torch.Tensor) -> torch.Tensor:
+        """One step of ``sampler`` (made by ``sampler()``) under the watermark: shard schemes
+        hand their step parameters to the fused kernel, others bias ``logits`` first (the
+        scheme's own rule) and sample the result. Returns the (B,) ids."""
+        watermarker = self.watermarker
+        if self._sampler_params is not None:
+            return sampler.step(logits)
+        if sampler.column < watermarker.context_width:
+            return sampler.step(logits, watermarked=False)
+        contexts = sampler.contexts()
+        if watermarker.shard_rule:
+            return sampler.step(logits, watermarker.step_params(contexts, self.payloads).resolved(contexts))
+        # in float32, as the bias was always added (the shard kernels upcast as they load instead)
+        biased = watermarker.bias(sampler.generated(), logits.float(), contexts, self.payloads, None, sampler.prompt_length)
+        return sampler.step(biased, watermarked=False)
+
+
+_TABLE_STEPS = 4096
+"""Steps a processor's repeated-context tables are sized for when it does not know the length
+of the generation (transformers' ``generate`` does not say); past it they grow."""
 
 
 class _ProgressCriteria(StoppingCriteria):
@@ -210,6 +267,7 @@ def generate(
 
             proxy = Proxy(model, tokenizer)
         processors.append(WatermarkLogitsProcessor(key, payloads, proxy=proxy))
+        processors[-1].begin(input_ids)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -264,39 +322,49 @@ def _check_fused_settings(settings: dict, processors, criteria) -> None:
         raise ParameterError(f"temperature must be a number > 0, got {temperature!r}")
 
 
+STOP_CHECK_EVERY = 16
+"""Steps between two reads of the done flags on a GPU, when rows may stop early (each read waits
+for the device); on a CPU the flags are read at every step, since a read costs nothing there."""
+
+
 def _fused_decode(model, input_ids, attention_mask, processor, settings, noise_key, stop_ids, pad_id, bar):
-    """Decode ``settings["max_new_tokens"]`` steps with the key/value cache, sampling each with
-    ``kernels.fused_sample``; a row that emitted a stop id is padded with ``pad_id`` from then on
+    """Decode ``settings["max_new_tokens"]`` steps with the key/value cache, sampling each with a
+    ``kernels.FusedSampler``; a row that emitted a stop id is padded with ``pad_id`` from then on
     (stop ids are masked before ``min_new_tokens``). Returns int64 (B, T + new) like
-    ``model.generate``."""
-    batch, device = input_ids.shape[0], input_ids.device
+    ``model.generate``, or shorter when every row stopped (the columns cut are all padding).
+
+    Per step the host reads nothing back (the done flags every ``STOP_CHECK_EVERY`` steps on a
+    GPU, only when rows can stop early) and dispatches, besides the model, the logits view, the
+    sampler's launch and step count, the attention-mask view and the position update."""
+    batch, prompt = input_ids.shape
     max_new, min_new = settings["max_new_tokens"], settings.get("min_new_tokens") or 0
-    temperatures = torch.full((batch,), float(settings["temperature"]), device=device)
-    seeds = torch.stack([sampling_seeds(noise_key, step, batch) for step in range(max_new)]).to(device)
-    stop = torch.tensor(stop_ids, dtype=torch.int64, device=device)
-    pad = torch.tensor(pad_id if pad_id is not None else stop_ids[0], device=device)
-    ids, mask = input_ids, attention_mask
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    step_ids, past = ids, None
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    sampler_settings = dict(steps=max_new, temperature=settings["temperature"], noise_key=noise_key, stop_ids=stop_ids,
+                            pad_id=pad_id if pad_id is not None else stop_ids[0], min_new=min_new)
+    if processor is None:
+        sampler = FusedSampler(input_ids, **sampler_settings)
+    else:
+        sampler = processor.sampler(input_ids, **sampler_settings)
+    mask = torch.cat([attention_mask, attention_mask.new_ones((batch, max_new))], dim=1)
+    positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    step_ids, past = input_ids, None
+    can_stop = bool(stop_ids) and min_new < max_new
+    check_every = STOP_CHECK_EVERY if sampler.fused else 1
     for step in range(max_new):
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
+        out = model(input_ids=step_ids, attention_mask=mask[:, : prompt + step], position_ids=positions,
+                    past_key_values=past, use_cache=True)
         past = out.past_key_values
-        scores = out.logits[:, -1, :].float()
-        if step < min_new and stop.numel():
-            scores[:, stop] = float("-inf")
+        logits = out.logits.select(1, -1)
         if processor is None:
-            next_ids = fused_sample(scores, temperatures=temperatures, noise_seeds=seeds[step])
+            sampler.step(logits)
         else:
-            next_ids = processor.sample(ids, scores, temperatures, seeds[step])
-        next_ids = torch.where(done, pad, next_ids)
-        ids = torch.cat([ids, next_ids[:, None]], dim=1)
-        done |= torch.isin(next_ids, stop)
+            processor.sample(sampler, logits)
         if bar is not None:
             bar.update(1)
-        if bool(done.all()):
+        if can_stop and step + 1 >= min_new and (step + 1) % check_every == 0 and bool(sampler.done.all()):
             break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        positions = positions[:, -1:] + 1
-        step_ids = next_ids[:, None]
-    return ids
+        if step == 0:
+            positions = positions[:, -1:] + 1
+        else:
+            positions += 1
+        step_ids = sampler.next_input  # the ids just drawn, (B, 1), in a buffer every step reuses
+    return sampler.generated()
