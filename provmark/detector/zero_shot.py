@@ -65,6 +65,7 @@ from scipy.special import log_ndtr
 from provmark.errors import InvalidTextError, ParameterError
 
 __all__ = [
+    "HUMAN_DATA_PATH",
     "AttributionResult",
     "HumanReference",
     "SamplingSettings",
@@ -73,9 +74,8 @@ __all__ = [
     "ZeroShotScorer",
     "attribute",
     "bennett_log_p_value",
-    "normal_log_p_value",
-    "HUMAN_DATA_PATH",
     "load_human_texts",
+    "normal_log_p_value",
 ]
 
 HUMAN_DATA_PATH = Path(__file__).parent / "zero_shot_data" / "handbook.jsonl"
@@ -260,7 +260,7 @@ class HumanReference:
             raise ParameterError("a human reference needs at least one text")
         self._lengths = np.array([s.num_tokens for s in stats])
         width = int(self._lengths.max())
-        pad = lambda a: np.pad(np.cumsum(a), (0, width - len(a)), constant_values=np.nan)  # noqa: E731
+        pad = lambda a: np.pad(np.cumsum(a), (0, width - len(a)), constant_values=np.nan)
         self._deviation = np.stack([pad(s.surprisal - s.entropy) for s in stats])
         self._variance = np.stack([pad(s.variance) for s in stats])
 
@@ -383,7 +383,7 @@ class ZeroShotScorer:
                 raise ParameterError("a context is empty; give at least the start token")
             full = [int(i) for i in context] + [int(i) for i in row]
             jobs += [(t, full[b:e], f - b, e - f) for b, f, e in self._windows(context, row)]
-        parts: list[list[tuple[np.ndarray, ...]]] = [[] for _ in ids]
+        parts: list[list[tuple[int, tuple[np.ndarray, ...]]]] = [[] for _ in ids]
         order = sorted(range(len(jobs)), key=lambda j: len(jobs[j][1]))
         batch: list[int] = []
         for j in order + [None]:
@@ -392,9 +392,11 @@ class ZeroShotScorer:
                 continue
             if batch:
                 for k, stats in zip(batch, self._forward([jobs[k] for k in batch])):
-                    parts[jobs[k][0]].append(stats)
+                    parts[jobs[k][0]].append((k, stats))
             batch = [j] if j is not None else []
-        return [TokenStats(*(np.concatenate(column) for column in zip(*p))) for p in parts]
+        # Batches run shortest window first; a text's windows are put back in text order.
+        return [TokenStats(*(np.concatenate(column) for column in zip(*(stats for _, stats in sorted(p, key=lambda x: x[0])))))
+                for p in parts]
 
     def _forward(self, jobs) -> list[tuple[np.ndarray, ...]]:
         width = max(len(job[1]) for job in jobs)
@@ -407,14 +409,18 @@ class ZeroShotScorer:
             mask[r, : len(window)] = 1
         with torch.no_grad():
             logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-        out = []
-        for r, (_, window, first, count) in enumerate(jobs):
-            rows = logits[r, first - 1 : first - 1 + count]  # the logits at p-1 predict the token at p
-            targets = input_ids[r, first : first + count].to(rows.device)
-            out.append(self._stats(rows, targets))
-        return out
+        # The logits at position p - 1 predict the token at p; every row's scored positions go
+        # through the statistics together (one pass per chunk, not per text).
+        rows = torch.cat([logits[r, first - 1 : first - 1 + count] for r, (_, _, first, count) in enumerate(jobs)])
+        targets = torch.cat([input_ids[r, first : first + count] for r, (_, _, first, count) in enumerate(jobs)])
+        columns = self._stats(rows, targets.to(rows.device))
+        bounds = np.cumsum([0] + [job[3] for job in jobs])
+        return [tuple(column[a:b] for column in columns) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def _stats(self, logits: torch.Tensor, targets: torch.Tensor, chunk: int = 128) -> tuple[np.ndarray, ...]:
+    def _stats(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, ...]:
+        """(surprisal, entropy, variance, max surprisal) float64 (P,) of the sampling distribution
+        from raw logits (P, V) and the tokens drawn (P,), in chunks of about 4M float64 values."""
+        chunk = max(1, (1 << 22) // logits.shape[-1])
         columns = [[], [], [], []]
         for s in range(0, logits.shape[0], chunk):
             logq = self.sampling.log_probs(logits[s : s + chunk])
