@@ -51,8 +51,11 @@ half a window of context (A's distribution given a truncated past: say so when t
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -82,6 +85,11 @@ HUMAN_DATA_PATH = Path(__file__).parent / "zero_shot_data" / "handbook.jsonl"
 """The committed human reference texts (see zero_shot_data/README.md for source and licence)."""
 
 DEFAULT_ALPHA = 0.01
+HUMAN_TOKENS = 512
+"""Tokens of each human reference text that test (b) scores (longer texts are cut to it)."""
+ZERO_SHOT_VERSION = "zero-shot-v1"
+"""Changes whenever the statistics change (it is part of the human-reference cache key)."""
+_STAT_NAMES = ("surprisal", "entropy", "variance", "max_surprisal")
 _LAMBDAS = 2.0 ** -np.arange(20)
 _LN10 = math.log(10.0)
 
@@ -322,7 +330,7 @@ class ZeroShotScorer:
         if start is None:
             raise ParameterError("the tokenizer has neither a BOS nor an EOS token to start an unprompted text")
         self._start = [int(start)]
-        self._human: HumanReference | None = None
+        self._human: tuple[int | None, HumanReference] | None = None
 
     # -- token ids -------------------------------------------------------------------------------
 
@@ -370,8 +378,14 @@ class ZeroShotScorer:
 
     def token_stats_ids(self, ids: Sequence[Sequence[int]], contexts: Sequence[Sequence[int]] | None = None
                         ) -> list[TokenStats]:
-        """Per-token statistics of id sequences, each scored after its context ids (default: the
-        start token); batched by ``batch_tokens``."""
+        """Per-token statistics of id sequences under ``self.sampling``, each scored after its
+        context ids (default: the start token); batched by ``batch_tokens``."""
+        return self.token_stats_multi(ids, contexts, [self.sampling])[0]
+
+    def token_stats_multi(self, ids: Sequence[Sequence[int]], contexts: Sequence[Sequence[int]] | None,
+                          samplings: Sequence[SamplingSettings]) -> list[list[TokenStats]]:
+        """``token_stats_ids`` under each of ``samplings`` from one forward pass (the settings
+        only change how the logits are read): one list of statistics per setting."""
         contexts = [self._start] * len(ids) if contexts is None else contexts
         if len(contexts) != len(ids):
             raise ParameterError(f"got {len(contexts)} contexts for {len(ids)} texts")
@@ -383,7 +397,7 @@ class ZeroShotScorer:
                 raise ParameterError("a context is empty; give at least the start token")
             full = [int(i) for i in context] + [int(i) for i in row]
             jobs += [(t, full[b:e], f - b, e - f) for b, f, e in self._windows(context, row)]
-        parts: list[list[tuple[int, tuple[np.ndarray, ...]]]] = [[] for _ in ids]
+        parts: list[list[tuple[int, list]]] = [[] for _ in ids]
         order = sorted(range(len(jobs)), key=lambda j: len(jobs[j][1]))
         batch: list[int] = []
         for j in order + [None]:
@@ -391,14 +405,16 @@ class ZeroShotScorer:
                 batch.append(j)
                 continue
             if batch:
-                for k, stats in zip(batch, self._forward([jobs[k] for k in batch])):
+                for k, stats in zip(batch, self._forward([jobs[k] for k in batch], samplings)):
                     parts[jobs[k][0]].append((k, stats))
             batch = [j] if j is not None else []
         # Batches run shortest window first; a text's windows are put back in text order.
-        return [TokenStats(*(np.concatenate(column) for column in zip(*(stats for _, stats in sorted(p, key=lambda x: x[0])))))
-                for p in parts]
+        ordered = [[stats for _, stats in sorted(p, key=lambda x: x[0])] for p in parts]
+        return [[TokenStats(*(np.concatenate(column) for column in zip(*(w[m] for w in windows))))
+                 for windows in ordered] for m in range(len(samplings))]
 
-    def _forward(self, jobs) -> list[tuple[np.ndarray, ...]]:
+    def _forward(self, jobs, samplings) -> list[list[tuple[np.ndarray, ...]]]:
+        """Per job, per sampling setting: the statistics columns of its scored tokens."""
         width = max(len(job[1]) for job in jobs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         device = next(self.model.parameters()).device
@@ -413,17 +429,20 @@ class ZeroShotScorer:
         # through the statistics together (one pass per chunk, not per text).
         rows = torch.cat([logits[r, first - 1 : first - 1 + count] for r, (_, _, first, count) in enumerate(jobs)])
         targets = torch.cat([input_ids[r, first : first + count] for r, (_, _, first, count) in enumerate(jobs)])
-        columns = self._stats(rows, targets.to(rows.device))
+        per_setting = [self._stats(rows, targets.to(rows.device), sampling) for sampling in samplings]
         bounds = np.cumsum([0] + [job[3] for job in jobs])
-        return [tuple(column[a:b] for column in columns) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [[tuple(column[a:b] for column in columns) for columns in per_setting]
+                for a, b in itertools.pairwise(bounds)]
 
-    def _stats(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, ...]:
+    def _stats(self, logits: torch.Tensor, targets: torch.Tensor, sampling: SamplingSettings | None = None
+               ) -> tuple[np.ndarray, ...]:
         """(surprisal, entropy, variance, max surprisal) float64 (P,) of the sampling distribution
+        (``self.sampling`` unless given)
         from raw logits (P, V) and the tokens drawn (P,), in chunks of about 4M float64 values."""
         chunk = max(1, (1 << 22) // logits.shape[-1])
         columns = [[], [], [], []]
         for s in range(0, logits.shape[0], chunk):
-            logq = self.sampling.log_probs(logits[s : s + chunk])
+            logq = (sampling or self.sampling).log_probs(logits[s : s + chunk])
             q = logq.exp()
             finite = torch.isfinite(logq)
             safe = torch.where(finite, logq, torch.zeros_like(logq))
@@ -438,13 +457,43 @@ class ZeroShotScorer:
 
     # -- texts and tests -------------------------------------------------------------------------
 
-    def human_reference(self, limit: int | None = None) -> HumanReference:
-        """The committed human texts scored under this scorer, each cut to 512 tokens (computed
-        once per scorer; ``limit`` texts, all when None)."""
-        if self._human is None or limit is not None:
-            ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"][:512] for t in load_human_texts(limit)]
-            self._human = HumanReference(self.token_stats_ids(ids))
-        return self._human
+    def human_reference(self, limit: int | None = None, *, cache: bool = True) -> HumanReference:
+        """The first ``limit`` committed human texts (all when None) scored under this scorer,
+        each cut to ``HUMAN_TOKENS`` tokens. Kept per scorer and, with ``cache``, in
+        ``models.cache_dir()/zero_shot`` under a digest of the model's config and weights, the
+        sampling setting, the data file and ``limit`` (scoring 200 texts costs minutes on a CPU)."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ParameterError(f"limit must be a positive integer or None, got {limit!r}")
+        if self._human is not None and self._human[0] == limit:
+            return self._human[1]
+        path = self._reference_path(limit) if cache else None
+        if path is not None and path.is_file():
+            with np.load(path) as data:
+                bounds = np.cumsum(np.concatenate([[0], data["lengths"]]))
+                stats = [TokenStats(*(data[name][a:b] for name in _STAT_NAMES)) for a, b in itertools.pairwise(bounds)]
+        else:
+            ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"][:HUMAN_TOKENS] for t in load_human_texts(limit)]
+            stats = self.token_stats_ids(ids)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                scratch = path.with_suffix(f".{os.getpid()}.npz")
+                np.savez(scratch, lengths=np.array([s.num_tokens for s in stats]),
+                         **{name: np.concatenate([getattr(s, name) for s in stats]) for name in _STAT_NAMES})
+                scratch.replace(path)
+        self._human = (limit, HumanReference(stats))
+        return self._human[1]
+
+    def _reference_path(self, limit: int | None) -> Path:
+        from provmark.watermark.models import cache_dir
+
+        digest = hashlib.sha256()
+        digest.update(self.model.config.to_json_string().encode())
+        with torch.no_grad():
+            for parameter in (next(self.model.parameters()), list(self.model.parameters())[-1]):
+                digest.update(parameter.detach().float().cpu().numpy().tobytes()[: 1 << 20])
+        digest.update(repr((self.sampling, limit, HUMAN_TOKENS, self._start, ZERO_SHOT_VERSION)).encode())
+        digest.update(HUMAN_DATA_PATH.read_bytes())
+        return cache_dir() / "zero_shot" / f"human-{digest.hexdigest()[:24]}.npz"
 
     def test_stats(self, stats: TokenStats, *, alpha: float = DEFAULT_ALPHA, method: str = "normal",
                    human: HumanReference | None = None, prompt_scored: bool = False,
@@ -479,10 +528,11 @@ class ZeroShotScorer:
         )
 
     def test(self, texts: Sequence[str], prompts: Sequence[str | None] | None = None, *, chat: bool | None = None,
-             alpha: float = DEFAULT_ALPHA, method: str = "normal", human: bool = True, min_tokens: int = 10
-             ) -> list[ZeroShotResult]:
+             alpha: float = DEFAULT_ALPHA, method: str = "normal", human: bool = True,
+             human_limit: int | None = None, min_tokens: int = 10) -> list[ZeroShotResult]:
         """Tests (a) and (b) on each text (scored after its prompt when given). ``human=False``
-        skips test (b) and the reference scoring it needs. Raises ``InvalidTextError`` for an
+        skips test (b) and the reference scoring it needs; ``human_limit`` uses only the first
+        that many references (faster, but test (b)'s p-value floor is 1 / (1 + limit)). Raises ``InvalidTextError`` for an
         empty text or one with fewer than ``min_tokens`` tokens."""
         if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 1:
             raise ParameterError(f"min_tokens must be a positive integer, got {min_tokens!r}")
@@ -490,7 +540,7 @@ class ZeroShotScorer:
         for row in ids:
             if len(row) < min_tokens:
                 raise InvalidTextError(f"text too short to score: {len(row)} tokens, need at least {min_tokens}")
-        reference = self.human_reference() if human else None
+        reference = self.human_reference(human_limit) if human else None
         results = []
         for context, row, stats in zip(contexts, ids, self.token_stats_ids(ids, contexts)):
             truncated = self._truncated(context, row)
@@ -509,13 +559,13 @@ class ZeroShotScorer:
 
 def attribute(scorers: Sequence[ZeroShotScorer], text: str, prompt: str | None = None, *, chat: bool | None = None,
               alpha: float = DEFAULT_ALPHA, method: str = "normal", human: bool = True,
-              min_tokens: int = 10) -> AttributionResult:
+              human_limit: int | None = None, min_tokens: int = 10) -> AttributionResult:
     """Which candidate model is most consistent with ``text`` (see ``AttributionResult``); every
     candidate's tests are in the result. One candidate is allowed (then it is test (a) and (b))."""
     if not scorers:
         raise ParameterError("give at least one candidate model")
     results = [s.test([text], None if prompt is None else [prompt], chat=chat, alpha=alpha, method=method,
-                      human=human, min_tokens=min_tokens)[0] for s in scorers]
+                      human=human, human_limit=human_limit, min_tokens=min_tokens)[0] for s in scorers]
     per_char = [s.log_likelihood(text) / max(len(text), 1) for s in scorers]
     best = max(range(len(results)), key=lambda i: (results[i].p_value_model, -abs(results[i].z_score), per_char[i]))
     return AttributionResult(winner=results[best].model, consistent=results[best].consistent_with_model,
