@@ -41,21 +41,33 @@ def private_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_attribute_json_reports_both_tests_for_every_candidate(model_dirs, text_file, private_cache):
+def test_attribute_json_reports_every_candidate_and_picks_the_largest_p_value(model_dirs, text_file):
     result = CliRunner().invoke(cli, ["attribute", text_file, "--model", model_dirs[0], "--model", model_dirs[1],
-                                      "--human-references", "20", "--json"])
+                                      "--no-human", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert [c["model"] for c in data["candidates"]] == model_dirs
-    assert data["winner"] in model_dirs
     winner = next(c for c in data["candidates"] if c["model"] == data["winner"])
     assert winner["p_value_model"] == max(c["p_value_model"] for c in data["candidates"])
     assert data["consistent"] == winner["consistent_with_model"]
+    assert len(data["log_likelihood_per_char"]) == 2
     for candidate in data["candidates"]:
-        assert candidate["num_human_references"] == 20 and 1 / 21 <= candidate["p_value_human"] <= 1
         assert candidate["sampling"] == {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
         assert not candidate["prompt_scored"] and candidate["num_tokens"] > 100
-    assert len(list((private_cache / "zero_shot").glob("human-*.npz"))) == 2  # one reference per model, cached
+        assert candidate["p_value_human"] is None and candidate["not_human"] is None
+
+
+def test_attribute_not_human_test_ranks_against_cached_references(model_dirs, text_file, private_cache):
+    args = ["attribute", text_file, "--model", model_dirs[0], "--human-references", "20", "--json"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    (candidate,) = json.loads(first.output)["candidates"]
+    assert candidate["num_human_references"] == 20 and 1 / 21 <= candidate["p_value_human"] <= 1
+    assert candidate["not_human"] == (candidate["p_value_human"] <= 0.01)
+    (cached,) = (private_cache / "zero_shot").glob("human-*.npz")
+    cached.touch()
+    again = CliRunner().invoke(cli, args)  # from the cache: the same p-values
+    assert json.loads(again.output) == json.loads(first.output)
 
 
 def test_attribute_text_output_names_the_verdicts_and_the_prompt(model_dirs, text_file):
