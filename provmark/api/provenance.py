@@ -23,14 +23,16 @@ threshold it used as its ``alpha``. A text is then matched to a record of the ke
 from __future__ import annotations
 
 import hashlib
+import logging
 import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from provmark.api.errors import InvalidInputError
+from provmark.api.errors import APIError, ConflictError, InvalidInputError
 from provmark.api.registry import KeyRef, Record, Registry
 from provmark.detector import DetectionResult
+from provmark.errors import KeyFileError, ProvmarkError
 from provmark.front import EmbedInputError, Watermark, check_embed_inputs
 from provmark.watermark.hook import Generation
 from provmark.watermark.models import Models
@@ -40,6 +42,7 @@ from provmark.watermark.synonym import SynonymEmbedding
 __all__ = ["KeyVerification", "NearRecord", "Provenance", "TextVerification", "text_sha256"]
 
 _MAX_WATERMARKS = 1024
+_log = logging.getLogger(__name__)
 
 
 def text_sha256(text: str) -> str:
@@ -69,6 +72,9 @@ class KeyVerification:
     note: str | None = None
     public: bool = False
     """The key was used as a public key (the caller is not its tenant): records omit metadata."""
+    error: str | None = None
+    """Why this key gave no verdict (its detection failed); ``result`` is then the no-evidence
+    result (p = 1, nothing scored) and the other keys' results stand."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,11 @@ class Provenance:
         if found is None:
             if len(self._watermarks) >= _MAX_WATERMARKS:
                 self._watermarks.clear()
-            found = self._watermarks[key_id] = Watermark(self.registry.watermark_key(key_id), self.models)
+            try:
+                key = self.registry.watermark_key(key_id)
+            except KeyFileError as exc:  # a stored row this version refuses (written before a bound existed)
+                raise ConflictError(f"key {key_id} cannot be used: {exc}; create a new key", field="key_id") from None
+            found = self._watermarks[key_id] = Watermark(key, self.models)
         return found
 
     def generate(
@@ -198,16 +208,36 @@ class Provenance:
         per_key_alpha = alpha / max(len(keys), 1)
         columns = []
         for info in keys:
-            watermark = self.watermark(info.key_id)
-            results = watermark.detect(texts, alpha=per_key_alpha, token_ids=ids)
             public = info.tenant_id != tenant_id
-            columns.append(
-                [self._match(watermark.key, result, digest, nearest, public) for result, digest in zip(results, hashes)]
-            )
+            # One key's failure is that key's error entry, never the request's: verification without
+            # key_ids reads every public key of every tenant, so one broken key must not deny it to all.
+            try:
+                watermark = self.watermark(info.key_id)
+                results = watermark.detect(texts, alpha=per_key_alpha, token_ids=ids)
+                columns.append(
+                    [self._match(watermark.key, result, digest, nearest, public) for result, digest in zip(results, hashes)]
+                )
+            except Exception as exc:  # noqa: BLE001 - isolation is the point; the log keeps the traceback
+                columns.append([self._failed(info, exc, per_key_alpha, public)] * len(texts))
         return [
             TextVerification(digest, len(row), sorted((c[i] for c in columns), key=lambda k: k.result.log10_p_value))
             for i, (digest, row) in enumerate(zip(hashes, ids))
         ]
+
+    @staticmethod
+    def _failed(info: KeyRef, exc: Exception, alpha: float, public: bool) -> KeyVerification:
+        """The entry of a key whose detection failed: no evidence (p = 1) and the reason. A library or
+        registry refusal says what it is; anything else is logged with its traceback and reported
+        as an internal error, so no detail of the server leaks into the answer."""
+        if isinstance(exc, (APIError, ProvmarkError)):
+            message = str(exc)
+            _log.error("verify: key %s skipped: %s", info.key_id, message)
+        else:
+            message = f"detection with key {info.key_id} failed (internal error, logged)"
+            _log.error("verify: key %s failed", info.key_id, exc_info=exc)
+        result = DetectionResult(scheme=info.scheme, key_id=info.key_id, prf_version=info.prf_version, is_watermarked=False,
+                                 p_value=1.0, log10_p_value=0.0, score=0.0, num_scored_tokens=0, alpha=alpha)
+        return KeyVerification(result, None, None, public=public, error=message)
 
     def _match(self, key, result: DetectionResult, digest: str, nearest: int, public: bool) -> KeyVerification:
         record = self.registry.record_by_text(key.key_id, digest)

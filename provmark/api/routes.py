@@ -123,6 +123,7 @@ def verification_out(item: KeyVerification) -> schemas.KeyVerificationOut:
             for n in item.nearest
         ],
         note=item.note,
+        error=item.error,
     )
 
 

@@ -272,6 +272,8 @@ def _verification_out() -> type[BaseModel]:
         record=(RecordOut | None, ...),
         nearest_records=(list[NearRecordOut], ...),
         note=(str | None, ...),
+        error=(str | None, Field(None, description="Why this key gave no verdict (its detection failed): the result "
+                                 "is then p = 1 with nothing scored, and the other keys' results stand.")),
     )
 
 

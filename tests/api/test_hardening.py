@@ -1,0 +1,118 @@
+"""Hardening of the API (issue 16): degenerate parameters are refused, one broken key never fails
+a verification, and no route answers 500 for input a client controls."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from tests.api.conftest import assert_error, plain_text, watermarked_text
+
+
+def _key(client, tenant, scheme="mpac", public=False, **params):
+    response = client.post("/v1/keys", json={"scheme": scheme, "params": params, "public_verify": public},
+                           headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+# -- 1. parameters ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme,gamma", [("kgw", 1e-320), ("kgw", 1e-10), ("kgw", 0.9999999999), ("mpac", 1e-320),
+                                          ("mpac", 1e-10)])
+def test_degenerate_gammas_are_a_422_naming_gamma(client, acme, scheme, gamma):
+    body = assert_error(client.post("/v1/keys", json={"scheme": scheme, "params": {"gamma": gamma}},
+                                    headers=acme.headers), 422, "params")
+    assert "gamma must" in body["error"]
+
+
+# -- 2. isolation in verify ---------------------------------------------------------------------
+
+def _degenerate(registry, key_id, **params):
+    """Store parameters this version refuses on an existing key (and its records), as a row written
+    before the bound existed would hold them."""
+    row = registry.db.execute("SELECT params FROM keys WHERE id = ?", [key_id]).fetchone()
+    stored = json.dumps({**json.loads(row[0]), **params})
+    registry.db.execute("UPDATE keys SET params = ? WHERE id = ?", [stored, key_id])
+    registry.db.execute("UPDATE records SET params = ? WHERE key_id = ?", [stored, key_id])
+
+
+@pytest.fixture
+def broken(client, fresh_db, acme, globex):
+    """acme has a public kgw key degraded to gamma 1e-320 (with one record); globex a public mpac key
+    and a text watermarked with one of its records."""
+    bad = _key(client, acme, "kgw", public=True)
+    bad_record = fresh_db.new_record(bad["key_id"], tenant_id=acme.id, model=None)
+    _degenerate(fresh_db, bad["key_id"], gamma=1e-320)
+    good = _key(client, globex, "mpac", public=True, bits=16)
+    record = fresh_db.new_record(good["key_id"], tenant_id=globex.id, model=None)
+    text = watermarked_text(fresh_db.watermark_key(good["key_id"]), record.payload)
+    return {"bad": bad["key_id"], "bad_record": bad_record.id, "good": good["key_id"], "record": record.id, "text": text}
+
+
+def test_a_degenerate_key_becomes_its_own_error_entry_and_the_others_results_stand(client, broken, caplog):
+    with caplog.at_level(logging.ERROR, logger="provmark.api.provenance"):
+        response = client.post("/v1/verify", json={"text": broken["text"]})
+    assert response.status_code == 200, response.text
+    by_key = {r["key_id"]: r for r in response.json()["results"]}
+    good, bad = by_key[broken["good"]], by_key[broken["bad"]]
+    assert good["is_watermarked"] and good["record"]["id"] == broken["record"] and good["error"] is None
+    assert bad["error"].startswith(f"key {broken['bad']} cannot be used") and "gamma must" in bad["error"]
+    assert (bad["p_value"], bad["num_scored_tokens"], bad["is_watermarked"], bad["scheme"]) == (1.0, 0, False, "kgw")
+    assert any(broken["bad"] in r.getMessage() for r in caplog.records)
+
+
+def test_an_exception_inside_one_keys_detection_is_that_keys_error_entry(client, fresh_db, acme, monkeypatch, caplog):
+    from provmark.detector.kgw import KGWDetector
+
+    kgw = _key(client, acme, "kgw")
+    mpac = _key(client, acme, "mpac", bits=16)
+    record = fresh_db.new_record(mpac["key_id"], tenant_id=acme.id, model=None)
+    text = watermarked_text(fresh_db.watermark_key(mpac["key_id"]), record.payload)
+
+    def explode(self, sequences, **kwargs):
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(KGWDetector, "detect_batch", explode)
+    with caplog.at_level(logging.ERROR, logger="provmark.api.provenance"):
+        response = client.post("/v1/verify/batch", json={"texts": [text, plain_text()]}, headers=acme.headers)
+    assert response.status_code == 200, response.text
+    first = {r["key_id"]: r for r in response.json()["items"][0]["results"]}
+    assert first[mpac["key_id"]]["record"]["id"] == record.id
+    assert first[kgw["key_id"]]["error"] == f"detection with key {kgw['key_id']} failed (internal error, logged)"
+    assert "division" not in response.text  # the server's detail stays in its log
+    logged = [r for r in caplog.records if kgw["key_id"] in r.getMessage()]
+    assert logged and logged[0].exc_info[0] is ZeroDivisionError
+
+
+def test_every_route_answers_without_a_5xx_while_a_degenerate_key_is_registered(client, broken, acme, globex):
+    anonymous = {}
+    calls = [
+        ("get", "/healthz", anonymous, None),
+        ("get", "/v1/keys", acme.headers, None),
+        ("patch", f"/v1/keys/{broken['bad']}", acme.headers, {"public_verify": True}),
+        ("post", f"/v1/keys/{broken['bad']}/rotate", acme.headers, None),
+        ("post", "/v1/generate", acme.headers, {"key_id": broken["bad"], "prompt": "hello"}),
+        ("post", "/v1/embed", acme.headers, {"key_id": broken["bad"], "text": "hello there"}),
+        ("post", "/v1/verify", anonymous, {"text": broken["text"]}),
+        ("post", "/v1/verify", acme.headers, {"text": broken["text"]}),
+        ("post", "/v1/verify", acme.headers, {"text": broken["text"], "key_ids": [broken["bad"]]}),
+        ("post", "/v1/verify", globex.headers, {"text": broken["text"]}),
+        ("post", "/v1/verify/batch", anonymous, {"texts": [broken["text"], plain_text()]}),
+        ("get", f"/v1/records/{broken['bad_record']}", acme.headers, None),
+        ("get", f"/v1/records/{broken['record']}", globex.headers, None),
+    ]
+    statuses = {}
+    for method, path, headers, body in calls:
+        response = client.request(method, path, headers=headers, json=body)
+        statuses[(method, path, json.dumps(body))] = response.status_code
+        assert response.status_code < 500, (method, path, response.text)
+        if response.status_code >= 400:
+            assert_error(response, response.status_code, response.json()["errors"][0]["field"])
+    rotate = client.post(f"/v1/keys/{broken['bad']}/rotate", headers=acme.headers)
+    assert_error(rotate, 409, "key_id")
+    generate = client.post("/v1/generate", headers=acme.headers, json={"key_id": broken["bad"], "prompt": "hello"})
+    assert_error(generate, 409, "key_id")
+    assert client.get(f"/v1/records/{broken['bad_record']}", headers=acme.headers).json()["payload"] is None
