@@ -4,6 +4,7 @@ the provenance registry (tenants, registry keys, records, serve)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -41,12 +42,25 @@ def model_option(func):
     )(func)
 
 
+class _TextFile(click.File):
+    """``click.File("rb")`` whose folder is one ``Error:`` line (InvalidTextError), not a usage error."""
+
+    def __init__(self):
+        super().__init__("rb")
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (str, os.PathLike)) and os.path.isdir(value):
+            raise InvalidTextError(f"{value} is a folder; give a text file (or - for stdin)")
+        return super().convert(value, param, ctx)
+
+
 def key_option(func):
-    return click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Key file (JSON).")(func)
+    # A plain path: load_key refuses a folder or a missing file with one Error line, not a usage error.
+    return click.option("--key", "key_path", required=True, type=click.Path(), help="Key file (JSON).")(func)
 
 
 def db_option(func):
-    return click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
+    return click.option("--db", "db_path", required=True, type=click.Path(),
                         help="Registry database (an SQLite file, created on first use).")(func)
 
 
@@ -300,8 +314,6 @@ def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_
 
         PROVMARK_MASTER_KEY=$(openssl rand -base64 32) provmark serve --db registry.db --port 8000 --workers 2
     """
-    import os
-
     import uvicorn
 
     from provmark.api.app import ServeSettings
@@ -327,7 +339,7 @@ def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_
 @cli.command()
 @key_option
 @click.option("--prompt", default=None, help="Prompt to continue (generation-time schemes).")
-@click.option("--text", "text_file", type=click.File("rb"), default=None,
+@click.option("--text", "text_file", type=_TextFile(), default=None,
               help="synonym keys: FILE (or - for stdin) of finished text to watermark.")
 @click.option("--payload", default=None, help="Multi-bit keys: the payload, decimal or 0x-hex (e.g. 0x1234ABCD).")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=200, show_default=True)
@@ -416,7 +428,7 @@ def _read_text(source) -> str:
 
 @cli.command()
 @key_option
-@click.argument("file", type=click.File("rb"))
+@click.argument("file", type=_TextFile())
 @click.option("--alpha", type=float, default=1e-3, show_default=True, help="Significance level of the verdict.")
 @click.option("--min-tokens", type=click.IntRange(1), default=10, show_default=True, help="Refuse texts with fewer scorable tokens.")
 @click.option("--locate", is_flag=True,

@@ -106,3 +106,82 @@ def test_arbitrary_parameters_are_refused_clearly_or_give_a_key_that_detects_fin
             assert _finite(result), (params, result)
 
     check()
+
+
+# -- key files --------------------------------------------------------------------------------
+
+def _key_file_mode(path) -> int:
+    return path.lstat().st_mode & 0o777
+
+
+def test_a_key_file_is_written_0600_and_an_existing_files_mode_does_not_carry_over(tmp_path):
+    from provmark.watermark.keys import load_key, save_key
+
+    path = tmp_path / "key.json"
+    path.write_text("old")
+    path.chmod(0o666)
+    key = create_key("kgw")
+    save_key(key, path, overwrite=True)
+    assert _key_file_mode(path) == 0o600 and load_key(path).key_id == key.key_id
+    assert [p.name for p in tmp_path.iterdir()] == ["key.json"]  # no temporary file left behind
+
+
+def test_force_replaces_a_symlink_itself_and_never_writes_its_target(tmp_path):
+    from provmark.watermark.keys import load_key, save_key
+
+    target = tmp_path / "target"
+    target.write_text("precious")
+    target.chmod(0o644)
+    link = tmp_path / "key.json"
+    link.symlink_to(target)
+    key = create_key("kgw")
+    save_key(key, link, overwrite=True)
+    assert target.read_text() == "precious" and _key_file_mode(target) == 0o644
+    assert not link.is_symlink() and _key_file_mode(link) == 0o600 and load_key(link).key_id == key.key_id
+
+
+def test_without_force_an_existing_file_or_dangling_symlink_is_refused_and_left_alone(tmp_path):
+    from provmark.errors import KeyFileError
+    from provmark.watermark.keys import save_key
+
+    link = tmp_path / "key.json"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(KeyFileError, match="exists; choose another path or pass --force"):
+        save_key(create_key("kgw"), link)
+    assert link.is_symlink() and not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key.json"]
+
+
+def test_keys_create_with_force_through_the_cli_replaces_a_symlink_not_its_target(tmp_path):
+    from click.testing import CliRunner
+
+    from provmark.cli import cli
+
+    target = tmp_path / "target"
+    target.write_text("precious")
+    link = tmp_path / "key.json"
+    link.symlink_to(target)
+    result = CliRunner().invoke(cli, ["keys", "create", "--scheme", "kgw", "--out", str(link), "--force"])
+    assert result.exit_code == 0, result.output
+    assert target.read_text() == "precious" and not link.is_symlink()
+
+
+# -- the smaller items: a folder as text or key -----------------------------------------------
+
+@pytest.mark.parametrize("args", [["detect", "--key", "{key}", "{dir}"], ["detect", "--key", "{dir}", "{text}"],
+                                  ["embed", "--key", "{key}", "--text", "{dir}"]])
+def test_a_folder_given_as_the_text_or_the_key_is_one_error_line(tmp_path, args):
+    from click.testing import CliRunner
+
+    from provmark.cli import cli
+    from provmark.watermark.keys import save_key
+
+    save_key(create_key("synonym"), tmp_path / "key.json")
+    (tmp_path / "text.txt").write_text("some words here")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    values = {"key": tmp_path / "key.json", "dir": folder, "text": tmp_path / "text.txt"}
+    result = CliRunner().invoke(cli, [a.format(**values) for a in args])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: ") and f"{folder} is a folder" in line

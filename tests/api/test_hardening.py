@@ -116,3 +116,94 @@ def test_every_route_answers_without_a_5xx_while_a_degenerate_key_is_registered(
     generate = client.post("/v1/generate", headers=acme.headers, json={"key_id": broken["bad"], "prompt": "hello"})
     assert_error(generate, 409, "key_id")
     assert client.get(f"/v1/records/{broken['bad_record']}", headers=acme.headers).json()["payload"] is None
+
+
+# -- 3. files ---------------------------------------------------------------------------------
+
+from click.testing import CliRunner  # noqa: E402
+
+from provmark.api.crypto import MASTER_KEY_ENV  # noqa: E402
+from provmark.api.db import RegistryFileError, open_database  # noqa: E402
+from provmark.api.registry import Registry  # noqa: E402
+from provmark.cli import cli  # noqa: E402
+from tests.api.conftest import MASTER_KEY  # noqa: E402
+
+
+@pytest.fixture
+def runner(monkeypatch):
+    import base64
+
+    monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(bytes(range(32))).decode())
+    return CliRunner()
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: ")
+    return line
+
+
+def test_the_registry_file_is_created_readable_by_its_owner_only(db_path, registries):
+    registries.append(Registry.open(db_path, MASTER_KEY))
+    assert db_path.stat().st_mode & 0o777 == 0o600
+
+
+def _read_only_connect(monkeypatch):
+    """SQLite opens a file it may not write read-only without a word; root may write any file, so the
+    test opens it the way SQLite opens such a file (mode=ro)."""
+    import sqlite3
+
+    real = sqlite3.connect
+
+    def connect(database, **kwargs):
+        return real(f"file:{database}?mode=ro", uri=True, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing folder", "folder .* does not exist"),
+    ("not sqlite", "it is not an SQLite database"),
+    ("read-only", "it is read-only"),
+    ("folder", "it is a folder"),
+])
+@pytest.mark.parametrize("command", [["tenants", "create", "acme"], ["keys", "list", "--tenant", "acme"],
+                                     ["records", "list", "--tenant", "acme"], ["serve"]])
+def test_every_db_command_and_serve_refuse_an_unusable_registry_with_one_error_line(
+        runner, tmp_path, registries, monkeypatch, case, message, command):
+    import re
+
+    path = tmp_path / "registry.db"
+    if case == "missing folder":
+        path = tmp_path / "nowhere" / "registry.db"
+    elif case == "not sqlite":
+        path.write_text("name,value\n" * 100)
+    elif case == "folder":
+        path.mkdir()
+    else:
+        registries.append(Registry.open(path, MASTER_KEY))
+        _read_only_connect(monkeypatch)
+    line = _one_error_line(runner.invoke(cli, [*command[:2], "--db", str(path), *command[2:]]))
+    assert re.search(message, line), line
+    with pytest.raises(RegistryFileError, match=message):
+        open_database(path)
+
+
+def test_a_registry_write_that_fails_at_run_time_is_a_503_in_the_error_shape(make_client, db_path, registries, acme):
+    import sqlite3
+
+    registry = Registry.open(db_path, MASTER_KEY)
+    registries.append(registry)
+    _, token = registry.create_tenant("initech")
+    client = make_client(registry)
+    registry.db.execute("PRAGMA busy_timeout = 50")
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock past the busy timeout
+    try:
+        response = client.post("/v1/keys", json={"scheme": "kgw"}, headers={"Authorization": f"Bearer {token}"})
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    body = assert_error(response, 503, None)
+    assert body["errors"][0]["type"] == "unavailable" and "registry" in body["error"]
