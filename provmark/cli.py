@@ -302,8 +302,13 @@ def records_show(db_path, record_id):
 @click.option("--torch-threads", type=click.IntRange(1), default=1, show_default=True,
               help="torch's intra-op threads per process. Requests already run in parallel, and detection's small "
                    "tensor operations only pay a thread pool's wake-ups; raise it for a generation-heavy server.")
+@click.option("--trusted-proxies", default=None, metavar="ADDRS",
+              help="Comma-separated addresses or CIDR ranges of reverse proxies whose X-Forwarded-For names the client "
+                   "(for the per-address rate limit; like uvicorn's --forwarded-allow-ips). Default: none, so proxy "
+                   "headers are ignored and a client cannot choose its own address.")
 @model_option
-def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_body_bytes, torch_threads, model_path):
+def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_body_bytes, torch_threads,
+          trusted_proxies, model_path):
     """Serve the HTTP API over the registry (OpenAPI docs at /docs).
 
     Refuses to start without the master key ($PROVMARK_MASTER_KEY or --master-key-file). Each
@@ -327,13 +332,14 @@ def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_
     load_tokenizer(model_path)
     settings = ServeSettings(
         db_path=db_path, master_key_file=master_key_file, rate=rate_limit, burst=burst, max_body_bytes=max_body_bytes,
-        torch_threads=torch_threads, model_path=model_path, workers=workers,
+        torch_threads=torch_threads, model_path=model_path, workers=workers, trusted_proxies=trusted_proxies,
     )
     os.environ.update(settings.to_environment())  # workers inherit the environment and the working directory
     plural = "es" if workers > 1 else ""
     click.echo(f"provmark API on http://{host}:{port} (registry {db_path}, {workers} worker process{plural})", err=True)
+    # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default; the app reads it only from --trusted-proxies.
     uvicorn.run("provmark.api.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                log_level="info")
+                log_level="info", proxy_headers=False)
 
 
 @cli.command()

@@ -24,11 +24,12 @@ from provmark.api.errors import error_body
 from provmark.api.limits import DEFAULT_BURST, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE, RateLimiter
 from provmark.api.provenance import Provenance
 from provmark.api.registry import Registry
-from provmark.api.routes import Service, router
+from provmark.api.limits import retry_after
+from provmark.api.routes import Service, identify, router
 from provmark.errors import ProvmarkError
 from provmark.watermark.models import Models
 
-__all__ = ["SERVE_SETTINGS_ENV", "BodyLimit", "ServeSettings", "app_from_environment", "create_app"]
+__all__ = ["SERVE_SETTINGS_ENV", "BodyLimit", "RateLimit", "ServeSettings", "app_from_environment", "create_app"]
 
 
 def _too_large(max_bytes: int) -> JSONResponse:
@@ -73,6 +74,35 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+class RateLimit:
+    """ASGI middleware: the rate limit, applied to every request before anything else reads it, so
+    requests refused later (a malformed body, 413, 401, an unknown route) and ``/healthz`` are
+    charged too. It identifies the caller once (``routes.identify``) and leaves the result in the
+    request state for the ``caller`` dependency; 429 in the JSON shape with Retry-After."""
+
+    def __init__(self, app, service: Service):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = [value for name, value in scope["headers"] if name == b"authorization"]
+        authorization = headers[0].decode("latin-1") if headers else None
+        client = scope.get("client")
+        identity = identify(self.service, authorization, client[0] if client else None)
+        scope.setdefault("state", {})["identity"] = identity
+        limiter = self.service.limiter
+        wait = limiter.acquire(identity[2])
+        if wait:
+            split = f", shared by {limiter.processes} server processes" if limiter.processes > 1 else ""
+            message = f"rate limit of {limiter.rate:g} requests/s (burst {limiter.burst}{split}) exceeded"
+            response = JSONResponse(error_body(429, [{"field": None, "message": message, "type": "rate_limited"}]),
+                                    status_code=429, headers={"Retry-After": retry_after(wait)})
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def create_app(
     registry: Registry,
     *,
@@ -82,6 +112,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     verify_workers: int = os.cpu_count() or 1,
     processes: int = 1,
+    trusted_proxies: str | None = None,
 ) -> FastAPI:
     """The API over ``registry`` (opened with its master key): the routes of ``api.routes``, the
     error handlers of ``api.handlers`` and the body limit, around one ``routes.Service``.
@@ -93,6 +124,9 @@ def create_app(
         verify_workers: verifications run at once (default: one per CPU core).
         processes: server processes sharing the limit (``serve --workers``); this one enforces its
             share of ``rate`` and ``burst`` (see ``RateLimiter``).
+        trusted_proxies: comma-separated addresses (or CIDR ranges, "*" for any) of the reverse
+            proxies whose X-Forwarded-For names the client (uvicorn's forwarded-allow-ips); None
+            (the default) reads no proxy header, so a client cannot pick its own address.
     """
     app = FastAPI(
         title="provmark",
@@ -107,6 +141,11 @@ def create_app(
         processes=processes,
     )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(RateLimit, service=app.state.service)  # outside the body limit: 413s are charged
+    if trusted_proxies:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted_proxies)  # outermost: first to run
     handlers.install(app)
     app.include_router(router)
     return app
@@ -130,6 +169,8 @@ class ServeSettings:
     max_body_bytes: int
     torch_threads: int
     model_path: str | None
+    trusted_proxies: str | None = None
+    """``serve --trusted-proxies``: the proxies whose X-Forwarded-For is read (None: no proxy header)."""
     workers: int
     """Worker processes in all: each enforces 1/workers of the rate limit and verifies in
     cores/workers threads (at least 1)."""
@@ -169,4 +210,5 @@ def app_from_environment() -> FastAPI:
     return create_app(
         registry, models=models, rate=settings.rate, burst=settings.burst, max_body_bytes=settings.max_body_bytes,
         verify_workers=max(1, (os.cpu_count() or 1) // settings.workers), processes=settings.workers,
+        trusted_proxies=settings.trusted_proxies,
     )

@@ -17,13 +17,13 @@ import provmark
 from provmark.api import schemas
 from provmark.api.auth import token_digest
 from provmark.api.db import schema_version
-from provmark.api.errors import AuthError, InvalidInputError, NotFoundError, RateLimitedError
+from provmark.api.errors import AuthError, InvalidInputError, NotFoundError
 from provmark.api.limits import RateLimiter
 from provmark.api.provenance import KeyVerification, Provenance, TextVerification
 from provmark.api.registry import KeyInfo, KeyRef, Record, Registry, Tenant
 from provmark.errors import ProvmarkError
 
-__all__ = ["ERRORS", "Caller", "Service", "caller", "router", "service", "tenant"]
+__all__ = ["ERRORS", "Caller", "Service", "caller", "identify", "router", "service", "tenant"]
 
 _bearer = HTTPBearer(auto_error=False, description="An API token from `provmark tenants create`.")
 
@@ -67,31 +67,37 @@ class Caller:
     tenant: Tenant | None
 
 
+def identify(svc: Service, authorization: str | None, address: str | None) -> tuple[Tenant | None, str | None, str]:
+    """(tenant, problem, client) of a request: the tenant of its bearer token (None without one), why
+    the Authorization header is refused (None when it is not), and the rate limiter's client: the
+    token's digest for a known token, else the peer address (after ``--trusted-proxies``)."""
+    tenant = problem = None
+    token = None
+    if authorization is not None:
+        scheme, _, credentials = authorization.partition(" ")
+        token = credentials.strip() if scheme.lower() == "bearer" else ""
+        if not token:
+            problem = "the Authorization header must be 'Bearer <token>'"
+        else:
+            tenant = svc.registry.tenant_for_token(token)
+            problem = None if tenant is not None else "unknown API token"
+    client = "token:" + token_digest(token) if tenant is not None else "addr:" + (address or "unknown")
+    return tenant, problem, client
+
+
 # Async on purpose: a sync dependency costs a threadpool round trip per request (two handoffs
 # of the GIL, each of which can wait behind a busy verify thread), while the work here is a
 # SHA-256 and one indexed SELECT. The SELECT takes the registry lock, so it can wait on the
 # event loop for a write transaction in flight (its fsync, milliseconds).
 async def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
                  svc: Service = Depends(service)) -> Caller:
-    """The caller's tenant (None without a token), after the rate limit; 401 for a bad token."""
-    header = request.headers.get("authorization")
-    tenant = problem = None
-    if header is not None:
-        if credentials is None or not credentials.credentials.strip():
-            problem = "the Authorization header must be 'Bearer <token>'"
-        else:
-            tenant = svc.registry.tenant_for_token(credentials.credentials.strip())
-            problem = None if tenant is not None else "unknown API token"
-    if tenant is not None:
-        client = "token:" + token_digest(credentials.credentials.strip())
-    else:
-        client = "addr:" + (request.client.host if request.client else "unknown")
-    limiter = svc.limiter
-    wait = limiter.acquire(client)
-    if wait:
-        split = f", shared by {svc.processes} server processes" if svc.processes > 1 else ""
-        raise RateLimitedError(f"rate limit of {limiter.rate:g} requests/s (burst {limiter.burst}{split}) exceeded",
-                               retry_after=wait)
+    """The caller's tenant (None without a token); 401 for a bad token. The rate limit was applied by
+    ``app.RateLimit`` before the body was read, which left its identification in the request state;
+    a route mounted without that middleware identifies the caller here (unlimited)."""
+    found = getattr(request.state, "identity", None)
+    if found is None:
+        found = identify(svc, request.headers.get("authorization"), request.client.host if request.client else None)
+    tenant, problem, _ = found
     if problem:
         raise AuthError(problem, field="authorization")
     return Caller(tenant)

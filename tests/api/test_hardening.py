@@ -207,3 +207,47 @@ def test_a_registry_write_that_fails_at_run_time_is_a_503_in_the_error_shape(mak
         blocker.close()
     body = assert_error(response, 503, None)
     assert body["errors"][0]["type"] == "unavailable" and "registry" in body["error"]
+
+
+# -- 4. client addresses and the rate limiter -------------------------------------------------
+
+def _anonymous_codes(client, count, forwarded=True):
+    codes = []
+    for i in range(count):
+        headers = {"X-Forwarded-For": f"203.0.113.{i % 250}"} if forwarded else {}
+        codes.append(client.get("/v1/keys", headers=headers).status_code)
+    return codes
+
+
+def test_x_forwarded_for_is_ignored_unless_the_proxy_is_trusted(make_client):
+    spoofed = _anonymous_codes(make_client(rate=0.001, burst=3), 6)
+    assert spoofed == [401, 401, 401, 429, 429, 429]  # one address, one bucket, whatever the header says
+    trusted = _anonymous_codes(make_client(rate=0.001, burst=3, trusted_proxies="testclient"), 6)
+    assert trusted == [401] * 6  # the proxy names six clients: six buckets
+
+
+@pytest.mark.parametrize("request_args", [
+    {"method": "post", "url": "/v1/verify", "content": b"{not json", "headers": {"content-type": "application/json"}},
+    {"method": "post", "url": "/v1/verify", "content": b"x" * 5000},
+    {"method": "get", "url": "/healthz"},
+    {"method": "get", "url": "/nowhere"},
+])
+def test_the_rate_limiter_charges_malformed_oversized_and_health_requests_too(make_client, request_args):
+    client = make_client(rate=0.001, burst=2, max_body_bytes=4096)
+    codes = [client.request(**request_args).status_code for _ in range(3)]
+    assert codes[2] == 429 and codes[0] != 429, codes
+    assert_error(client.request(**request_args), 429, None)
+
+
+def test_serve_passes_trusted_proxies_to_its_workers(runner, db_path, monkeypatch, tokenizer, registries):
+    import uvicorn
+
+    from provmark.api.app import SERVE_SETTINGS_ENV, ServeSettings
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
+    monkeypatch.setenv(SERVE_SETTINGS_ENV, "")
+    result = runner.invoke(cli, ["serve", "--db", str(db_path), "--trusted-proxies", "10.0.0.1,10.1.0.0/16"])
+    assert result.exit_code == 0, result.output
+    assert calls[0]["proxy_headers"] is False  # uvicorn's own default trusts 127.0.0.1
+    assert ServeSettings.from_environment().trusted_proxies == "10.0.0.1,10.1.0.0/16"
