@@ -9,7 +9,15 @@ import sys
 
 import click
 
-from provmark.api.limits import DEFAULT_BURST, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE
+from provmark.api.limits import (
+    DEFAULT_BURST,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_TOKENS_SCORED,
+    DEFAULT_PROXY_TOKENS,
+    DEFAULT_RATE,
+    DEFAULT_TEXT_WORDS,
+    TOKENS_PER_REQUEST,
+)
 from provmark.errors import InvalidTextError, ParameterError, ProvmarkError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -306,9 +314,16 @@ def records_show(db_path, record_id):
               help="Comma-separated addresses or CIDR ranges of reverse proxies whose X-Forwarded-For names the client "
                    "(for the per-address rate limit; like uvicorn's --forwarded-allow-ips). Default: none, so proxy "
                    "headers are ignored and a client cannot choose its own address.")
+@click.option("--max-tokens-scored", type=click.IntRange(1), default=DEFAULT_MAX_TOKENS_SCORED, show_default=True,
+              help="Tokens one verification may score, summed over its texts and keys; more is a 422. The rate limit "
+                   f"charges a verification one request plus one per {TOKENS_PER_REQUEST} tokens scored.")
+@click.option("--max-proxy-tokens", type=click.IntRange(1), default=DEFAULT_PROXY_TOKENS, show_default=True,
+              help="Tokens of each text a balance key scores (each runs the proxy LM); results past it say capped_at.")
+@click.option("--max-text-words", type=click.IntRange(1), default=DEFAULT_TEXT_WORDS, show_default=True,
+              help="Words of each text a synonym key scores; results past it say capped_at.")
 @model_option
 def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_body_bytes, torch_threads,
-          trusted_proxies, model_path):
+          trusted_proxies, max_tokens_scored, max_proxy_tokens, max_text_words, model_path):
     """Serve the HTTP API over the registry (OpenAPI docs at /docs).
 
     Refuses to start without the master key ($PROVMARK_MASTER_KEY or --master-key-file). Each
@@ -333,6 +348,8 @@ def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_
     settings = ServeSettings(
         db_path=db_path, master_key_file=master_key_file, rate=rate_limit, burst=burst, max_body_bytes=max_body_bytes,
         torch_threads=torch_threads, model_path=model_path, workers=workers, trusted_proxies=trusted_proxies,
+        work_limits={"max_tokens_scored": max_tokens_scored, "proxy_tokens": max_proxy_tokens,
+                     "text_words": max_text_words},
     )
     os.environ.update(settings.to_environment())  # workers inherit the environment and the working directory
     plural = "es" if workers > 1 else ""

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 import provmark
 from provmark.api import handlers
 from provmark.api.errors import error_body
-from provmark.api.limits import DEFAULT_BURST, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE, RateLimiter
+from provmark.api.limits import DEFAULT_BURST, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE, RateLimiter, WorkLimits
 from provmark.api.provenance import Provenance
 from provmark.api.registry import Registry
 from provmark.api.limits import retry_after
@@ -113,6 +113,7 @@ def create_app(
     verify_workers: int = os.cpu_count() or 1,
     processes: int = 1,
     trusted_proxies: str | None = None,
+    work_limits: WorkLimits | None = None,
 ) -> FastAPI:
     """The API over ``registry`` (opened with its master key): the routes of ``api.routes``, the
     error handlers of ``api.handlers`` and the body limit, around one ``routes.Service``.
@@ -139,6 +140,7 @@ def create_app(
         limiter=RateLimiter(rate=rate, burst=burst, processes=processes),
         verify_slots=anyio.CapacityLimiter(verify_workers),
         processes=processes,
+        work_limits=work_limits or WorkLimits(),
     )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(RateLimit, service=app.state.service)  # outside the body limit: 413s are charged
@@ -169,6 +171,8 @@ class ServeSettings:
     max_body_bytes: int
     torch_threads: int
     model_path: str | None
+    work_limits: dict | None = None
+    """``serve --max-tokens-scored``, ``--max-proxy-tokens``, ``--max-text-words`` (``WorkLimits`` fields)."""
     trusted_proxies: str | None = None
     """``serve --trusted-proxies``: the proxies whose X-Forwarded-For is read (None: no proxy header)."""
     workers: int
@@ -210,5 +214,5 @@ def app_from_environment() -> FastAPI:
     return create_app(
         registry, models=models, rate=settings.rate, burst=settings.burst, max_body_bytes=settings.max_body_bytes,
         verify_workers=max(1, (os.cpu_count() or 1) // settings.workers), processes=settings.workers,
-        trusted_proxies=settings.trusted_proxies,
+        trusted_proxies=settings.trusted_proxies, work_limits=WorkLimits(**(settings.work_limits or {})),
     )

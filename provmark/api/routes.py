@@ -17,8 +17,8 @@ import provmark
 from provmark.api import schemas
 from provmark.api.auth import token_digest
 from provmark.api.db import schema_version
-from provmark.api.errors import AuthError, InvalidInputError, NotFoundError
-from provmark.api.limits import RateLimiter
+from provmark.api.errors import AuthError, InvalidInputError, NotFoundError, RateLimitedError
+from provmark.api.limits import TOKENS_PER_REQUEST, RateLimiter, WorkLimits
 from provmark.api.provenance import KeyVerification, Provenance, TextVerification
 from provmark.api.registry import KeyInfo, KeyRef, Record, Registry, Tenant
 from provmark.errors import ProvmarkError
@@ -56,6 +56,8 @@ class Service:
     GIL (on 2 cores at 50 clients that cut the p99 latency from 1.5 s to 0.6 s)."""
     processes: int = 1
     """Server processes sharing the rate limit (``serve --workers``)."""
+    work_limits: WorkLimits = WorkLimits()
+    """What one verification may cost (``serve --max-tokens-scored`` and the per-key caps)."""
 
 
 def service(request: Request) -> Service:
@@ -129,6 +131,7 @@ def verification_out(item: KeyVerification) -> schemas.KeyVerificationOut:
             for n in item.nearest
         ],
         note=item.note,
+        capped_at=item.capped_at,
         error=item.error,
     )
 
@@ -233,15 +236,33 @@ def verify_keys(svc: Service, who: Caller, key_ids: list[str] | None) -> list[Ke
     return [by_id[k] for k in dict.fromkeys(key_ids)]
 
 
-async def run_verify(svc: Service, who: Caller, texts: list[str], options, fields: list[str] | None = None):
-    """``Provenance.verify`` in one of ``svc.verify_slots`` threads."""
+async def run_verify(svc: Service, who: Caller, texts: list[str], options, fields: list[str] | None = None,
+                     client: str | None = None):
+    """``Provenance.verify`` in one of ``svc.verify_slots`` threads, under ``svc.work_limits``; the rate
+    limiter's ``client`` (None: not limited) is charged for the tokens scored."""
+    def charge(tokens: int) -> None:  # the middleware charged one request; the rest is work
+        limiter = svc.limiter
+        wait = limiter.acquire(client, tokens / TOKENS_PER_REQUEST) if client is not None else 0.0
+        if wait:
+            raise RateLimitedError(
+                f"rate limit exceeded: this verification scores {tokens} tokens, charged as "
+                f"{tokens / TOKENS_PER_REQUEST:.3g} requests ({TOKENS_PER_REQUEST} tokens each) on top of the "
+                f"request itself (limit {limiter.rate:g} requests/s, burst {limiter.burst})", retry_after=wait)
+
     def work():
         return svc.provenance.verify(
             texts, verify_keys(svc, who, options.key_ids), tenant_id=who.tenant and who.tenant.id,
             alpha=options.alpha, min_tokens=options.min_tokens, nearest=options.nearest, fields=fields,
+            limits=svc.work_limits, charge=charge,
         )
 
     return await anyio.to_thread.run_sync(work, limiter=svc.verify_slots)
+
+
+def _client(request: Request) -> str | None:
+    """The rate limiter's client of the request (``app.RateLimit`` identified it), or None."""
+    identity = getattr(request.state, "identity", None)
+    return None if identity is None else identity[2]
 
 
 # The token is optional on verify (public keys), which the schema says with an empty alternative.
@@ -250,20 +271,20 @@ _OPTIONAL_TOKEN = {"security": [{}]}  # appended to the bearer requirement FastA
 
 @router.post("/v1/verify", response_model=schemas.VerifyResponse, responses=ERRORS, tags=["provenance"],
              openapi_extra=_OPTIONAL_TOKEN)
-async def verify(body: schemas.VerifyRequest, who: Caller = Depends(caller),
+async def verify(request: Request, body: schemas.VerifyRequest, who: Caller = Depends(caller),
                  svc: Service = Depends(service)) -> schemas.VerifyResponse:
     """Detect the text with every key the caller may use (its tenant's keys; without a token,
     the keys open to public verification) and return each result with the matching record."""
-    (item,) = await run_verify(svc, who, [body.text], body, fields=["text"])
+    (item,) = await run_verify(svc, who, [body.text], body, fields=["text"], client=_client(request))
     return text_out(item)
 
 
 @router.post("/v1/verify/batch", response_model=schemas.VerifyBatchResponse, responses=ERRORS, tags=["provenance"],
              openapi_extra=_OPTIONAL_TOKEN)
-async def verify_batch(body: schemas.VerifyBatchRequest, who: Caller = Depends(caller),
+async def verify_batch(request: Request, body: schemas.VerifyBatchRequest, who: Caller = Depends(caller),
                        svc: Service = Depends(service)) -> schemas.VerifyBatchResponse:
     """``/v1/verify`` for up to 32 texts at once (each key decodes them in one batch)."""
-    items = await run_verify(svc, who, body.texts, body)
+    items = await run_verify(svc, who, body.texts, body, client=_client(request))
     return schemas.VerifyBatchResponse(items=[text_out(i) for i in items])
 
 

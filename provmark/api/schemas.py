@@ -272,6 +272,9 @@ def _verification_out() -> type[BaseModel]:
         record=(RecordOut | None, ...),
         nearest_records=(list[NearRecordOut], ...),
         note=(str | None, ...),
+        capped_at=(int | None, Field(None, description="This key scored only the first this many tokens (words, for a "
+                                     "synonym key) of the text: the server's per-key work cap (Balance-Marking's "
+                                     "proxy LM, synonym analysis); the verdict covers that prefix.")),
         error=(str | None, Field(None, description="Why this key gave no verdict (its detection failed): the result "
                                  "is then p = 1 with nothing scored, and the other keys' results stand.")),
     )

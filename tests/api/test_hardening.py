@@ -251,3 +251,65 @@ def test_serve_passes_trusted_proxies_to_its_workers(runner, db_path, monkeypatc
     assert result.exit_code == 0, result.output
     assert calls[0]["proxy_headers"] is False  # uvicorn's own default trusts 127.0.0.1
     assert ServeSettings.from_environment().trusted_proxies == "10.0.0.1,10.1.0.0/16"
+
+
+# -- 5. bounded work --------------------------------------------------------------------------
+
+from provmark.api.limits import TOKENS_PER_REQUEST, WorkLimits  # noqa: E402
+from tests.api.conftest import WordModels  # noqa: E402
+
+
+class ProxyWordModels(WordModels):
+    """The word tokenizer, and a model-free proxy for Balance-Marking (``benchmarks.calibration``)."""
+
+    def proxy(self):
+        from benchmarks.calibration import SyntheticProxy
+
+        return SyntheticProxy(vocab=4096)
+
+
+def test_a_balance_key_scores_at_most_its_cap_and_says_so(make_client, fresh_db, acme):
+    client = make_client(models=ProxyWordModels(), work_limits=WorkLimits(proxy_tokens=64))
+    balance = _key(client, acme, "balance", bits=8, segment_bits=8, head=16)
+    kgw = _key(client, acme, "kgw")
+    response = client.post("/v1/verify", json={"text": plain_text(tokens=300)}, headers=acme.headers)
+    assert response.status_code == 200, response.text
+    by_key = {r["key_id"]: r for r in response.json()["results"]}
+    assert by_key[balance["key_id"]]["capped_at"] == 64 and by_key[balance["key_id"]]["num_scored_tokens"] <= 64
+    assert by_key[kgw["key_id"]]["capped_at"] is None and by_key[kgw["key_id"]]["num_scored_tokens"] > 250
+
+
+def test_a_synonym_key_scores_at_most_its_word_cap_and_says_so(make_client, acme):
+    client = make_client(work_limits=WorkLimits(text_words=40))
+    synonym = _key(client, acme, "synonym")
+    text = " ".join(["the quick brown fox jumps over the lazy dog"] * 30)
+    response = client.post("/v1/verify", json={"text": text, "min_tokens": 1}, headers=acme.headers)
+    assert response.status_code == 200, response.text
+    (result,) = response.json()["results"]
+    assert result["key_id"] == synonym["key_id"] and result["capped_at"] == 40
+    assert 0 < result["num_scored_tokens"] <= 40 and max(end for _, end, _ in result["word_bits"]) <= len(
+        " ".join(["the quick brown fox jumps over the lazy dog"] * 5))
+
+
+def test_a_verification_over_the_token_budget_is_refused_before_detection(make_client, acme, monkeypatch):
+    from provmark.front import Watermark
+
+    client = make_client(work_limits=WorkLimits(max_tokens_scored=500))
+    _key(client, acme, "kgw")
+    _key(client, acme, "mpac", bits=16)
+    monkeypatch.setattr(Watermark, "detect", lambda *a, **k: pytest.fail("detection ran"))
+    body = assert_error(client.post("/v1/verify", json={"text": plain_text(tokens=300)}, headers=acme.headers),
+                        422, "text")
+    assert "would score 600 tokens" in body["error"] and "limit is 500" in body["error"]
+
+
+def test_the_rate_limiter_charges_verifications_by_tokens_scored(make_client, acme):
+    client = make_client(rate=0.001, burst=6)
+    _key(client, acme, "kgw")
+    _key(client, acme, "mpac", bits=16)  # two keys: 2 x 3,000 tokens = 3 requests' worth of work, plus the request
+    assert TOKENS_PER_REQUEST == 2000
+    heavy = {"text": plain_text(tokens=3000)}
+    # two key creations took 2 of the 6; the verification takes 1 + 3 = 4; nothing is left for a second
+    assert client.post("/v1/verify", json=heavy, headers=acme.headers).status_code == 200
+    refused = client.post("/v1/verify", json={"text": plain_text(tokens=20)}, headers=acme.headers)
+    assert_error(refused, 429, None)
