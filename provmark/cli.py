@@ -356,7 +356,12 @@ def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_
     click.echo(f"provmark API on http://{host}:{port} (registry {db_path}, {workers} worker process{plural})", err=True)
     # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default; the app reads it only from --trusted-proxies.
     uvicorn.run("provmark.api.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                log_level="info", proxy_headers=False)
+                log_level="info", proxy_headers=False, h11_max_incomplete_event_size=_MAX_HEADER_BYTES)
+
+
+_MAX_HEADER_BYTES = 256 * 1024
+"""Request heads uvicorn reads before refusing in plain text; the app answers oversized headers it
+receives in the JSON shape (``api.app.MAX_AUTHORIZATION_BYTES``), so this is set above them."""
 
 
 @cli.command()

@@ -11,6 +11,7 @@ the body limit, and builds the workers' apps.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 
@@ -29,7 +30,7 @@ from provmark.api.routes import Service, identify, router
 from provmark.errors import ProvmarkError
 from provmark.watermark.models import Models
 
-__all__ = ["SERVE_SETTINGS_ENV", "BodyLimit", "RateLimit", "ServeSettings", "app_from_environment", "create_app"]
+__all__ = ["MAX_AUTHORIZATION_BYTES", "SERVE_SETTINGS_ENV", "BodyLimit", "QueryStringRedactor", "RateLimit", "ServeSettings", "app_from_environment", "create_app"]
 
 
 def _too_large(max_bytes: int) -> JSONResponse:
@@ -74,6 +75,21 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+MAX_AUTHORIZATION_BYTES = 1024
+"""Longer Authorization headers are a 401 before any lookup (a token is 40-odd characters)."""
+
+
+class QueryStringRedactor(logging.Filter):
+    """Drops the query string from uvicorn's access log lines: a client that puts its token (or any
+    secret) in the URL must not find it in the server's logs. ``app_from_environment`` installs it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?[redacted]", *args[3:])
+        return True
+
+
 class RateLimit:
     """ASGI middleware: the rate limit, applied to every request before anything else reads it, so
     requests refused later (a malformed body, 413, 401, an unknown route) and ``/healthz`` are
@@ -88,6 +104,13 @@ class RateLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = [value for name, value in scope["headers"] if name == b"authorization"]
+        if headers and len(headers[0]) > MAX_AUTHORIZATION_BYTES:
+            message = f"the Authorization header is over {MAX_AUTHORIZATION_BYTES} bytes; send 'Bearer <token>'"
+            response = JSONResponse(error_body(401, [{"field": "authorization", "message": message,
+                                                      "type": "unauthorized"}]),
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            self.service.limiter.acquire("addr:" + (scope["client"][0] if scope.get("client") else "unknown"))
+            return await response(scope, receive, send)
         authorization = headers[0].decode("latin-1") if headers else None
         client = scope.get("client")
         identity = identify(self.service, authorization, client[0] if client else None)
@@ -205,6 +228,7 @@ def app_from_environment() -> FastAPI:
     from provmark.api.crypto import load_master_key
 
     settings = ServeSettings.from_environment()
+    logging.getLogger("uvicorn.access").addFilter(QueryStringRedactor())
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     torch.set_num_threads(settings.torch_threads)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from provmark.detector.result import DetectionResult
+from provmark.front import is_blank
 from provmark.watermark.params import attribute_docs, scheme_params
 from provmark.watermark.schemes import SCHEMES
 
@@ -53,8 +54,8 @@ def _utf8(value: str) -> str:
 
 
 def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must contain some non-whitespace text")
+    if is_blank(value):
+        raise ValueError("must contain some visible text (not only whitespace or zero-width characters)")
     return value
 
 

@@ -313,3 +313,46 @@ def test_the_rate_limiter_charges_verifications_by_tokens_scored(make_client, ac
     assert client.post("/v1/verify", json=heavy, headers=acme.headers).status_code == 200
     refused = client.post("/v1/verify", json={"text": plain_text(tokens=20)}, headers=acme.headers)
     assert_error(refused, 429, None)
+
+
+# -- 6. the smaller items ---------------------------------------------------------------------
+
+def test_an_oversized_authorization_header_is_a_401_in_the_json_shape(client):
+    response = client.get("/v1/keys", headers={"Authorization": "Bearer " + "x" * 200_000})
+    body = assert_error(response, 401, "authorization")
+    assert "over 1024 bytes" in body["error"]
+
+
+@pytest.mark.parametrize("route,field", [("/v1/generate", "prompt"), ("/v1/embed", "text")])
+def test_a_prompt_or_text_of_only_whitespace_and_zero_width_characters_is_refused(client, acme, route, field):
+    key = _key(client, acme, "kgw" if route == "/v1/generate" else "synonym")
+    blank = " \u200b\u200b\t\ufeff\u200d "
+    body = {"key_id": key["key_id"], field: blank}
+    assert_error(client.post(route, json=body, headers=acme.headers), 422, field)  # before any model loads
+
+
+def test_the_library_refuses_an_invisible_prompt_too():
+    from provmark.errors import InvalidTextError
+    from provmark.front import check_embed_inputs
+    from provmark.watermark.schemes import get_scheme
+
+    with pytest.raises(InvalidTextError, match="prompt is empty"):
+        check_embed_inputs(get_scheme("kgw"), prompts=["\u200b \u2060"])
+
+
+def test_a_token_in_the_query_string_never_reaches_the_access_log(db_path, registries, monkeypatch, caplog):
+    import base64
+
+    from provmark.api.app import SERVE_SETTINGS_ENV, ServeSettings, app_from_environment
+
+    monkeypatch.setenv(MASTER_KEY_ENV, base64.b64encode(bytes(range(32))).decode())
+    registries.append(Registry.open(db_path, MASTER_KEY))
+    settings = ServeSettings(db_path=str(db_path), master_key_file=None, rate=0, burst=1, max_body_bytes=4096,
+                             torch_threads=1, model_path=None, workers=1)
+    monkeypatch.setenv(SERVE_SETTINGS_ENV, settings.to_environment()[SERVE_SETTINGS_ENV])
+    access = logging.getLogger("uvicorn.access")
+    monkeypatch.setattr(access, "filters", [])
+    app_from_environment()
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/v1/keys?token=pmk_secret123", "1.1", 401)
+    assert "pmk_secret123" not in caplog.text and "/v1/keys?[redacted]" in caplog.text
