@@ -105,6 +105,8 @@ def open_database(path: str | os.PathLike | None) -> Database:
     A file registry must be usable now, not at the first write: ``RegistryFileError`` (one line) for a
     missing folder, a file that is not SQLite, and a registry SQLite opens read-only (a probe write,
     rolled back)."""
+    if path is not None and os.fspath(path) == ":memory:":  # SQLite's own name for an in-memory database
+        path = None
     if path is not None:
         path = Path(path)
         if not path.parent.is_dir():

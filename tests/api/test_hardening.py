@@ -356,3 +356,9 @@ def test_a_token_in_the_query_string_never_reaches_the_access_log(db_path, regis
     with caplog.at_level(logging.INFO, logger="uvicorn.access"):
         access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/v1/keys?token=pmk_secret123", "1.1", 401)
     assert "pmk_secret123" not in caplog.text and "/v1/keys?[redacted]" in caplog.text
+
+
+def test_sqlites_memory_name_still_opens_an_in_memory_registry_and_creates_no_file(tmp_path, monkeypatch, registries):
+    monkeypatch.chdir(tmp_path)
+    registries.append(Registry.open(":memory:", MASTER_KEY))
+    assert list(tmp_path.iterdir()) == []
