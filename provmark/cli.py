@@ -4,11 +4,20 @@ the provenance registry (tenants, registry keys, records, serve)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
 
-from provmark.api.limits import DEFAULT_BURST, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE
+from provmark.api.limits import (
+    DEFAULT_BURST,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_TOKENS_SCORED,
+    DEFAULT_PROXY_TOKENS,
+    DEFAULT_RATE,
+    DEFAULT_TEXT_WORDS,
+    TOKENS_PER_REQUEST,
+)
 from provmark.errors import InvalidTextError, ParameterError, ProvmarkError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -41,12 +50,25 @@ def model_option(func):
     )(func)
 
 
+class _TextFile(click.File):
+    """``click.File("rb")`` whose folder is one ``Error:`` line (InvalidTextError), not a usage error."""
+
+    def __init__(self):
+        super().__init__("rb")
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (str, os.PathLike)) and os.path.isdir(value):
+            raise InvalidTextError(f"{value} is a folder; give a text file (or - for stdin)")
+        return super().convert(value, param, ctx)
+
+
 def key_option(func):
-    return click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Key file (JSON).")(func)
+    # A plain path: load_key refuses a folder or a missing file with one Error line, not a usage error.
+    return click.option("--key", "key_path", required=True, type=click.Path(), help="Key file (JSON).")(func)
 
 
 def db_option(func):
-    return click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
+    return click.option("--db", "db_path", required=True, type=click.Path(),
                         help="Registry database (an SQLite file, created on first use).")(func)
 
 
@@ -288,8 +310,20 @@ def records_show(db_path, record_id):
 @click.option("--torch-threads", type=click.IntRange(1), default=1, show_default=True,
               help="torch's intra-op threads per process. Requests already run in parallel, and detection's small "
                    "tensor operations only pay a thread pool's wake-ups; raise it for a generation-heavy server.")
+@click.option("--trusted-proxies", default=None, metavar="ADDRS",
+              help="Comma-separated addresses or CIDR ranges of reverse proxies whose X-Forwarded-For names the client "
+                   "(for the per-address rate limit; like uvicorn's --forwarded-allow-ips). Default: none, so proxy "
+                   "headers are ignored and a client cannot choose its own address.")
+@click.option("--max-tokens-scored", type=click.IntRange(1), default=DEFAULT_MAX_TOKENS_SCORED, show_default=True,
+              help="Tokens one verification may score, summed over its texts and keys; more is a 422. The rate limit "
+                   f"charges a verification one request plus one per {TOKENS_PER_REQUEST} tokens scored.")
+@click.option("--max-proxy-tokens", type=click.IntRange(1), default=DEFAULT_PROXY_TOKENS, show_default=True,
+              help="Tokens of each text a balance key scores (each runs the proxy LM); results past it say capped_at.")
+@click.option("--max-text-words", type=click.IntRange(1), default=DEFAULT_TEXT_WORDS, show_default=True,
+              help="Words of each text a synonym key scores; results past it say capped_at.")
 @model_option
-def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_body_bytes, torch_threads, model_path):
+def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_body_bytes, torch_threads,
+          trusted_proxies, max_tokens_scored, max_proxy_tokens, max_text_words, model_path):
     """Serve the HTTP API over the registry (OpenAPI docs at /docs).
 
     Refuses to start without the master key ($PROVMARK_MASTER_KEY or --master-key-file). Each
@@ -300,8 +334,6 @@ def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_
 
         PROVMARK_MASTER_KEY=$(openssl rand -base64 32) provmark serve --db registry.db --port 8000 --workers 2
     """
-    import os
-
     import uvicorn
 
     from provmark.api.app import ServeSettings
@@ -315,19 +347,27 @@ def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_
     load_tokenizer(model_path)
     settings = ServeSettings(
         db_path=db_path, master_key_file=master_key_file, rate=rate_limit, burst=burst, max_body_bytes=max_body_bytes,
-        torch_threads=torch_threads, model_path=model_path, workers=workers,
+        torch_threads=torch_threads, model_path=model_path, workers=workers, trusted_proxies=trusted_proxies,
+        work_limits={"max_tokens_scored": max_tokens_scored, "proxy_tokens": max_proxy_tokens,
+                     "text_words": max_text_words},
     )
     os.environ.update(settings.to_environment())  # workers inherit the environment and the working directory
     plural = "es" if workers > 1 else ""
     click.echo(f"provmark API on http://{host}:{port} (registry {db_path}, {workers} worker process{plural})", err=True)
+    # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default; the app reads it only from --trusted-proxies.
     uvicorn.run("provmark.api.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                log_level="info")
+                log_level="info", proxy_headers=False, h11_max_incomplete_event_size=_MAX_HEADER_BYTES)
+
+
+_MAX_HEADER_BYTES = 256 * 1024
+"""Request heads uvicorn reads before refusing in plain text; the app answers oversized headers it
+receives in the JSON shape (``api.app.MAX_AUTHORIZATION_BYTES``), so this is set above them."""
 
 
 @cli.command()
 @key_option
 @click.option("--prompt", default=None, help="Prompt to continue (generation-time schemes).")
-@click.option("--text", "text_file", type=click.File("rb"), default=None,
+@click.option("--text", "text_file", type=_TextFile(), default=None,
               help="synonym keys: FILE (or - for stdin) of finished text to watermark.")
 @click.option("--payload", default=None, help="Multi-bit keys: the payload, decimal or 0x-hex (e.g. 0x1234ABCD).")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=200, show_default=True)
@@ -416,7 +456,7 @@ def _read_text(source) -> str:
 
 @cli.command()
 @key_option
-@click.argument("file", type=click.File("rb"))
+@click.argument("file", type=_TextFile())
 @click.option("--alpha", type=float, default=1e-3, show_default=True, help="Significance level of the verdict.")
 @click.option("--min-tokens", type=click.IntRange(1), default=10, show_default=True, help="Refuse texts with fewer scorable tokens.")
 @click.option("--locate", is_flag=True,

@@ -18,6 +18,7 @@ API and the evaluation runner call only this:
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 
 from provmark.detector import DEFAULT_ALPHA, DetectionResult, Detector, create_detector
@@ -29,8 +30,8 @@ from provmark.watermark.models import Models
 from provmark.watermark.schemes import SCHEMES, Scheme, get_scheme
 from provmark.watermark.words import WORD_PATTERN
 
-__all__ = ["EmbedInputError", "Watermark", "check_embed_inputs", "detect_text", "embed", "explain_text", "locate_schemes",
-           "require_text"]
+__all__ = ["EmbedInputError", "Watermark", "check_embed_inputs", "detect_text", "embed", "explain_text", "is_blank",
+           "locate_schemes", "require_text"]
 
 _MAX_DETECTORS = 64
 
@@ -48,9 +49,16 @@ class EmbedInputError(ParameterError):
         self.scheme = scheme
 
 
+def is_blank(text: str) -> bool:
+    """Whether ``text`` holds nothing visible: only whitespace and invisible format characters
+    (Unicode category Cf: zero-width space, joiners, BOM, direction marks)."""
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
+
+
 def require_text(text, what: str = "text", purpose: str = "give the text to check") -> str:
-    """``text`` itself, or ``InvalidTextError`` when it is not a string or holds only whitespace."""
-    if not isinstance(text, str) or not text.strip():
+    """``text`` itself, or ``InvalidTextError`` when it is not a string or holds nothing visible
+    (``is_blank``)."""
+    if not isinstance(text, str) or is_blank(text):
         raise InvalidTextError(f"{what} is empty; {purpose}")
     return text
 

@@ -11,6 +11,7 @@ the body limit, and builds the workers' apps.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 
@@ -21,15 +22,22 @@ from fastapi.responses import JSONResponse
 import provmark
 from provmark.api import handlers, routes
 from provmark.api.errors import error_body
-from provmark.api.limits import DEFAULT_BURST, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE, RateLimiter
+from provmark.api.limits import (
+    DEFAULT_BURST,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_RATE,
+    RateLimiter,
+    WorkLimits,
+    retry_after,
+)
 from provmark.api.openai_compat import openai_router
 from provmark.api.provenance import Provenance
 from provmark.api.registry import Registry
-from provmark.api.routes import Service, router
+from provmark.api.routes import Service, identify, router
 from provmark.errors import ProvmarkError
 from provmark.watermark.models import Models
 
-__all__ = ["SERVE_SETTINGS_ENV", "BodyLimit", "ServeSettings", "app_from_environment", "create_app"]
+__all__ = ["MAX_AUTHORIZATION_BYTES", "SERVE_SETTINGS_ENV", "BodyLimit", "QueryStringRedactor", "RateLimit", "ServeSettings", "app_from_environment", "create_app"]
 
 
 def _too_large(max_bytes: int) -> JSONResponse:
@@ -74,6 +82,57 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+MAX_AUTHORIZATION_BYTES = 1024
+"""Longer Authorization headers are a 401 before any lookup (a token is 40-odd characters)."""
+
+
+class QueryStringRedactor(logging.Filter):
+    """Drops the query string from uvicorn's access log lines: a client that puts its token (or any
+    secret) in the URL must not find it in the server's logs. ``app_from_environment`` installs it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?[redacted]", *args[3:])
+        return True
+
+
+class RateLimit:
+    """ASGI middleware: the rate limit, applied to every request before anything else reads it, so
+    requests refused later (a malformed body, 413, 401, an unknown route) and ``/healthz`` are
+    charged too. It identifies the caller once (``routes.identify``) and leaves the result in the
+    request state for the ``caller`` dependency; 429 in the JSON shape with Retry-After."""
+
+    def __init__(self, app, service: Service):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = [value for name, value in scope["headers"] if name == b"authorization"]
+        if headers and len(headers[0]) > MAX_AUTHORIZATION_BYTES:
+            message = f"the Authorization header is over {MAX_AUTHORIZATION_BYTES} bytes; send 'Bearer <token>'"
+            response = JSONResponse(error_body(401, [{"field": "authorization", "message": message,
+                                                      "type": "unauthorized"}]),
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            self.service.limiter.acquire("addr:" + (scope["client"][0] if scope.get("client") else "unknown"))
+            return await response(scope, receive, send)
+        authorization = headers[0].decode("latin-1") if headers else None
+        client = scope.get("client")
+        identity = identify(self.service, authorization, client[0] if client else None)
+        scope.setdefault("state", {})["identity"] = identity
+        limiter = self.service.limiter
+        wait = limiter.acquire(identity[2])
+        if wait:
+            split = f", shared by {limiter.processes} server processes" if limiter.processes > 1 else ""
+            message = f"rate limit of {limiter.rate:g} requests/s (burst {limiter.burst}{split}) exceeded"
+            response = JSONResponse(error_body(429, [{"field": None, "message": message, "type": "rate_limited"}]),
+                                    status_code=429, headers={"Retry-After": retry_after(wait)})
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def create_app(
     registry: Registry,
     *,
@@ -83,6 +142,8 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     verify_workers: int = os.cpu_count() or 1,
     processes: int = 1,
+    trusted_proxies: str | None = None,
+    work_limits: WorkLimits | None = None,
 ) -> FastAPI:
     """The API over ``registry`` (opened with its master key): the routes of ``api.routes``, the
     error handlers of ``api.handlers`` and the body limit, around one ``routes.Service``.
@@ -94,6 +155,9 @@ def create_app(
         verify_workers: verifications run at once (default: one per CPU core).
         processes: server processes sharing the limit (``serve --workers``); this one enforces its
             share of ``rate`` and ``burst`` (see ``RateLimiter``).
+        trusted_proxies: comma-separated addresses (or CIDR ranges, "*" for any) of the reverse
+            proxies whose X-Forwarded-For names the client (uvicorn's forwarded-allow-ips); None
+            (the default) reads no proxy header, so a client cannot pick its own address.
     """
     app = FastAPI(
         title="provmark",
@@ -106,8 +170,14 @@ def create_app(
         limiter=RateLimiter(rate=rate, burst=burst, processes=processes),
         verify_slots=anyio.CapacityLimiter(verify_workers),
         processes=processes,
+        work_limits=work_limits or WorkLimits(),
     )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(RateLimit, service=app.state.service)  # outside the body limit: 413s are charged
+    if trusted_proxies:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted_proxies)  # outermost: first to run
     handlers.install(app)
     # The routes themselves, not an included router: the 405 handler lists every method of a path
     # from ``app.routes``, where FastAPI shows an included router as one opaque entry.
@@ -134,6 +204,10 @@ class ServeSettings:
     max_body_bytes: int
     torch_threads: int
     model_path: str | None
+    work_limits: dict | None = None
+    """``serve --max-tokens-scored``, ``--max-proxy-tokens``, ``--max-text-words`` (``WorkLimits`` fields)."""
+    trusted_proxies: str | None = None
+    """``serve --trusted-proxies``: the proxies whose X-Forwarded-For is read (None: no proxy header)."""
     workers: int
     """Worker processes in all: each enforces 1/workers of the rate limit and verifies in
     cores/workers threads (at least 1)."""
@@ -164,6 +238,7 @@ def app_from_environment() -> FastAPI:
     from provmark.api.crypto import load_master_key
 
     settings = ServeSettings.from_environment()
+    logging.getLogger("uvicorn.access").addFilter(QueryStringRedactor())
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     torch.set_num_threads(settings.torch_threads)
@@ -173,4 +248,5 @@ def app_from_environment() -> FastAPI:
     return create_app(
         registry, models=models, rate=settings.rate, burst=settings.burst, max_body_bytes=settings.max_body_bytes,
         verify_workers=max(1, (os.cpu_count() or 1) // settings.workers), processes=settings.workers,
+        trusted_proxies=settings.trusted_proxies, work_limits=WorkLimits(**(settings.work_limits or {})),
     )

@@ -5,6 +5,7 @@ and anything unexpected (a logged 500)."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +18,7 @@ from provmark.api.errors import APIError, AuthError, RateLimitedError, error_bod
 from provmark.api.limits import retry_after
 from provmark.errors import ModelLoadError, ProvmarkError
 
-__all__ = ["api_error", "http_error", "install", "library_error", "unexpected", "validation_error"]
+__all__ = ["api_error", "http_error", "install", "library_error", "registry_error", "unexpected", "validation_error"]
 
 _log = logging.getLogger("provmark.api.app")
 
@@ -70,6 +71,17 @@ async def library_error(request: Request, exc: ProvmarkError) -> JSONResponse:
     return _error_response(422, [{"field": None, "message": str(exc), "type": "invalid"}])
 
 
+async def registry_error(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
+    """A registry that fails at run time (disk full, made read-only, locked past the busy timeout,
+    damaged) is the service's state, not the caller's doing: 503, logged. A constraint violation is a
+    bug (every write checks its constraints first) and stays a logged 500."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return await unexpected(request, exc)
+    _log.error("registry unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return _error_response(503, [{"field": None, "message": "the registry cannot be written or read now; try again later",
+                                  "type": "unavailable"}])
+
+
 async def unexpected(request: Request, exc: Exception) -> JSONResponse:
     _log.exception("unhandled error on %s %s", request.method, request.url.path)
     return _error_response(500, [{"field": None, "message": "internal error (logged)", "type": "internal"}])
@@ -81,4 +93,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ProvmarkError, library_error)
+    app.add_exception_handler(sqlite3.DatabaseError, registry_error)
     app.add_exception_handler(Exception, unexpected)

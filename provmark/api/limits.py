@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 import threading
 import time
+from dataclasses import dataclass
 
-__all__ = ["DEFAULT_BURST", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_RATE", "RateLimiter", "retry_after"]
+__all__ = ["DEFAULT_BURST", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_TOKENS_SCORED", "DEFAULT_PROXY_TOKENS", "DEFAULT_RATE",
+           "DEFAULT_TEXT_WORDS", "TOKENS_PER_REQUEST", "RateLimiter", "WorkLimits", "retry_after"]
 
 DEFAULT_RATE = 20.0
 """Requests per second per API token (per address without one)."""
@@ -18,6 +20,27 @@ DEFAULT_BURST = 40
 """Requests a client may make at once before the rate applies."""
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 """Request bodies above this get 413."""
+DEFAULT_MAX_TOKENS_SCORED = 200_000
+"""Tokens (words, for the synonym scheme) one verification may score, summed over its texts and keys;
+more is a 422."""
+DEFAULT_PROXY_TOKENS = 256
+"""Tokens of each text a Balance-Marking key scores: each runs the proxy LM (issue 16 measured 26.8 s
+for 4,002 tokens); past them the result is marked ``capped_at``."""
+DEFAULT_TEXT_WORDS = 4_000
+"""Words of each text a synonym key scores: WordNet and morphology per word (issue 16 measured 13 s for a
+200,000-character text); past them the result is marked ``capped_at``."""
+TOKENS_PER_REQUEST = 2_000
+"""The rate limiter charges one request per this many tokens scored (a request scoring fewer costs one)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkLimits:
+    """What one verification may cost (``serve --max-tokens-scored``, ``--max-proxy-tokens``,
+    ``--max-text-words``)."""
+
+    max_tokens_scored: int = DEFAULT_MAX_TOKENS_SCORED
+    proxy_tokens: int = DEFAULT_PROXY_TOKENS
+    text_words: int = DEFAULT_TEXT_WORDS
 
 
 class RateLimiter:
@@ -51,20 +74,23 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._last_sweep = clock()
 
-    def acquire(self, client: str) -> float:
-        """Take one request from ``client``'s bucket: 0.0 when allowed, else seconds until it would be."""
+    def acquire(self, client: str, cost: float = 1.0) -> float:
+        """Take ``cost`` requests (work, for a verification: ``TOKENS_PER_REQUEST``) from ``client``'s
+        bucket: 0.0 when allowed, else seconds until it would be. A cost above the burst is charged as
+        the whole burst, so any one request can pass on a full bucket."""
         if self._rate == 0:
             return 0.0
+        cost = min(cost, self._burst)
         now = self._clock()
         with self._lock:
             tokens, then = self._buckets.get(client, (self._burst, now))
             tokens = min(self._burst, tokens + (now - then) * self._rate)
-            if tokens >= 1:
-                self._buckets[client] = (tokens - 1, now)
+            if tokens >= cost:
+                self._buckets[client] = (tokens - cost, now)
                 self._sweep(now)
                 return 0.0
             self._buckets[client] = (tokens, now)
-            return (1 - tokens) / self._rate
+            return (cost - tokens) / self._rate
 
     def _sweep(self, now: float) -> None:
         refill = self._burst / self._rate

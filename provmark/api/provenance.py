@@ -23,23 +23,28 @@ threshold it used as its ``alpha``. A text is then matched to a record of the ke
 from __future__ import annotations
 
 import hashlib
+import logging
 import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from provmark.api.errors import InvalidInputError
+from provmark.api.errors import APIError, ConflictError, InvalidInputError
+from provmark.api.limits import WorkLimits
 from provmark.api.registry import KeyRef, Record, Registry
 from provmark.detector import DetectionResult
+from provmark.errors import KeyFileError, ProvmarkError
 from provmark.front import EmbedInputError, Watermark, check_embed_inputs
 from provmark.watermark.hook import Generation
 from provmark.watermark.models import Models
 from provmark.watermark.schemes import get_scheme
 from provmark.watermark.synonym import SynonymEmbedding
+from provmark.watermark.words import WORD_PATTERN
 
 __all__ = ["KeyVerification", "NearRecord", "Provenance", "TextVerification", "text_sha256"]
 
 _MAX_WATERMARKS = 1024
+_log = logging.getLogger(__name__)
 
 
 def text_sha256(text: str) -> str:
@@ -69,6 +74,11 @@ class KeyVerification:
     note: str | None = None
     public: bool = False
     """The key was used as a public key (the caller is not its tenant): records omit metadata."""
+    capped_at: int | None = None
+    """The key scored only the first this many tokens (words, synonym) of the text (``WorkLimits``)."""
+    error: str | None = None
+    """Why this key gave no verdict (its detection failed); ``result`` is then the no-evidence
+    result (p = 1, nothing scored) and the other keys' results stand."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +128,11 @@ class Provenance:
         if found is None:
             if len(self._watermarks) >= _MAX_WATERMARKS:
                 self._watermarks.clear()
-            found = self._watermarks[key_id] = Watermark(self.registry.watermark_key(key_id), self.models)
+            try:
+                key = self.registry.watermark_key(key_id)
+            except KeyFileError as exc:  # a stored row this version refuses (written before a bound existed)
+                raise ConflictError(f"key {key_id} cannot be used: {exc}; create a new key", field="key_id") from None
+            found = self._watermarks[key_id] = Watermark(key, self.models)
         return found
 
     def generate(
@@ -181,12 +195,16 @@ class Provenance:
 
     def verify(
         self, texts: list[str], keys: list[KeyRef], *, tenant_id: str | None, alpha: float = 1e-3, min_tokens: int = 10,
-        nearest: int = 5, fields: list[str] | None = None,
+        nearest: int = 5, fields: list[str] | None = None, limits: WorkLimits | None = None, charge=None,
     ) -> list[TextVerification]:
         """Detect every text with every key and match each to its record (module docstring).
 
         ``tenant_id`` is the caller (None: anonymous); a key of another tenant is treated as public.
-        ``fields`` names each text in errors (default ``texts.<i>``)."""
+        ``fields`` names each text in errors (default ``texts.<i>``). Work is bounded by ``limits``:
+        a Balance-Marking key scores at most ``proxy_tokens`` tokens of each text and a synonym key
+        ``text_words`` words (the result says ``capped_at``), and a request that would score more than
+        ``max_tokens_scored`` in all is refused (422) before any detection; ``charge(tokens)`` is
+        called with that total first (the rate limiter's charge by work; it raises to refuse)."""
         fields = fields or [f"texts.{i}" for i in range(len(texts))]
         ids = self.models.tokenizer()(texts, add_special_tokens=False)["input_ids"]
         for name, row in zip(fields, ids):
@@ -196,30 +214,85 @@ class Provenance:
                 )
         hashes = [text_sha256(t) for t in texts]
         per_key_alpha = alpha / max(len(keys), 1)
+        limits = limits or WorkLimits()
+        plans = [self._plan(info, texts, ids, limits) for info in keys]
+        total = sum(sum(plan[2]) for plan in plans)
+        if total > limits.max_tokens_scored:
+            raise InvalidInputError(
+                f"this verification would score {total} tokens ({len(texts)} text(s) x {len(keys)} key(s)); the limit "
+                f"is {limits.max_tokens_scored} per request: send shorter or fewer texts, or name key_ids",
+                field=fields[0] if len(texts) == 1 else "texts")
+        if charge is not None:
+            charge(total)
         columns = []
-        for info in keys:
-            watermark = self.watermark(info.key_id)
-            results = watermark.detect(texts, alpha=per_key_alpha, token_ids=ids)
+        for info, (key_texts, key_ids, scored, capped_at) in zip(keys, plans):
             public = info.tenant_id != tenant_id
-            columns.append(
-                [self._match(watermark.key, result, digest, nearest, public) for result, digest in zip(results, hashes)]
-            )
+            # One key's failure is that key's error entry, never the request's: verification without
+            # key_ids reads every public key of every tenant, so one broken key must not deny it to all.
+            try:
+                watermark = self.watermark(info.key_id)
+                results = watermark.detect(key_texts, alpha=per_key_alpha, token_ids=key_ids)
+                columns.append(
+                    [self._match(watermark.key, result, digest, nearest, public, cap)
+                     for result, digest, cap in zip(results, hashes, capped_at)]
+                )
+            except Exception as exc:  # noqa: BLE001 - isolation is the point; the log keeps the traceback
+                columns.append([self._failed(info, exc, per_key_alpha, public)] * len(texts))
         return [
             TextVerification(digest, len(row), sorted((c[i] for c in columns), key=lambda k: k.result.log10_p_value))
             for i, (digest, row) in enumerate(zip(hashes, ids))
         ]
 
-    def _match(self, key, result: DetectionResult, digest: str, nearest: int, public: bool) -> KeyVerification:
+    @staticmethod
+    def _plan(info: KeyRef, texts: list[str], ids: list[list[int]], limits: WorkLimits):
+        """(texts, token ids, tokens scored, capped_at per text) of one key under ``limits``."""
+        try:
+            scheme = get_scheme(info.scheme)
+        except ProvmarkError:  # a stored scheme this version lacks: it fails alone in verify
+            return texts, ids, [0] * len(texts), [None] * len(texts)
+        if scheme.uses_proxy:
+            capped = [row[: limits.proxy_tokens] for row in ids]
+            return texts, capped, [len(row) for row in capped], [
+                limits.proxy_tokens if len(row) > limits.proxy_tokens else None for row in ids]
+        if scheme.reads_text:
+            key_texts, scored, capped_at = [], [], []
+            for text in texts:
+                ends = [m.end() for _, m in zip(range(limits.text_words + 1), WORD_PATTERN.finditer(text))]
+                over = len(ends) > limits.text_words
+                key_texts.append(text[: ends[limits.text_words - 1]] if over else text)
+                scored.append(min(len(ends), limits.text_words))
+                capped_at.append(limits.text_words if over else None)
+            return key_texts, ids, scored, capped_at
+        return texts, ids, [len(row) for row in ids], [None] * len(texts)
+
+    @staticmethod
+    def _failed(info: KeyRef, exc: Exception, alpha: float, public: bool) -> KeyVerification:
+        """The entry of a key whose detection failed: no evidence (p = 1) and the reason. A library or
+        registry refusal says what it is; anything else is logged with its traceback and reported
+        as an internal error, so no detail of the server leaks into the answer."""
+        if isinstance(exc, (APIError, ProvmarkError)):
+            message = str(exc)
+            _log.error("verify: key %s skipped: %s", info.key_id, message)
+        else:
+            message = f"detection with key {info.key_id} failed (internal error, logged)"
+            _log.error("verify: key %s failed", info.key_id, exc_info=exc)
+        result = DetectionResult(scheme=info.scheme, key_id=info.key_id, prf_version=info.prf_version, is_watermarked=False,
+                                 p_value=1.0, log10_p_value=0.0, score=0.0, num_scored_tokens=0, alpha=alpha)
+        return KeyVerification(result, None, None, public=public, error=message)
+
+    def _match(self, key, result: DetectionResult, digest: str, nearest: int, public: bool,
+               capped_at: int | None = None) -> KeyVerification:
         record = self.registry.record_by_text(key.key_id, digest)
         if record is not None:
-            return KeyVerification(result, "text", record, public=public)
+            return KeyVerification(result, "text", record, public=public, capped_at=capped_at)
         if not result.is_watermarked:
-            return KeyVerification(result, None, None, public=public)
+            return KeyVerification(result, None, None, public=public, capped_at=capped_at)
         if result.payload is None:
             note = "watermarked, but no record of this zero-bit key has this exact text (records of zero-bit keys are found by text hash)"
-            return KeyVerification(result, None, None, note=note, public=public)
+            return KeyVerification(result, None, None, note=note, public=public, capped_at=capped_at)
         record = self.registry.record_by_number(key.key_id, result.payload)
         if record is not None:
-            return KeyVerification(result, "payload", record, public=public)
+            return KeyVerification(result, "payload", record, public=public, capped_at=capped_at)
         note = f"watermarked, but payload {result.payload_hex} matches no record of this key; nearest records listed"
-        return KeyVerification(result, None, None, nearest_records(self.registry, key, result, nearest), note, public)
+        return KeyVerification(result, None, None, nearest_records(self.registry, key, result, nearest), note, public,
+                               capped_at=capped_at)

@@ -43,7 +43,7 @@ from provmark.api.auth import digests_match, new_token, token_digest
 from provmark.api.crypto import MasterKey, MasterKeyError
 from provmark.api.db import open_database
 from provmark.api.errors import ConflictError, KeyExhaustedError, NotFoundError
-from provmark.errors import ParameterError
+from provmark.errors import ParameterError, ProvmarkError
 from provmark.watermark.keys import KEY_FILE_FORMAT, WatermarkKey, create_key, key_from_dict
 from provmark.watermark.payload import payload_hex
 from provmark.watermark.schemes import config_for
@@ -59,9 +59,19 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
 
+def _stored_config(scheme: str, params: dict):
+    """The config of a stored key or record, or None when this version refuses its parameters (a
+    row written before a bound was added, or by hand): listing and reading such rows must still
+    work, and verification reports the key as unusable instead of failing (``Provenance.verify``)."""
+    try:
+        return config_for(scheme, params)
+    except (ProvmarkError, TypeError):
+        return None
+
+
 def _capacity(scheme: str, params: dict) -> int | None:
-    config = config_for(scheme, params)
-    return config.capacity if config.supports_payload else None
+    config = _stored_config(scheme, params)
+    return config.capacity if config is not None and config.supports_payload else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +87,9 @@ class KeyRef:
 
     key_id: str
     tenant_id: str
+    scheme: str = ""
+    """The key's scheme (what a verification reports for a key it could not use)."""
+    prf_version: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -277,8 +290,9 @@ class Registry:
         without counting each key's records (an index scan as long as the key's record list)."""
         where, args = _key_filter(tenant_id, public_only)
         with self.lock:
-            rows = self.db.execute(f"SELECT id, tenant_id FROM keys{where} ORDER BY created_at, id", args).fetchall()
-        return [KeyRef(key_id=row[0], tenant_id=row[1]) for row in rows]
+            rows = self.db.execute(f"SELECT id, tenant_id, scheme, prf_version FROM keys{where} ORDER BY created_at, id",
+                                   args).fetchall()
+        return [KeyRef(key_id=row[0], tenant_id=row[1], scheme=row[2], prf_version=row[3]) for row in rows]
 
     def key(self, key_id: str, *, tenant_id: str | None = None) -> KeyInfo:
         """One key; ``NotFoundError`` (field ``key_id``) when it is absent or another tenant's."""
@@ -312,7 +326,10 @@ class Registry:
         old = self.key(key_id, tenant_id=tenant_id)
         if old.status != "active":
             raise ConflictError(f"key {key_id} is already retired (replaced by {old.replaced_by})", field="key_id")
-        new = create_key(old.scheme, old.params)
+        try:
+            new = create_key(old.scheme, old.params)
+        except ProvmarkError as exc:  # a stored key this version refuses: its successor would be refused too
+            raise ConflictError(f"key {key_id} cannot be rotated: {exc}; create a new key", field="key_id") from None
         with self._write():
             self._insert_key(old.tenant_id, new, old.public_verify)
             updated = self.db.execute(
@@ -342,8 +359,8 @@ class Registry:
     @staticmethod
     def _record(row) -> Record:
         params = json.loads(row[5])
-        config = config_for(row[4], params)
-        payload = row[3] if config.supports_payload else None
+        config = _stored_config(row[4], params)
+        payload = row[3] if config is not None and config.supports_payload else None
         return Record(
             id=row[0], tenant_id=row[11], tenant=row[1], key_id=row[2], number=row[3], scheme=row[4], params=params, prf_version=row[6],
             payload=payload, payload_hex=None if payload is None else payload_hex(payload, config.bits),

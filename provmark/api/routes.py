@@ -18,12 +18,12 @@ from provmark.api import schemas
 from provmark.api.auth import token_digest
 from provmark.api.db import schema_version
 from provmark.api.errors import AuthError, InvalidInputError, NotFoundError, RateLimitedError
-from provmark.api.limits import RateLimiter
+from provmark.api.limits import TOKENS_PER_REQUEST, RateLimiter, WorkLimits
 from provmark.api.provenance import KeyVerification, Provenance, TextVerification
 from provmark.api.registry import KeyInfo, KeyRef, Record, Registry, Tenant
 from provmark.errors import ProvmarkError
 
-__all__ = ["ERRORS", "Caller", "Service", "caller", "router", "service", "tenant"]
+__all__ = ["ERRORS", "Caller", "Service", "caller", "identify", "router", "service", "tenant"]
 
 _bearer = HTTPBearer(auto_error=False, description="An API token from `provmark tenants create`.")
 
@@ -56,6 +56,8 @@ class Service:
     GIL (on 2 cores at 50 clients that cut the p99 latency from 1.5 s to 0.6 s)."""
     processes: int = 1
     """Server processes sharing the rate limit (``serve --workers``)."""
+    work_limits: WorkLimits = WorkLimits()
+    """What one verification may cost (``serve --max-tokens-scored`` and the per-key caps)."""
 
 
 def service(request: Request) -> Service:
@@ -67,31 +69,37 @@ class Caller:
     tenant: Tenant | None
 
 
+def identify(svc: Service, authorization: str | None, address: str | None) -> tuple[Tenant | None, str | None, str]:
+    """(tenant, problem, client) of a request: the tenant of its bearer token (None without one), why
+    the Authorization header is refused (None when it is not), and the rate limiter's client: the
+    token's digest for a known token, else the peer address (after ``--trusted-proxies``)."""
+    tenant = problem = None
+    token = None
+    if authorization is not None:
+        scheme, _, credentials = authorization.partition(" ")
+        token = credentials.strip() if scheme.lower() == "bearer" else ""
+        if not token:
+            problem = "the Authorization header must be 'Bearer <token>'"
+        else:
+            tenant = svc.registry.tenant_for_token(token)
+            problem = None if tenant is not None else "unknown API token"
+    client = "token:" + token_digest(token) if tenant is not None else "addr:" + (address or "unknown")
+    return tenant, problem, client
+
+
 # Async on purpose: a sync dependency costs a threadpool round trip per request (two handoffs
 # of the GIL, each of which can wait behind a busy verify thread), while the work here is a
 # SHA-256 and one indexed SELECT. The SELECT takes the registry lock, so it can wait on the
 # event loop for a write transaction in flight (its fsync, milliseconds).
 async def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
                  svc: Service = Depends(service)) -> Caller:
-    """The caller's tenant (None without a token), after the rate limit; 401 for a bad token."""
-    header = request.headers.get("authorization")
-    tenant = problem = None
-    if header is not None:
-        if credentials is None or not credentials.credentials.strip():
-            problem = "the Authorization header must be 'Bearer <token>'"
-        else:
-            tenant = svc.registry.tenant_for_token(credentials.credentials.strip())
-            problem = None if tenant is not None else "unknown API token"
-    if tenant is not None:
-        client = "token:" + token_digest(credentials.credentials.strip())
-    else:
-        client = "addr:" + (request.client.host if request.client else "unknown")
-    limiter = svc.limiter
-    wait = limiter.acquire(client)
-    if wait:
-        split = f", shared by {svc.processes} server processes" if svc.processes > 1 else ""
-        raise RateLimitedError(f"rate limit of {limiter.rate:g} requests/s (burst {limiter.burst}{split}) exceeded",
-                               retry_after=wait)
+    """The caller's tenant (None without a token); 401 for a bad token. The rate limit was applied by
+    ``app.RateLimit`` before the body was read, which left its identification in the request state;
+    a route mounted without that middleware identifies the caller here (unlimited)."""
+    found = getattr(request.state, "identity", None)
+    if found is None:
+        found = identify(svc, request.headers.get("authorization"), request.client.host if request.client else None)
+    tenant, problem, _ = found
     if problem:
         raise AuthError(problem, field="authorization")
     return Caller(tenant)
@@ -123,6 +131,8 @@ def verification_out(item: KeyVerification) -> schemas.KeyVerificationOut:
             for n in item.nearest
         ],
         note=item.note,
+        capped_at=item.capped_at,
+        error=item.error,
     )
 
 
@@ -226,15 +236,33 @@ def verify_keys(svc: Service, who: Caller, key_ids: list[str] | None) -> list[Ke
     return [by_id[k] for k in dict.fromkeys(key_ids)]
 
 
-async def run_verify(svc: Service, who: Caller, texts: list[str], options, fields: list[str] | None = None):
-    """``Provenance.verify`` in one of ``svc.verify_slots`` threads."""
+async def run_verify(svc: Service, who: Caller, texts: list[str], options, fields: list[str] | None = None,
+                     client: str | None = None):
+    """``Provenance.verify`` in one of ``svc.verify_slots`` threads, under ``svc.work_limits``; the rate
+    limiter's ``client`` (None: not limited) is charged for the tokens scored."""
+    def charge(tokens: int) -> None:  # the middleware charged one request; the rest is work
+        limiter = svc.limiter
+        wait = limiter.acquire(client, tokens / TOKENS_PER_REQUEST) if client is not None else 0.0
+        if wait:
+            raise RateLimitedError(
+                f"rate limit exceeded: this verification scores {tokens} tokens, charged as "
+                f"{tokens / TOKENS_PER_REQUEST:.3g} requests ({TOKENS_PER_REQUEST} tokens each) on top of the "
+                f"request itself (limit {limiter.rate:g} requests/s, burst {limiter.burst})", retry_after=wait)
+
     def work():
         return svc.provenance.verify(
             texts, verify_keys(svc, who, options.key_ids), tenant_id=who.tenant and who.tenant.id,
             alpha=options.alpha, min_tokens=options.min_tokens, nearest=options.nearest, fields=fields,
+            limits=svc.work_limits, charge=charge,
         )
 
     return await anyio.to_thread.run_sync(work, limiter=svc.verify_slots)
+
+
+def _client(request: Request) -> str | None:
+    """The rate limiter's client of the request (``app.RateLimit`` identified it), or None."""
+    identity = getattr(request.state, "identity", None)
+    return None if identity is None else identity[2]
 
 
 # The token is optional on verify (public keys), which the schema says with an empty alternative.
@@ -243,20 +271,20 @@ _OPTIONAL_TOKEN = {"security": [{}]}  # appended to the bearer requirement FastA
 
 @router.post("/v1/verify", response_model=schemas.VerifyResponse, responses=ERRORS, tags=["provenance"],
              openapi_extra=_OPTIONAL_TOKEN)
-async def verify(body: schemas.VerifyRequest, who: Caller = Depends(caller),
+async def verify(request: Request, body: schemas.VerifyRequest, who: Caller = Depends(caller),
                  svc: Service = Depends(service)) -> schemas.VerifyResponse:
     """Detect the text with every key the caller may use (its tenant's keys; without a token,
     the keys open to public verification) and return each result with the matching record."""
-    (item,) = await run_verify(svc, who, [body.text], body, fields=["text"])
+    (item,) = await run_verify(svc, who, [body.text], body, fields=["text"], client=_client(request))
     return text_out(item)
 
 
 @router.post("/v1/verify/batch", response_model=schemas.VerifyBatchResponse, responses=ERRORS, tags=["provenance"],
              openapi_extra=_OPTIONAL_TOKEN)
-async def verify_batch(body: schemas.VerifyBatchRequest, who: Caller = Depends(caller),
+async def verify_batch(request: Request, body: schemas.VerifyBatchRequest, who: Caller = Depends(caller),
                        svc: Service = Depends(service)) -> schemas.VerifyBatchResponse:
     """``/v1/verify`` for up to 32 texts at once (each key decodes them in one batch)."""
-    items = await run_verify(svc, who, body.texts, body)
+    items = await run_verify(svc, who, body.texts, body, client=_client(request))
     return schemas.VerifyBatchResponse(items=[text_out(i) for i in items])
 
 

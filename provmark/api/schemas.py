@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from provmark.detector.result import DetectionResult
+from provmark.front import is_blank
 from provmark.watermark.params import attribute_docs, scheme_params
 from provmark.watermark.schemes import SCHEMES
 
@@ -53,8 +54,8 @@ def _utf8(value: str) -> str:
 
 
 def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must contain some non-whitespace text")
+    if is_blank(value):
+        raise ValueError("must contain some visible text (not only whitespace or zero-width characters)")
     return value
 
 
@@ -275,6 +276,11 @@ def _verification_out() -> type[BaseModel]:
         record=(RecordOut | None, ...),
         nearest_records=(list[NearRecordOut], ...),
         note=(str | None, ...),
+        capped_at=(int | None, Field(None, description="This key scored only the first this many tokens (words, for a "
+                                     "synonym key) of the text: the server's per-key work cap (Balance-Marking's "
+                                     "proxy LM, synonym analysis); the verdict covers that prefix.")),
+        error=(str | None, Field(None, description="Why this key gave no verdict (its detection failed): the result "
+                                 "is then p = 1 with nothing scored, and the other keys' results stand.")),
     )
 
 

@@ -121,6 +121,8 @@ def key_from_dict(data: Mapping) -> WatermarkKey:
 def load_key(path: str | os.PathLike) -> WatermarkKey:
     """Read and validate a key file; every failure is a ``KeyFileError`` naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise KeyFileError(f"{path} is a folder; give the key file (JSON)")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -138,15 +140,38 @@ def load_key(path: str | os.PathLike) -> WatermarkKey:
 
 
 def save_key(key: WatermarkKey, path: str | os.PathLike, *, overwrite: bool = False) -> None:
-    """Write the key file readable by its owner only (0600); refuse to replace one unless asked."""
+    """Write the key file readable by its owner only (0600); refuse to replace one unless asked.
+
+    The key goes to a new temporary file in the target folder (created 0600, O_EXCL and O_NOFOLLOW:
+    never an existing file or a symlink's target), is flushed to disk and then renamed over the target.
+    So an existing file's mode never carries over, ``overwrite`` replaces a symlink itself and never
+    writes through it, and a crash leaves the old file or the new one, not half of either."""
     path = Path(path)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    if path.is_dir():
+        raise KeyFileError(f"{path} is a folder; give a file path for the key")
+    if not overwrite and os.path.lexists(path):
+        raise KeyFileError(f"{path} exists; choose another path or pass --force to overwrite it")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        fd = os.open(path, flags, 0o600)
+        fd = os.open(temporary, flags, 0o600)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write key file {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(key.to_dict(), handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)  # fails if the path appeared meanwhile: never replaces a file unasked
+            os.unlink(temporary)
     except FileExistsError:
         raise KeyFileError(f"{path} exists; choose another path or pass --force to overwrite it") from None
     except OSError as exc:
-        raise KeyFileError(f"cannot write key file {path}: {exc}") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(key.to_dict(), handle, indent=2)
-        handle.write("\n")
+        raise KeyFileError(f"cannot write key file {path}: {exc.strerror}") from None
+    finally:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)

@@ -25,9 +25,14 @@ __all__ = ["KGWConfig", "KGWWatermarker"]
 MAX_CONTEXT_WIDTH = 16
 
 
+def is_number(value) -> bool:
+    """Whether ``value`` is a finite int or float (a bool is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def validate_delta(delta: float) -> None:
     """Raise unless delta is a finite bias in (0, 20]."""
-    if not isinstance(delta, (int, float)) or not math.isfinite(delta) or not 0 < delta <= 20:
+    if not is_number(delta) or not 0 < delta <= 20:
         raise ParameterError(f"delta must be a number in (0, 20], got {delta!r}; 2.0 is a common choice")
 
 
@@ -55,12 +60,19 @@ class KGWConfig(SchemeConfig):
     at h = 2)."""
 
     def __post_init__(self):
-        if not isinstance(self.gamma, (int, float)) or not 0 < self.gamma < 1:
+        if not is_number(self.gamma) or not 0 < self.gamma < 1:
             raise ParameterError(f"gamma must be a number in (0, 1), got {self.gamma!r}; 0.25 is the paper's default")
         fraction = Fraction(self.gamma).limit_denominator(MAX_SHARDS)
         if abs(float(fraction) - self.gamma) > 1e-9:
             raise ParameterError(
                 f"gamma must be a fraction k/S with S <= {MAX_SHARDS}, got {self.gamma!r}; try {float(fraction):.6g}"
+            )
+        # A gamma within 1e-9 of 0 or 1 rounds to k = 0 or k = S: no green (or no red) shard, and
+        # the binomial test divides by gamma * (1 - gamma). Both ends are refused here.
+        if not 0 < fraction < 1:
+            raise ParameterError(
+                f"gamma must leave at least one green and one red shard (k/S with 1 <= k < S <= {MAX_SHARDS}, "
+                f"between 1/{MAX_SHARDS} and {MAX_SHARDS - 1}/{MAX_SHARDS}), got {self.gamma!r}; 0.25 is the paper's default"
             )
         validate_delta(self.delta)
         validate_context_width(self.context_width)

@@ -23,7 +23,7 @@ from provmark.kernels.prf import split_key
 from provmark.kernels.shard_bias import MAX_SHARDS
 from provmark.watermark import subkeys
 from provmark.watermark.base import SchemeConfig, StepParams, Watermarker
-from provmark.watermark.kgw import validate_context_width, validate_delta
+from provmark.watermark.kgw import is_number, validate_context_width, validate_delta
 from provmark.watermark.payload import parse_payload, to_bits, to_digits
 
 __all__ = ["MPACConfig", "MPACWatermarker"]
@@ -49,8 +49,9 @@ class MPACConfig(SchemeConfig):
     def __post_init__(self):
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 64:
             raise ParameterError(f"bits must be an integer in [1, 64], got {self.bits!r}; 32 is the default")
-        if not isinstance(self.gamma, (int, float)) or not 0 < self.gamma < 1 or abs(1 / self.gamma - round(1 / self.gamma)) > 1e-9 \
-                or round(1 / self.gamma) > MAX_SHARDS:
+        # The range is checked before 1/gamma is taken: a subnormal gamma overflows it.
+        if not is_number(self.gamma) or not 1 / MAX_SHARDS - 1e-12 <= self.gamma <= 0.5 + 1e-12 \
+                or abs(1 / self.gamma - round(1 / self.gamma)) > 1e-9:
             raise ParameterError(f"gamma must be 1/S for an integer S in [2, {MAX_SHARDS}], got {self.gamma!r}; 0.25 is the default")
         if isinstance(self.radix, bool) or not isinstance(self.radix, int) or self.radix < 2 or self.radix & (self.radix - 1):
             raise ParameterError(f"radix must be a power of two >= 2, got {self.radix!r}; 2 or 4 are usual")
