@@ -35,17 +35,72 @@ import torch
 from scipy.stats import binom
 
 from provmark.detector.base import Evidence, PairDetector
-from provmark.detector.stats import binomial_log_sf_array, sum_log_sf_rows
+from provmark.detector.records import binomial_tails, digit_sums, poisson_binomial_tails
+from provmark.detector.stats import binomial_log_sf_array, binomial_pmf, sum_log_sf_rows
 from provmark.kernels.prf import split_key
 from provmark.watermark.base import positions
-from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig, block_candidates, block_salt
+from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig, block_candidates, block_salt, majority
+from provmark.watermark.payload import to_bits
 
-__all__ = ["MajorMarkDetector", "MajorMarkPlusDetector", "two_means_split"]
+__all__ = ["MajorMarkDetector", "MajorMarkPlusDetector", "MajorMarkRecordTable", "MajorMarkPlusRecordTable", "two_means_split"]
 
 
-@functools.lru_cache(maxsize=4096)
-def _binomial_pmf(trials: int, p: float) -> np.ndarray:
-    return binom.pmf(np.arange(trials + 1), trials, p)
+class MajorMarkRecordTable:
+    """One text's shard counts under both majority-bit salts, for scoring candidate payloads
+    (``detector.records``). A payload's hits are the tokens, counted under its salt lambda, in its
+    n_lambda majority-bit shards: ``Binomial(N, n_lambda/b)`` under the null."""
+
+    def __init__(self, counts: np.ndarray, num_scored_tokens: int, bits: int):
+        self.counts = counts  # int64 (2, b): tokens in shard i under salt lambda
+        self.num_scored_tokens = num_scored_tokens
+        self.bits = bits
+
+    def score(self, payloads):
+        b = self.bits
+        codewords = payloads + np.uint64(1)  # MajorMarkConfig.codeword_bits
+        zeros = np.zeros(b, dtype=np.int64)
+        ones = digit_sums(codewords, np.stack([zeros, np.ones(b, dtype=np.int64)], axis=1), 1)
+        hits_one = digit_sums(codewords, np.stack([zeros, self.counts[1]], axis=1), 1)
+        hits_zero = digit_sums(codewords, np.stack([self.counts[0], zeros], axis=1), 1)
+        lam_one = 2 * ones >= b  # ties go to 1
+        hits = np.where(lam_one, hits_one, hits_zero)
+        preferred = np.where(lam_one, ones, b - ones)
+        return hits, binomial_tails(hits, self.num_scored_tokens, preferred, b)
+
+
+class MajorMarkPlusRecordTable:
+    """One text's per-block shard counts under every (lambda, n) candidate, for scoring candidate
+    payloads (``detector.records``). A payload's hits are, summed over blocks j, the tokens of
+    block j counted under its block's candidate in that block's n_j majority-bit shards; under
+    the null a token of block j hits with probability n_j/s, so the law is the Poisson-binomial
+    sum of ``Binomial(T_j, n_j/s)``."""
+
+    def __init__(self, counts: np.ndarray, tokens_at: np.ndarray, config: MajorMarkPlusConfig):
+        self.config = config
+        self.tokens_at = tokens_at  # int64 (r,): tokens of each block
+        self.num_scored_tokens = int(tokens_at.sum())
+        s, candidates = config.block_size, block_candidates(config.block_size)
+        values = [to_bits(value, s) for value in range(1, config.block_values + 1)]  # digit d holds value d + 1
+        chosen = [candidates.index(majority(bits)) for bits in values]
+        preferred = np.array([[bit == majority(bits)[0] for bit in bits] for bits in values], dtype=np.int64)
+        self.block_hits = (counts[:, chosen, :] * preferred[None]).sum(axis=2)  # (r, 2**s - 2)
+        self.shares = np.arange((s + 1) // 2, s) / s  # the preferred shares n/s a block can have
+        self.share_of = np.array([majority(bits)[1] - (s + 1) // 2 for bits in values])  # index into shares
+
+    def score(self, payloads):
+        config = self.config
+        r, base = config.num_blocks, np.uint64(config.block_values)
+        hits = np.zeros(payloads.shape[0], dtype=np.int64)
+        trials = np.zeros((payloads.shape[0], self.shares.size), dtype=np.int64)
+        rest = payloads.copy()
+        for j in reversed(range(r)):  # the last block holds the least significant digit
+            digit = (rest % base).astype(np.int64)
+            rest //= base
+            hits += self.block_hits[j, digit]
+            share = self.share_of[digit]
+            for q in range(self.shares.size):
+                trials[:, q] += self.tokens_at[j] * (share == q)
+        return hits, poisson_binomial_tails(hits, trials, self.shares)
 
 
 def two_means_splits(counts: np.ndarray, sizes: range) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +137,13 @@ class MajorMarkDetector(PairDetector):
         """int64 (N, 2): each token's shard under lambda = 0 and lambda = 1."""
         n, bits = tokens.shape[0], self.key.config.bits
         return torch.stack([self.shards(contexts, tokens, torch.full((n,), lam, dtype=torch.int64), bits) for lam in (0, 1)], 1)
+
+    def _record_tables(self, token_scores, seq_index, num_sequences):
+        b = self.key.config.bits
+        index = (seq_index[:, None] * 2 + torch.tensor([0, 1])) * b + token_scores
+        counts = torch.bincount(index.flatten(), minlength=num_sequences * 2 * b).view(num_sequences, 2, b).numpy()
+        totals = torch.bincount(seq_index, minlength=num_sequences).tolist()
+        return [MajorMarkRecordTable(counts[i], totals[i], b) for i in range(num_sequences)]
 
     def _aggregate_scores(self, token_scores, seq_index, num_sequences):
         config: MajorMarkConfig = self.key.config
@@ -146,14 +208,25 @@ class MajorMarkPlusDetector(PairDetector):
             columns.append(self.shards(contexts, tokens, salts, config.block_size))
         return torch.stack(columns, dim=1)
 
+    def _block_counts(self, token_scores, seq_index, num_sequences) -> tuple[torch.Tensor, torch.Tensor]:
+        """(counts int64 (n, r, C, s): tokens of each block in each shard under each candidate,
+        tokens_at int64 (n, r): tokens of each block) of every sequence."""
+        config: MajorMarkPlusConfig = self.key.config
+        r, s, c = config.num_blocks, config.block_size, len(self._candidates)
+        cell = seq_index * r + token_scores[:, 0]  # (sequence, block)
+        index = ((cell[:, None] * c + torch.arange(c)) * s + token_scores[:, 1:]).flatten()
+        counts = torch.bincount(index, minlength=num_sequences * r * c * s).view(num_sequences, r, c, s)
+        return counts, torch.bincount(cell, minlength=num_sequences * r).view(num_sequences, r)
+
+    def _record_tables(self, token_scores, seq_index, num_sequences):
+        counts, tokens_at = (t.numpy() for t in self._block_counts(token_scores, seq_index, num_sequences))
+        return [MajorMarkPlusRecordTable(counts[i], tokens_at[i], self.key.config) for i in range(num_sequences)]
+
     def _aggregate_scores(self, token_scores, seq_index, num_sequences):
         config: MajorMarkPlusConfig = self.key.config
         r, s, candidates = config.num_blocks, config.block_size, self._candidates
         c = len(candidates)
-        cell = seq_index * r + token_scores[:, 0]  # (sequence, block)
-        index = ((cell[:, None] * c + torch.arange(c)) * s + token_scores[:, 1:]).flatten()
-        counts = torch.bincount(index, minlength=num_sequences * r * c * s).view(num_sequences, r, c, s)
-        tokens_at = torch.bincount(cell, minlength=num_sequences * r).view(num_sequences, r)
+        counts, tokens_at = self._block_counts(token_scores, seq_index, num_sequences)
         ranked, order = torch.sort(counts, dim=3, descending=True, stable=True)
         cumulative = ranked.cumsum(dim=3)
         sizes = torch.tensor([count for _, count in candidates])
@@ -173,7 +246,7 @@ class MajorMarkPlusDetector(PairDetector):
         np.put_along_axis(rank, chosen_order, np.arange(s), axis=2)  # each shard's place in the order
         bits = np.where(rank < count[:, :, None], lam[:, :, None], 1 - lam[:, :, None])
         # A block's null law depends on its token count t and its candidate k alone: pmf number t * c + k.
-        pmfs = [_binomial_pmf(t, size / s) for t in range(int(tokens_at.max(initial=0)) + 1) for _, size in candidates]
+        pmfs = [binomial_pmf(t, size / s) for t in range(int(tokens_at.max(initial=0)) + 1) for _, size in candidates]
         observed = np.take_along_axis(green, choice[:, :, None], axis=2)[:, :, 0].sum(axis=1)
         scored = np.flatnonzero(tokens_at.sum(axis=1))
         log_tail, mean, sd = (
