@@ -141,8 +141,11 @@ def candidate_payloads(candidates, capacity: int) -> np.ndarray:
         raise ParameterError("no candidate payloads; give at least one")
     if capacity < 1 << 64 and int(values.max()) >= capacity:
         raise ParameterError(f"candidate payload {int(values.max())} does not fit the key's capacity [0, {capacity})")
-    unique, first = np.unique(values, return_index=True)
-    return unique[np.argsort(first, kind="stable")] if unique.size < values.size else values
+    ordered = np.sort(values)
+    if not np.any(ordered[1:] == ordered[:-1]):  # the usual case (a registry's payloads): one sort
+        return values
+    _, first = np.unique(values, return_index=True)
+    return values[np.sort(first)]
 
 
 def digit_sums(words: np.ndarray, table: np.ndarray, width: int) -> np.ndarray:
