@@ -11,6 +11,7 @@ import torch
 
 from provmark.detector import create_detector
 from provmark.detector.majormark import NULL_DRAWS, block_excess_pmf, chi_square_null
+from provmark.errors import ParameterError
 from provmark.watermark.keys import create_key
 from provmark.watermark.majormark import block_candidates
 from tests.test_detector_kgw import _zipf_sequences
@@ -149,3 +150,13 @@ def test_presence_detects_more_watermarked_texts_than_the_union_bound(scheme, li
     threshold = math.log(1e-3)
     assert (presence <= threshold).mean() >= (union <= threshold).mean() + 0.08
     assert np.all(presence <= union + math.log(2) + 1e-12)  # never worse than the union bound's factor 2
+
+
+@pytest.mark.parametrize("scheme", ["majormark", "majormark+"])
+def test_presence_of_a_text_without_scored_tokens_is_p_one_and_prompts_must_match(scheme):
+    detector = create_detector(create_key(scheme, secret=SECRET))
+    (presence,) = detector.presence_batch([[5, 6]])
+    assert (presence.p_value, presence.num_scored_tokens, presence.is_watermarked) == (1.0, 0, False)
+    assert presence.to_dict()["scheme"] == scheme
+    with pytest.raises(ParameterError, match="got 2 prompts for 1 sequences"):
+        detector.presence_batch([[1, 2, 3]], prompt_ids=[[1], [2]])
