@@ -209,3 +209,16 @@ def test_the_winners_corrected_p_value_is_calibrated_on_unwatermarked_text(schem
         assert sum(p <= math.log(alpha) for p in corrected) / n <= alpha + slack
         rate = sum(p <= math.log(alpha) for p in raw) / n
         assert alpha / 3 <= rate <= alpha + slack, (alpha, rate)
+
+
+def test_tails_keep_their_value_below_float_range():
+    from provmark.detector.records import binomial_tails, poisson_binomial_tails
+
+    # every token a hit: the tail is the product of the shares, far below float64's smallest number
+    trials = np.array([[800, 900], [800, 900], [3, 0]])
+    got = poisson_binomial_tails(np.array([1700, 1650, 2]), trials, np.array([0.5, 0.75]))
+    assert got[0] == pytest.approx(800 * math.log(0.5) + 900 * math.log(0.75), rel=1e-9)
+    pmfs = [binom.pmf(np.arange(801), 800, 0.5), binom.pmf(np.arange(901), 900, 0.75)]
+    assert got[1] == pytest.approx(log_upper_tail(log_pmf_of_sum(pmfs), 1650), rel=1e-9)
+    assert got[2] == pytest.approx(math.log(0.5), rel=1e-12)  # P(Binomial(3, 1/2) >= 2)
+    assert binomial_tails(np.array([1200]), 1200, np.array([1]), 4)[0] == pytest.approx(1200 * math.log(0.25), rel=1e-9)
