@@ -123,6 +123,18 @@ def verification_out(item: KeyVerification) -> schemas.KeyVerificationOut:
             for n in item.nearest
         ],
         note=item.note,
+        attribution=None if item.attribution is None else attribution_out(item.attribution, item.result),
+    )
+
+
+def attribution_out(match, result) -> schemas.AttributionOut:
+    """The record test's result with record ids, and whether the open-set decode agreed."""
+    def record_id(payload):
+        return None if payload is None else f"{match.key_id}.{payload}"
+
+    return schemas.AttributionOut(
+        **match.to_dict(), record_id=record_id(match.payload), runner_up_record_id=record_id(match.runner_up),
+        open_set_agrees=None if match.payload is None else result.payload == match.payload,
     )
 
 
