@@ -368,7 +368,7 @@ def test_generate_refuses_non_finite_metadata(client, acme):
 def test_generate_refuses_unknown_retired_and_exhausted_keys_before_loading_a_model(client, fresh_db, acme):
     assert_error(client.post("/v1/generate", json={"key_id": "k_nope", "prompt": "hi"}, headers=acme.headers),
                  404, "key_id")
-    key = _key(client, acme, "mpac", bits=1)
+    key = _key(client, acme, "mpac", bits=1, radix=2)
     for _ in range(2):
         fresh_db.new_record(key["key_id"], tenant_id=acme.id, model=None)
     exhausted = client.post("/v1/generate", json={"key_id": key["key_id"], "prompt": "hi"}, headers=acme.headers)
