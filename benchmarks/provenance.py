@@ -93,7 +93,7 @@ def _outcome(body: dict, key_id: str, record_id: str | None) -> str:
     if named:
         return "wrong"
     mine = next(r for r in body["results"] if r["key_id"] == key_id)
-    watermarked = mine["is_watermarked"] or (mine["attribution"] or {}).get("is_match", False)
+    watermarked = mine["is_watermarked"] or (mine["record_test"] or {}).get("is_match", False)
     return "unattributed" if watermarked else "missed"
 
 

@@ -500,7 +500,7 @@ def _attribute(watermark, text, candidates, *, alpha, min_tokens, as_json):
     (result,) = watermark.detect([text], alpha=alpha / 2, min_tokens=min_tokens)
     (match,) = watermark.attribute([text], candidates, alpha=alpha / 2)
     if as_json:
-        click.echo(json.dumps({**result.to_dict(), "attribution": match.to_dict()}, indent=2))
+        click.echo(json.dumps({**result.to_dict(), "record_test": match.to_dict()}, indent=2))
         return
     click.echo(_summary(result))
     if match.is_match:

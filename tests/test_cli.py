@@ -233,9 +233,9 @@ def test_detect_with_candidates_names_the_payload_the_text_carries(runner, tmp_p
     args = ["detect", "--key", str(tmp_path / "m.json"), str(tmp_path / "text.txt")]
     found = runner.invoke(cli, [*args, "--candidates", str(tmp_path / "issued.txt"), "--json"])
     assert found.exit_code == 0, found.output
-    attribution = json.loads(found.stdout)["attribution"]
-    assert attribution["payload"] == 0xBEEF and attribution["is_match"] and attribution["num_candidates"] == 4
-    assert attribution["corrected_log10_p_value"] == pytest.approx(attribution["log10_p_value"] + math.log10(4))
+    record_test = json.loads(found.stdout)["record_test"]
+    assert record_test["payload"] == 0xBEEF and record_test["is_match"] and record_test["num_candidates"] == 4
+    assert record_test["corrected_log10_p_value"] == pytest.approx(record_test["log10_p_value"] + math.log10(4))
     (tmp_path / "others.txt").write_text("12\n0x1234\n")
     missed = runner.invoke(cli, [*args, "--candidates", str(tmp_path / "others.txt")])
     assert missed.exit_code == 0 and "matches none of the candidates" in missed.stdout

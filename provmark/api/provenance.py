@@ -78,13 +78,13 @@ class KeyVerification:
     note: str | None = None
     public: bool = False
     """The key was used as a public key (the caller is not its tenant): records omit metadata."""
-    attribution: RecordMatch | None = None
+    record_test: RecordMatch | None = None
     """The record test over every record the key has issued (None: zero-bit key, or none issued)."""
 
     @property
     def watermarked(self) -> bool:
         """Whether the presence test or the record test rejected."""
-        return self.result.is_watermarked or (self.attribution is not None and self.attribution.is_match)
+        return self.result.is_watermarked or (self.record_test is not None and self.record_test.is_match)
 
 
 @dataclass(frozen=True)
@@ -227,35 +227,35 @@ class Provenance:
             for i, (digest, row) in enumerate(zip(hashes, ids))
         ]
 
-    def _match(self, key, result: DetectionResult, attribution: RecordMatch | None, digest: str, nearest: int,
+    def _match(self, key, result: DetectionResult, record_test: RecordMatch | None, digest: str, nearest: int,
                public: bool) -> KeyVerification:
-        found = partial(KeyVerification, result, public=public, attribution=attribution)
+        found = partial(KeyVerification, result, public=public, record_test=record_test)
         record = self.registry.record_by_text(key.key_id, digest)
         if record is not None:
             return found("text", record)
-        if attribution is not None and attribution.is_match:
-            record = self.registry.record_by_number(key.key_id, attribution.payload)
+        if record_test is not None and record_test.is_match:
+            record = self.registry.record_by_number(key.key_id, record_test.payload)
             if record is not None:
                 note = None
-                if result.payload is not None and result.payload != attribution.payload:
+                if result.payload is not None and result.payload != record_test.payload:
                     note = (f"the open-set decode reads {result.payload_hex}, not this record's payload: the record "
                             "test names the issued record that explains the text best")
                 return found("record", record, note=note)
-        if not (result.is_watermarked or (attribution is not None and attribution.is_match)):
+        if not (result.is_watermarked or (record_test is not None and record_test.is_match)):
             return found(None, None)
         if result.payload is None:
             note = "watermarked, but no record of this zero-bit key has this exact text (records of zero-bit keys are found by text hash)"
             return found(None, None, note=note)
-        if attribution is None:
+        if record_test is None:
             note = f"watermarked, but this key has issued no records (open-set decode {result.payload_hex})"
             return found(None, None, note=note)
-        note = (f"watermarked, but unattributed: the best of the key's {attribution.num_candidates} records has "
-                f"corrected p {attribution.corrected_p_value:.3g}, above alpha {attribution.alpha:g}; nearest records "
+        note = (f"watermarked, but unattributed: the best of the key's {record_test.num_candidates} records has "
+                f"corrected p {record_test.corrected_p_value:.3g}, above alpha {record_test.alpha:g}; nearest records "
                 "to the open-set decode listed (a heuristic, not a match)")
         return found(None, None, nearest_records(self.registry, key, result, nearest), note)
 
 
 def _strength(item: KeyVerification) -> float:
     """Most significant first: the smaller of the key's presence and record-level log10 p-values."""
-    record = item.attribution.corrected_log10_p_value if item.attribution is not None else 0.0
+    record = item.record_test.corrected_log10_p_value if item.record_test is not None else 0.0
     return min(item.result.log10_p_value, record)

@@ -123,16 +123,16 @@ def verification_out(item: KeyVerification) -> schemas.KeyVerificationOut:
             for n in item.nearest
         ],
         note=item.note,
-        attribution=None if item.attribution is None else attribution_out(item.attribution, item.result),
+        record_test=None if item.record_test is None else record_test_out(item.record_test, item.result),
     )
 
 
-def attribution_out(match, result) -> schemas.AttributionOut:
+def record_test_out(match, result) -> schemas.RecordTestOut:
     """The record test's result with record ids, and whether the open-set decode agreed."""
     def record_id(payload):
         return None if payload is None else f"{match.key_id}.{payload}"
 
-    return schemas.AttributionOut(
+    return schemas.RecordTestOut(
         **match.to_dict(), record_id=record_id(match.payload), runner_up_record_id=record_id(match.runner_up),
         open_set_agrees=None if match.payload is None else result.payload == match.payload,
     )

@@ -266,8 +266,8 @@ def _dataclass_fields(cls) -> dict:
     return {f.name: (_listed(hints[f.name]), Field(..., description=docs.get(f.name))) for f in fields(cls)}
 
 
-AttributionOut = create_model(
-    "AttributionOut", __module__=__name__,
+RecordTestOut = create_model(
+    "RecordTestOut", __module__=__name__,
     __doc__=("The record test: every record the key has issued scored on the text (``RecordMatch``, "
              "every field), the best corrected for the number scored."),
     **_dataclass_fields(RecordMatch),
@@ -287,11 +287,11 @@ def _verification_out() -> type[BaseModel]:
         **_dataclass_fields(DetectionResult),
         match=(Literal["text", "payload", "record"] | None, Field(..., description=(
             '"text": the record whose text has this hash; "record": the record test attributed the text '
-            '(``attribution``); "payload": not produced since record-level attribution (kept for old clients).'))),
+            '(``record_test``); "payload": not produced since record-level attribution (kept for old clients).'))),
         record=(RecordOut | None, ...),
         nearest_records=(list[NearRecordOut], ...),
         note=(str | None, ...),
-        attribution=(AttributionOut | None, Field(None, description=(
+        record_test=(RecordTestOut | None, Field(None, description=(
             "Multi-bit keys with issued records: the record test over all of them."))),
     )
 

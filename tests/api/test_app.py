@@ -152,12 +152,12 @@ def test_a_watermarked_text_is_attributed_to_its_record_by_the_record_test(clien
     assert result["is_watermarked"] and result["match"] == "record" and result["payload"] == record.payload
     assert result["record"]["id"] == record.id and result["record"]["metadata"] == {"user": "u1"}
     assert len(result["bit_confidences"]) == 8 and result["nearest_records"] == [] and result["note"] is None
-    attribution = result["attribution"]
-    assert attribution["record_id"] == record.id and attribution["num_candidates"] == 1 + len(others)
-    assert attribution["is_match"] and attribution["open_set_agrees"] and attribution["alpha"] == 1e-3 / 2
-    assert attribution["corrected_log10_p_value"] == pytest.approx(attribution["log10_p_value"] + math.log10(21))
-    assert attribution["runner_up_record_id"] in {o.id for o in others}
-    assert attribution["runner_up_log10_p_value"] > attribution["log10_p_value"] + 5
+    record_test = result["record_test"]
+    assert record_test["record_id"] == record.id and record_test["num_candidates"] == 1 + len(others)
+    assert record_test["is_match"] and record_test["open_set_agrees"] and record_test["alpha"] == 1e-3 / 2
+    assert record_test["corrected_log10_p_value"] == pytest.approx(record_test["log10_p_value"] + math.log10(21))
+    assert record_test["runner_up_record_id"] in {o.id for o in others}
+    assert record_test["runner_up_log10_p_value"] > record_test["log10_p_value"] + 5
 
 
 def test_a_zero_bit_record_is_found_by_its_text_hash(client, fresh_db, acme):
@@ -188,7 +188,7 @@ def test_a_payload_no_record_carries_is_attributed_to_the_issued_record_that_exp
     # The record test's null is text written without the key: a payload the service never issued
     # is explained best by a neighbour, and the answer says the open-set decode disagrees.
     assert result["is_watermarked"] and result["payload"] == 5 and result["match"] == "record"
-    assert result["record"]["number"] in {4, 7, 1, 13} and not result["attribution"]["open_set_agrees"]
+    assert result["record"]["number"] in {4, 7, 1, 13} and not result["record_test"]["open_set_agrees"]
     assert result["note"].startswith("the open-set decode reads 0x5, not this record's payload")
 
 
@@ -207,7 +207,7 @@ def test_a_watermarked_text_no_record_explains_is_unattributed_with_the_nearest_
     (item,) = Provenance(fresh_db, WordModels()).verify([text], fresh_db.key_refs(acme.id), tenant_id=acme.id,
                                                        alpha=alpha, nearest=6)
     (found,) = item.results
-    assert item.watermarked and found.result.is_watermarked and not found.attribution.is_match
+    assert item.watermarked and found.result.is_watermarked and not found.record_test.is_match
     assert found.match is None and found.record is None
     assert found.note.startswith("watermarked, but unattributed: the best of the key's 15 records has corrected p")
     nearest = found.nearest
@@ -340,7 +340,7 @@ def test_an_edited_copy_of_generated_text_is_attributed_to_its_record(make_clien
     (result,) = client.post("/v1/verify", json={"text": edited}, headers=acme.headers).json()["results"]
     assert result["is_watermarked"]
     # The record test scores the one issued record directly: a misread digit no longer matters.
-    assert result["match"] == "record" and result["record"] == record and result["attribution"]["is_match"]
+    assert result["match"] == "record" and result["record"] == record and result["record_test"]["is_match"]
 
 
 @pytest.mark.parametrize("body,field", [
