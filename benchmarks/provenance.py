@@ -157,9 +157,16 @@ def main(argv=None) -> int:
         plain = [g.text for g in generate_batched(lambda **kw: generate(loaded.model, loaded.tokenizer, key=None, **kw),
                                                   load_prompts()[: args.negatives], tokens=args.tokens,
                                                   seed=args.seed + 1, batch=10)]
-        hosts = [" ".join(plain[(i + k) % len(plain)] for k in range(1, 4)) for i in range(len(plain))]
+        def host(text: str, index: int) -> str:
+            """Other unwatermarked texts joined until they are three times as long as ``text``."""
+            parts, k = [], 0
+            while len(" ".join(parts).split()) < 3 * len(text.split()) + 10:
+                k += 1
+                parts.append(plain[(index + k) % len(plain)])
+            return " ".join(parts)
+
         human = human_texts(args.negatives, min_words=args.tokens)
-        attacked = {label: {c: [_attacked(c, t, hosts[i % len(hosts)], random.Random(f"{label}/{c}/{i}"),
+        attacked = {label: {c: [_attacked(c, t, host(t, i), random.Random(f"{label}/{c}/{i}"),
                                           loaded.model, loaded.tokenizer) for i, (_, t) in enumerate(made)]
                             for c in CONDITIONS} for label, made in texts.items()}
         print(f"attacked ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
