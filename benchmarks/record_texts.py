@@ -45,14 +45,17 @@ def main(argv=None):
         key = create_key(scheme, params, secret=secret)
         rng = random.Random(secret)
         payloads = [rng.randrange(key.config.capacity) for _ in prompts]
-        start = time.perf_counter()
-        generations = generate_batched(model, tokenizer, prompts, key, payloads, tokens=args.tokens, seed=args.seed,
-                                       batch=args.batch)
-        print(f"{label}: {len(prompts)} texts in {time.perf_counter() - start:.0f} s", flush=True)
-        out["texts"][label] = {"scheme": scheme, "params": params, "secret": secret.hex(), "payloads": payloads,
-                               "token_ids": [list(g.token_ids) for g in generations]}
-        with open(args.out, "w", encoding="utf-8") as handle:  # after every scheme: a partial run is usable
-            json.dump(out, handle)
+        start, token_ids = time.perf_counter(), []
+        for first in range(0, len(prompts), args.batch):  # generate_batched's seeding, one batch at a time
+            rows = slice(first, first + args.batch)
+            generations = generate_batched(model, tokenizer, prompts[rows], key, payloads[rows], tokens=args.tokens,
+                                           seed=args.seed + first, batch=args.batch)
+            token_ids += [list(g.token_ids) for g in generations]
+            print(f"{label}: {len(token_ids)} texts in {time.perf_counter() - start:.0f} s", flush=True)
+            out["texts"][label] = {"scheme": scheme, "params": params, "secret": secret.hex(),
+                                   "payloads": payloads[: len(token_ids)], "token_ids": token_ids}
+            with open(args.out, "w", encoding="utf-8") as handle:  # after every batch: a partial run is usable
+                json.dump(out, handle)
 
 
 if __name__ == "__main__":

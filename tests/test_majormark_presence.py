@@ -44,7 +44,7 @@ def test_chi_square_null_draws_follow_the_multinomial_law():
     # E[sum c_i^2] = N + N (N - 1) / b for Multinomial(N; 1/b each); and an independent sample of
     # multinomial draws gives the same tail at the quantiles a test uses.
     rng = np.random.default_rng(5)
-    for trials, shards in [(40, 8), (190, 32)]:
+    for trials, shards in [(40, 8), (190, 32), (600, 16)]:
         values, at_least = chi_square_null(trials, shards)
         counts = -np.diff(np.append(at_least, 0))
         assert counts.sum() == NULL_DRAWS and at_least[0] == NULL_DRAWS

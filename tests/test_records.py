@@ -222,3 +222,16 @@ def test_tails_keep_their_value_below_float_range():
     assert got[1] == pytest.approx(log_upper_tail(log_pmf_of_sum(pmfs), 1650), rel=1e-9)
     assert got[2] == pytest.approx(math.log(0.5), rel=1e-12)  # P(Binomial(3, 1/2) >= 2)
     assert binomial_tails(np.array([1200]), 1200, np.array([1]), 4)[0] == pytest.approx(1200 * math.log(0.25), rel=1e-9)
+
+
+def test_a_candidates_file_is_read_line_by_line_with_the_bad_line_named():
+    from provmark.detector.records import parse_candidates
+
+    lines = ["# issued payloads", "0x0000000a", "", "  17 ", "0xa"]
+    assert parse_candidates(lines, 1 << 32).tolist() == [10, 17]
+    with pytest.raises(ParameterError, match="line 2: payload 'zz' is neither decimal nor 0x-prefixed hex"):
+        parse_candidates(["1", "zz"], 1 << 32)
+    with pytest.raises(ParameterError, match="line 1: payload '0x100' does not fit"):
+        parse_candidates(["0x100"], 256)
+    with pytest.raises(ParameterError, match="no candidate payloads"):
+        parse_candidates(["# nothing"], 256)

@@ -92,35 +92,54 @@ class Presence:
         return asdict(self)
 
 
-@functools.lru_cache(maxsize=8)
-def _chi_square_nulls(max_trials: int, shards: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """``chi_square_null`` for every token count up to ``max_trials``, from one simulation: NULL_DRAWS
-    streams of tokens dropped uniformly into the shards, the sum of squared counts updated token by
-    token (adding a token to a shard holding c adds 2c + 1), so the first N tokens of every stream
-    are the draws for N. Seeded by (max_trials, shards)."""
-    rng = np.random.default_rng([_NULL_SEED, max_trials, shards])
+_STREAM_TOKENS = 512
+"""Token counts up to this share one cached simulation (``_chi_square_streams``); longer texts get
+one simulation each."""
+
+
+def _survival(squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values ascending, how many draws are >= each) of int64 draws."""
+    low = int(squares.min())
+    histogram = np.bincount(squares - low)
+    values = np.flatnonzero(histogram)
+    return values + low, np.cumsum(histogram[values][::-1])[::-1]
+
+
+@functools.lru_cache(maxsize=4)
+def _chi_square_streams(shards: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """``chi_square_null`` for every token count up to ``_STREAM_TOKENS``, from one simulation:
+    NULL_DRAWS streams of tokens dropped uniformly into the shards, the sum of squared counts
+    updated token by token (a token added to a shard holding c adds 2c + 1), so the first N
+    tokens of every stream are the draws for N."""
+    rng = np.random.default_rng([_NULL_SEED, shards])
     rows = np.arange(NULL_DRAWS)
     counts = np.zeros((NULL_DRAWS, shards), dtype=np.int32)
     squares = np.zeros(NULL_DRAWS, dtype=np.int64)
-    out = [(np.zeros(1, dtype=np.int64), np.array([NULL_DRAWS]))]
-    for _ in range(max_trials):
+    out = [_survival(squares)]
+    for _ in range(_STREAM_TOKENS):
         cell = rng.integers(0, shards, NULL_DRAWS)
         squares += 2 * counts[rows, cell] + 1
         counts[rows, cell] += 1
-        low = int(squares.min())
-        histogram = np.bincount(squares - low)
-        values = np.flatnonzero(histogram)
-        out.append((values + low, np.cumsum(histogram[values][::-1])[::-1]))
+        out.append(_survival(squares))
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _chi_square_long(trials: int, shards: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([_NULL_SEED, shards, trials])
+    counts = rng.multinomial(trials, np.full(shards, 1.0 / shards), size=NULL_DRAWS)
+    return _survival((counts.astype(np.int64) ** 2).sum(axis=1))
 
 
 def chi_square_null(trials: int, shards: int) -> tuple[np.ndarray, np.ndarray]:
     """The simulated null of MajorMark's chi-square statistic with ``trials`` tokens in ``shards``
     equally likely shards: (values int64 ascending, at_least int64) where at_least[i] of the
     NULL_DRAWS draws have a sum of squared counts >= values[i]. Pearson's chi-square is
-    ``shards / trials * sum c_i**2 - trials``, an increasing function of that sum. Deterministic:
-    the draws are cached per power of two of ``trials`` (at least 256), from a fixed seed."""
-    return _chi_square_nulls(max(256, 1 << (trials - 1).bit_length()), shards)[trials]
+    ``shards / trials * sum c_i**2 - trials``, an increasing function of that sum. Deterministic
+    (fixed seeds) and cached: one simulation serves every count up to 512 tokens."""
+    if trials <= _STREAM_TOKENS:
+        return _chi_square_streams(shards)[trials]
+    return _chi_square_long(trials, shards)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -38,13 +38,14 @@ from scipy.stats import binom
 
 from provmark.detector.stats import LN10, binomial_log_sf_array, log_pmf_of_sum, p_value_from_log
 from provmark.errors import ParameterError
-from provmark.watermark.payload import payload_hex
+from provmark.watermark.payload import parse_payload, payload_hex
 
 __all__ = [
     "RecordMatch",
     "RecordScores",
     "RecordTable",
     "candidate_payloads",
+    "parse_candidates",
     "digit_sums",
     "binomial_tails",
     "poisson_binomial_tails",
@@ -146,6 +147,22 @@ def candidate_payloads(candidates, capacity: int) -> np.ndarray:
         return values
     _, first = np.unique(values, return_index=True)
     return values[np.sort(first)]
+
+
+def parse_candidates(lines, capacity: int) -> np.ndarray:
+    """uint64 (M,): the payloads of a candidates file, one per line (decimal or 0x hex, as
+    ``parse_payload`` reads them); blank lines and lines starting with # are skipped, duplicates
+    count once. Raises ``ParameterError`` naming the first bad line (1-based)."""
+    values = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            values.append(parse_payload(text, capacity))
+        except ParameterError as error:
+            raise ParameterError(f"line {number}: {error}") from None
+    return candidate_payloads(values, capacity)
 
 
 def digit_sums(words: np.ndarray, table: np.ndarray, width: int) -> np.ndarray:
