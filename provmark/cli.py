@@ -466,9 +466,12 @@ def _read_text(source) -> str:
                    "(with --json: every token's evidence).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the explanation as a self-contained HTML page (a per-token heat map and the decoded bits).")
+@click.option("--candidates", "candidates_file", type=click.File("rb"), default=None,
+              help="Multi-bit keys: a file of known payloads, one a line (decimal or 0x-hex): name the one the text "
+                   "carries with a record-level p-value (each scored directly, the best corrected for how many).")
 @click.option("--json", "as_json", is_flag=True, help="Print the detection result as JSON.")
 @model_option
-def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, as_json, model_path):
+def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, candidates_file, as_json, model_path):
     """Test FILE (or - for stdin) for the key's watermark.
 
     Prints the verdict, the p-value (also as log10, which stays readable far below 1e-308) and
@@ -479,11 +482,15 @@ def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, as_jso
     span of a balance or vanilla text pasted into other text and prints its token span.
     --explain colours the text: green tokens lie in the set the embedder prefers at their step
     for the detected payload, red ones do not, dim ones were not scored (for a synonym key, words:
-    green when their keyed bit is 1); --html writes the same as a page.
+    green when their keyed bit is 1); --html writes the same as a page. --candidates tests the
+    text against known payloads (a registry's records, without the registry): each is scored
+    directly and the best one's p-value is corrected for how many were scored; the presence test
+    and this record test then decide at alpha / 2 each.
 
     Example:
 
         provmark detect --key key.json story.txt
+        provmark detect --key mkey.json tides.txt --candidates issued.txt
         provmark detect --key key.json story.txt --explain --html story.html
         provmark detect --key skey.json marked.txt
     """
@@ -505,8 +512,45 @@ def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, as_jso
         raise ParameterError(f"--locate works with {locate_schemes()} keys, not {key.scheme}")
     if locate and watermark.locate_caveat():
         click.echo(f"note: {watermark.locate_caveat()}", err=True)
+    if candidates_file is not None:
+        if locate:
+            raise ParameterError("--candidates cannot be combined with --locate")
+        _attribute(watermark, text, _read_candidates(candidates_file, key), alpha=alpha, min_tokens=min_tokens,
+                   as_json=as_json)
+        return
     (result,) = watermark.detect([text], alpha=alpha, min_tokens=None if locate else min_tokens, locate=locate)
     click.echo(result.to_json(indent=2) if as_json else _summary(result))
+
+
+def _read_candidates(source, key) -> list[int]:
+    """The payloads of a --candidates file, one a line (blank lines and # comments skipped)."""
+    from provmark.watermark.payload import parse_payload
+
+    if not key.config.supports_payload:
+        raise ParameterError(f"{key.scheme} is a zero-bit scheme: it carries no payload to match --candidates against")
+    lines = [line.split("#", 1)[0].strip() for line in _read_text(source).splitlines()]
+    payloads = [parse_payload(line, key.config.capacity) for line in lines if line]
+    if not payloads:
+        raise ParameterError("--candidates lists no payload; give one a line, decimal or 0x-hex")
+    return payloads
+
+
+def _attribute(watermark, text, candidates, *, alpha, min_tokens, as_json):
+    """``detect --candidates``: the presence test and the record test, each at alpha / 2."""
+    (result,) = watermark.detect([text], alpha=alpha / 2, min_tokens=min_tokens)
+    (match,) = watermark.attribute([text], candidates, alpha=alpha / 2)
+    if as_json:
+        click.echo(json.dumps({**result.to_dict(), "record_test": match.to_dict()}, indent=2))
+        return
+    click.echo(_summary(result))
+    if match.is_match:
+        line = f"carries payload {match.payload_hex}: record-level p {match.corrected_p_value:.3g}"
+    else:
+        line = (f"matches none of the candidates: the best, {match.payload_hex}, has record-level p "
+                f"{match.corrected_p_value:.3g}")
+    click.echo(f"{line} (corrected for {match.num_candidates} candidates, alpha {match.alpha:g})")
+    if match.runner_up is not None:
+        click.echo(f"runner-up: {match.runner_up_hex}  log10 p: {match.runner_up_log10_p_value:.2f}")
 
 
 def _summary(result) -> str:

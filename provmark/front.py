@@ -10,6 +10,8 @@ API and the evaluation runner call only this:
 - ``detect``: tokenises (or hands text to a detector that reads text), detects in one batch,
   optionally searches for a pasted span (``locate``, where the scheme supports it), and refuses
   empty text and text with too few scored tokens.
+- ``attribute``: which of a set of known payloads (a registry's records) a text carries, with a
+  record-level p-value corrected for the number of candidates.
 - ``explain``: ``detect`` with every token's (or word's) evidence.
 
 ``embed_text``-style one-offs are ``embed(key, ...)``, ``detect_text(key, text, ...)`` and
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from provmark.detector import DEFAULT_ALPHA, DetectionResult, Detector, create_detector
 from provmark.detector.explain import Explanation
 from provmark.detector.explain import explain_text as _explain_text
+from provmark.detector.records import RecordMatch, match_records_batch
 from provmark.errors import InvalidTextError, ParameterError
 from provmark.watermark.keys import WatermarkKey
 from provmark.watermark.models import Models
@@ -196,6 +199,16 @@ class Watermark:
             for result in results:
                 self._require_scored(result.num_scored_tokens, min_tokens)
         return results
+
+    def attribute(self, texts: Sequence[str], candidates, *, alpha: float = DEFAULT_ALPHA,
+                  token_ids: Sequence | None = None) -> list[RecordMatch]:
+        """Which of ``candidates`` (payloads: for a registry, every one it issued under the key) each
+        text carries: every candidate scored by its exact tail, the best corrected for the number
+        of candidates (``detector.records``), a match when that is at most ``alpha``."""
+        if not self.scheme.supports_payload:
+            raise ParameterError(f"{self.key.scheme} keys carry no payload: there are no records to attribute")
+        ids = token_ids if token_ids is not None else self.token_ids([require_text(t) for t in texts])
+        return match_records_batch(self.detector(alpha), ids, candidates)
 
     def explain(self, text: str, *, alpha: float = DEFAULT_ALPHA, min_tokens: int | None = None) -> Explanation:
         """``detect`` of one text, with the evidence of every token (word, for the synonym scheme)."""

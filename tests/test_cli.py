@@ -1,6 +1,7 @@
 """The command line through click's CliRunner: exit codes, output and one-line errors."""
 
 import json
+import math
 
 import pytest
 from click.testing import CliRunner
@@ -217,3 +218,27 @@ def test_keys_create_reports_the_payload_capacity_of_majormark_plus(runner, tmp_
     key = load_key(path)
     assert result.output == f"created majormark+ key {key.key_id} in {path} (payloads 0 to 195, 7.61 bits)\n"
     assert (key.config.bits, key.config.block_size) == (8, 4)
+
+
+def test_detect_with_candidates_names_the_payload_the_text_carries(runner, tmp_path, tiny_model, tokenizer):
+    from provmark.front import Watermark
+    from provmark.watermark.models import Models
+
+    key = create_key("mpac", {"bits": 16, "radix": 4, "delta": 4.0})
+    save_key(key, tmp_path / "m.json")
+    (generation,) = Watermark(key, Models.of(tiny_model, tokenizer)).embed(
+        prompts=["Tell me about tides."], payloads=[0xBEEF], seed=0, max_new_tokens=200)
+    (tmp_path / "text.txt").write_text(generation.text)
+    (tmp_path / "issued.txt").write_text("# issued payloads\n12\n0xBEEF\n\n0x1234\n7\n")
+    args = ["detect", "--key", str(tmp_path / "m.json"), str(tmp_path / "text.txt")]
+    found = runner.invoke(cli, [*args, "--candidates", str(tmp_path / "issued.txt"), "--json"])
+    assert found.exit_code == 0, found.output
+    record_test = json.loads(found.stdout)["record_test"]
+    assert record_test["payload"] == 0xBEEF and record_test["is_match"] and record_test["num_candidates"] == 4
+    assert record_test["corrected_log10_p_value"] == pytest.approx(record_test["log10_p_value"] + math.log10(4))
+    (tmp_path / "others.txt").write_text("12\n0x1234\n")
+    missed = runner.invoke(cli, [*args, "--candidates", str(tmp_path / "others.txt")])
+    assert missed.exit_code == 0 and "matches none of the candidates" in missed.stdout
+    (tmp_path / "bad.txt").write_text("0x10000\n")
+    assert _error_line(runner.invoke(cli, [*args, "--candidates", str(tmp_path / "bad.txt")])).startswith(
+        "Error: payload '0x10000' does not fit the key's capacity")

@@ -4,20 +4,27 @@ These are the operations behind ``POST /v1/generate``, ``POST /v1/embed`` (finis
 keys) and ``POST /v1/verify``; the HTTP layer
 (``api.app``) only authenticates, validates and formats.
 
-**Verify.** Each text is detected with every key the caller may use. With K keys tested the
-decision threshold of each is alpha / K (Bonferroni), so the chance that an unwatermarked text
-is reported watermarked under *any* key stays at most alpha; each result reports the per-key
-threshold it used as its ``alpha``. A text is then matched to a record of the key:
+**Verify.** Each text is detected with every key the caller may use. With K keys tested each
+key gets alpha / K (Bonferroni), so the chance that an unwatermarked text is reported
+watermarked under *any* key stays at most alpha. A multi-bit key that has issued records runs two
+tests on that share, each at alpha / 2K: the presence test (``DetectionResult``, which needs no
+payload) and the record test below; the key reports the text watermarked when either rejects.
+Each result reports the threshold its test used as its ``alpha``. A text is then matched to a
+record of the key:
 
-1. by text hash, whatever the detector said: the exact text a record's generation produced
+1. by text hash, whatever the tests said: the exact text a record's generation produced
    (``text_sha256`` below) is proof enough, and it is the only way a zero-bit key's record can be
    found;
-2. when watermarked under a multi-bit key, by the decoded payload (= the record's number);
-3. when watermarked but the payload matches no record (a damaged payload, or a record from
-   another registry), by nothing: the answer says so and lists the key's records nearest to the
-   decoded payload in confidence-weighted bit distance, the sum over the codeword bits where
-   they differ of the decoder's confidence in its bit (a disagreement on a bit the decoder was
-   sure of counts fully, one on a coin-flip bit hardly at all).
+2. by the record test (``front.Watermark.attribute``, ``detector.records``): every payload the
+   key has issued is scored on the text (its hits under exactly that payload's preferred sets,
+   an exact tail), and the best is corrected for the number of records scored. When the
+   corrected p-value is at most the threshold the text is attributed to that record (match
+   "record"); the answer carries the record-level p-value, the runner-up's and whether the
+   open-set decode (reading the payload bits with no registry) agreed;
+3. otherwise, when watermarked, by nothing: the answer says the text is watermarked but
+   unattributed, and lists the key's records nearest to the open-set decode in
+   confidence-weighted bit distance (the sum over the codeword bits where they differ of the
+   decoder's confidence in its bit), a heuristic shown as such, never a match.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import hashlib
 import logging
 import unicodedata
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -33,6 +41,7 @@ from provmark.api.errors import APIError, ConflictError, InvalidInputError
 from provmark.api.limits import WorkLimits
 from provmark.api.registry import KeyRef, Record, Registry
 from provmark.detector import DetectionResult
+from provmark.detector.records import RecordMatch
 from provmark.errors import KeyFileError, ProvmarkError
 from provmark.front import EmbedInputError, Watermark, check_embed_inputs
 from provmark.watermark.hook import Generation
@@ -68,7 +77,7 @@ class KeyVerification:
 
     result: DetectionResult
     match: str | None
-    """"text" (the record's text hash), "payload" (the decoded payload) or None."""
+    """"text" (the record's text hash), "record" (the record test) or None."""
     record: Record | None
     nearest: list[NearRecord] = field(default_factory=list)
     note: str | None = None
@@ -79,6 +88,13 @@ class KeyVerification:
     error: str | None = None
     """Why this key gave no verdict (its detection failed); ``result`` is then the no-evidence
     result (p = 1, nothing scored) and the other keys' results stand."""
+    record_test: RecordMatch | None = None
+    """The record test over every record the key has issued (None: zero-bit key, or none issued)."""
+
+    @property
+    def watermarked(self) -> bool:
+        """Whether the presence test or the record test rejected."""
+        return self.result.is_watermarked or (self.record_test is not None and self.record_test.is_match)
 
 
 @dataclass(frozen=True)
@@ -89,7 +105,7 @@ class TextVerification:
 
     @property
     def watermarked(self) -> bool:
-        return any(k.result.is_watermarked for k in self.results)
+        return any(k.watermarked for k in self.results)
 
 
 def nearest_records(registry: Registry, key, result: DetectionResult, limit: int) -> list[NearRecord]:
@@ -231,15 +247,19 @@ class Provenance:
             # key_ids reads every public key of every tenant, so one broken key must not deny it to all.
             try:
                 watermark = self.watermark(info.key_id)
-                results = watermark.detect(key_texts, alpha=per_key_alpha, token_ids=key_ids)
+                issued = self.registry.record_numbers(info.key_id) if watermark.scheme.supports_payload else []
+                key_alpha = per_key_alpha / 2 if issued else per_key_alpha  # presence and record test
+                results = watermark.detect(key_texts, alpha=key_alpha, token_ids=key_ids)
+                tests = (watermark.attribute(key_texts, issued, alpha=key_alpha, token_ids=key_ids) if issued
+                         else [None] * len(texts))
                 columns.append(
-                    [self._match(watermark.key, result, digest, nearest, public, cap)
-                     for result, digest, cap in zip(results, hashes, capped_at)]
+                    [self._match(watermark.key, result, test, digest, nearest, public, cap)
+                     for result, test, digest, cap in zip(results, tests, hashes, capped_at)]
                 )
             except Exception as exc:  # noqa: BLE001 - isolation is the point; the log keeps the traceback
                 columns.append([self._failed(info, exc, per_key_alpha, public)] * len(texts))
         return [
-            TextVerification(digest, len(row), sorted((c[i] for c in columns), key=lambda k: k.result.log10_p_value))
+            TextVerification(digest, len(row), sorted((c[i] for c in columns), key=_strength))
             for i, (digest, row) in enumerate(zip(hashes, ids))
         ]
 
@@ -280,19 +300,35 @@ class Provenance:
                                  p_value=1.0, log10_p_value=0.0, score=0.0, num_scored_tokens=0, alpha=alpha)
         return KeyVerification(result, None, None, public=public, error=message)
 
-    def _match(self, key, result: DetectionResult, digest: str, nearest: int, public: bool,
-               capped_at: int | None = None) -> KeyVerification:
+    def _match(self, key, result: DetectionResult, record_test: RecordMatch | None, digest: str, nearest: int,
+               public: bool, capped_at: int | None = None) -> KeyVerification:
+        found = partial(KeyVerification, result, public=public, record_test=record_test, capped_at=capped_at)
         record = self.registry.record_by_text(key.key_id, digest)
         if record is not None:
-            return KeyVerification(result, "text", record, public=public, capped_at=capped_at)
-        if not result.is_watermarked:
-            return KeyVerification(result, None, None, public=public, capped_at=capped_at)
+            return found("text", record)
+        if record_test is not None and record_test.is_match:
+            record = self.registry.record_by_number(key.key_id, record_test.payload)
+            if record is not None:
+                note = None
+                if result.payload is not None and result.payload != record_test.payload:
+                    note = (f"the open-set decode reads {result.payload_hex}, not this record's payload: the record "
+                            "test names the issued record that explains the text best")
+                return found("record", record, note=note)
+        if not (result.is_watermarked or (record_test is not None and record_test.is_match)):
+            return found(None, None)
         if result.payload is None:
             note = "watermarked, but no record of this zero-bit key has this exact text (records of zero-bit keys are found by text hash)"
-            return KeyVerification(result, None, None, note=note, public=public, capped_at=capped_at)
-        record = self.registry.record_by_number(key.key_id, result.payload)
-        if record is not None:
-            return KeyVerification(result, "payload", record, public=public, capped_at=capped_at)
-        note = f"watermarked, but payload {result.payload_hex} matches no record of this key; nearest records listed"
-        return KeyVerification(result, None, None, nearest_records(self.registry, key, result, nearest), note, public,
-                               capped_at=capped_at)
+            return found(None, None, note=note)
+        if record_test is None:
+            note = f"watermarked, but this key has issued no records (open-set decode {result.payload_hex})"
+            return found(None, None, note=note)
+        note = (f"watermarked, but unattributed: the best of the key's {record_test.num_candidates} records has "
+                f"corrected p {record_test.corrected_p_value:.3g}, above alpha {record_test.alpha:g}; nearest records "
+                "to the open-set decode listed (a heuristic, not a match)")
+        return found(None, None, nearest_records(self.registry, key, result, nearest), note)
+
+
+def _strength(item: KeyVerification) -> float:
+    """Most significant first: the smaller of the key's presence and record-level log10 p-values."""
+    record = item.record_test.corrected_log10_p_value if item.record_test is not None else 0.0
+    return min(item.result.log10_p_value, record)

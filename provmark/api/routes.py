@@ -133,6 +133,18 @@ def verification_out(item: KeyVerification) -> schemas.KeyVerificationOut:
         note=item.note,
         capped_at=item.capped_at,
         error=item.error,
+        record_test=None if item.record_test is None else record_test_out(item.record_test, item.result),
+    )
+
+
+def record_test_out(match, result) -> schemas.RecordTestOut:
+    """The record test's result with record ids, and whether the open-set decode agreed."""
+    def record_id(payload):
+        return None if payload is None else f"{match.key_id}.{payload}"
+
+    return schemas.RecordTestOut(
+        **match.to_dict(), record_id=record_id(match.payload), runner_up_record_id=record_id(match.runner_up),
+        open_set_agrees=None if match.payload is None else result.payload == match.payload,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
+from provmark.detector.records import RecordMatch
 from provmark.detector.result import DetectionResult
 from provmark.front import is_blank
 from provmark.watermark.params import attribute_docs, scheme_params
@@ -262,17 +263,35 @@ def _listed(annotation):
     return annotation
 
 
+def _dataclass_fields(cls) -> dict:
+    """Every field of a result dataclass as a required pydantic field, typed as JSON carries it and
+    described by the docstring under it."""
+    docs, hints = attribute_docs(cls), get_type_hints(cls)
+    return {f.name: (_listed(hints[f.name]), Field(..., description=docs.get(f.name))) for f in fields(cls)}
+
+
+RecordTestOut = create_model(
+    "RecordTestOut", __module__=__name__,
+    __doc__=("The record test: every record the key has issued scored on the text (``RecordMatch``, "
+             "every field), the best corrected for the number scored."),
+    **_dataclass_fields(RecordMatch),
+    record_id=(str | None, Field(..., description="The best candidate's record id (<key_id>.<payload>).")),
+    runner_up_record_id=(str | None, Field(..., description="The runner-up's record id.")),
+    open_set_agrees=(bool | None, Field(..., description=(
+        "Whether the open-set decode (the payload read bit by bit, no registry) names the same record."))),
+)
+
+
 def _verification_out() -> type[BaseModel]:
     """``KeyVerificationOut``: every field of ``DetectionResult`` (derived, so a new result field
     reaches the API), then the record the text points to."""
-    docs, hints = attribute_docs(DetectionResult), get_type_hints(DetectionResult)
-    result_fields = {f.name: (_listed(hints[f.name]), Field(..., description=docs.get(f.name)))
-                     for f in fields(DetectionResult)}
     return create_model(
         "KeyVerificationOut", __module__=__name__,
         __doc__="A ``DetectionResult`` (every field) and the record the text points to.",
-        **result_fields,
-        match=(Literal["text", "payload"] | None, ...),
+        **_dataclass_fields(DetectionResult),
+        match=(Literal["text", "payload", "record"] | None, Field(..., description=(
+            '"text": the record whose text has this hash; "record": the record test attributed the text '
+            '(``record_test``); "payload": not produced since record-level attribution (kept for old clients).'))),
         record=(RecordOut | None, ...),
         nearest_records=(list[NearRecordOut], ...),
         note=(str | None, ...),
@@ -281,6 +300,8 @@ def _verification_out() -> type[BaseModel]:
                                      "proxy LM, synonym analysis); the verdict covers that prefix.")),
         error=(str | None, Field(None, description="Why this key gave no verdict (its detection failed): the result "
                                  "is then p = 1 with nothing scored, and the other keys' results stand.")),
+        record_test=(RecordTestOut | None, Field(None, description=(
+            "Multi-bit keys with issued records: the record test over all of them."))),
     )
 
 

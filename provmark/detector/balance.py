@@ -184,30 +184,44 @@ class VanillaDetector(Detector):
             level = pairs.sum(dim=1)
         return out[::-1]
 
-    def decode(self, pairs: Pairs) -> Evidence:
-        """Payload, presence p-value and per-bit confidences from one sequence's pairs."""
+    def _segments(self, pairs: Pairs) -> list[_Segment | None]:
+        """The exhaustive decoding of every segment of one sequence's pairs (at least one pair);
+        None for a segment no pair carries."""
         config = self.config
         n = pairs.tokens.shape[0]
-        if n == 0:
-            return Evidence(0.0, 0.0)
         segment = segments_of(self._position_key, pairs.contexts, config)
         keys = torch.cat([segment[:, None], pairs.contexts], dim=1)
         packed = _pack_rows(keys)
         _, group = torch.unique(packed, dim=0 if packed.dim() > 1 else None, return_inverse=True)
         first = torch.full((int(group.max()) + 1,), n, dtype=torch.int64).scatter_reduce(0, group, torch.arange(n), reduce="amin")
         offsets, rows = pool_words(self._pool_key, pairs.contexts[first], segment[first], config)
-        segments, confidences = [], []
+        segments = []
         for s in range(config.num_segments):
             members = (segment == s).nonzero().squeeze(1)
             if members.numel() == 0:
-                segments.append(_Segment(0, 0, np.zeros(1), torch.zeros(1 << config.segment_bits, dtype=torch.int64)))
-                confidences += [0.5] * config.segment_bits
+                segments.append(None)
                 continue
             used, local = torch.unique(group[members], return_inverse=True)
-            decoded = self._decode_segment(pairs.available[members], offsets[used], rows[used], local)
-            segments.append(decoded)
-            confidences += self._bit_confidences(decoded.counts, decoded.message)
-        log_pmf = log_pmf_of_sum([np.exp(s.log_pmf) for s in segments]) if len(segments) > 1 else segments[0].log_pmf
+            segments.append(self._decode_segment(pairs.available[members], offsets[used], rows[used], local))
+        return segments
+
+    def _empty_segment(self) -> _Segment:
+        return _Segment(0, 0, np.zeros(1), torch.zeros(1 << self.config.segment_bits, dtype=torch.int64))
+
+    def decode(self, pairs: Pairs) -> Evidence:
+        """Payload, presence p-value and per-bit confidences from one sequence's pairs."""
+        config = self.config
+        if pairs.tokens.shape[0] == 0:
+            return Evidence(0.0, 0.0)
+        segments, confidences = [], []
+        for decoded in self._segments(pairs):
+            if decoded is None:
+                segments.append(self._empty_segment())
+                confidences += [0.5] * config.segment_bits
+            else:
+                segments.append(decoded)
+                confidences += self._bit_confidences(decoded.counts, decoded.message)
+        log_pmf = _log_pmf_of_segments(segments)
         observed = sum(s.count for s in segments)
         log_p = min(0.0, config.bits * LN2 + log_upper_tail(log_pmf, observed))
         pmf = np.exp(log_pmf)
@@ -217,6 +231,20 @@ class VanillaDetector(Detector):
         score = (observed - mean) / sd if sd > 0 else 0.0
         payload = from_digits([s.message for s in segments], 1 << config.segment_bits)
         return Evidence(score, log_p, payload, tuple(confidences))
+
+    def record_tables(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list[VanillaRecordTable]:
+        """One ``VanillaRecordTable`` per sequence, from the exhaustive decoder's message counts."""
+        if prompt_ids is not None and len(prompt_ids) != len(sequences):
+            raise ParameterError(f"got {len(prompt_ids)} prompts for {len(sequences)} sequences")
+        tables = []
+        for pairs in self.pairs(sequences, prompt_ids):
+            if pairs.tokens.shape[0] == 0:
+                tables.append(VanillaRecordTable([], np.zeros(1), 0, self.config))
+                continue
+            segments = [self._empty_segment() if s is None else s for s in self._segments(pairs)]
+            tables.append(VanillaRecordTable([s.counts.numpy() for s in segments], _log_pmf_of_segments(segments),
+                                             pairs.tokens.shape[0], self.config))
+        return tables
 
     def detect_batch(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list[DetectionResult]:
         if prompt_ids is not None and len(prompt_ids) != len(sequences):
@@ -287,6 +315,35 @@ class VanillaDetector(Detector):
             hit = np.log(p1 / p0)
             miss = np.log((1 - p1) / (1 - p0))
         return np.where(chosen, np.nan_to_num(hit, nan=0.0), np.nan_to_num(miss, nan=0.0))
+
+
+def _log_pmf_of_segments(segments: list[_Segment]) -> np.ndarray:
+    """Natural-log null pmf of the summed counts of one message per segment (the same law for
+    every payload: each group's pool index is uniform whatever the message)."""
+    return log_pmf_of_sum([np.exp(s.log_pmf) for s in segments]) if len(segments) > 1 else segments[0].log_pmf
+
+
+class VanillaRecordTable:
+    """One text's count of every segment message, for scoring candidate payloads
+    (``detector.records``). A payload's hits are the sum over segments of its segment message's
+    count; under the null that sum has the law of ``_log_pmf_of_segments`` whatever the payload."""
+
+    def __init__(self, counts: list[np.ndarray], log_pmf: np.ndarray, num_scored_tokens: int, config: VanillaConfig):
+        self.counts = counts  # per segment, int (2**b,)
+        self.num_scored_tokens = num_scored_tokens
+        self.config = config
+        self._log_tail = np.append(np.logaddexp.accumulate(log_pmf[::-1])[::-1], -np.inf)  # log P(sum >= k)
+
+    def score(self, payloads):
+        config = self.config
+        hits = np.zeros(payloads.shape[0], dtype=np.int64)
+        if not self.counts:
+            return hits, np.zeros(payloads.shape[0])
+        mask = np.uint64((1 << config.segment_bits) - 1)
+        for index, counts in enumerate(self.counts):  # segment 0 is the most significant
+            shift = np.uint64(config.segment_bits * (config.num_segments - 1 - index))
+            hits += counts[((payloads >> shift) & mask).astype(np.int64)]
+        return hits, np.minimum(0.0, self._log_tail[np.minimum(hits, self._log_tail.size - 1)])
 
 
 class BalanceDetector(VanillaDetector):

@@ -145,6 +145,11 @@ class Detector(abc.ABC):
     def detect_batch(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list[DetectionResult]:
         """Detect the watermark in many sequences of token ids (prompts, if given, are context only)."""
 
+    def record_tables(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list:
+        """One count table per sequence that scores candidate payloads (``detector.records``);
+        multi-bit schemes override this, the others carry no payload and raise ``ParameterError``."""
+        raise ParameterError(f"{self.key.scheme} keys carry no payload: there are no records to score")
+
     def _result(self, evidence: Evidence, num_scored: int) -> DetectionResult:
         score, log_p = evidence.score, evidence.log_p
         payload = evidence.payload
@@ -252,6 +257,20 @@ class PairDetector(Detector):
         usable = [m & ((1 << c) - 1) for m, c in zip(params.preferred.tolist(), counts.tolist())]
         expected = torch.tensor([bin(m).count("1") for m in usable], dtype=torch.float64) / counts.double()
         return where, hit, expected
+
+    def record_tables(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list:
+        """The count tables of ``detector.records`` from the same scored pairs and per-pair
+        evidence as ``detect_batch`` (the scheme's ``_record_tables`` turns them into tables)."""
+        if prompt_ids is not None and len(prompt_ids) != len(sequences):
+            raise ParameterError(f"got {len(prompt_ids)} prompts for {len(sequences)} sequences")
+        if not self.key.config.supports_payload:
+            return super().record_tables(sequences, prompt_ids=prompt_ids)
+        pairs, seq_index = self.scored_pairs(sequences, prompt_ids)
+        return self._record_tables(self._score_tokens(pairs[:, :-1], pairs[:, -1]), seq_index, len(sequences))
+
+    def _record_tables(self, token_scores: torch.Tensor, seq_index: torch.Tensor, num_sequences: int) -> list:
+        """The record tables of every sequence from ``_score_tokens``'s output (multi-bit schemes)."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def _score_tokens(self, contexts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

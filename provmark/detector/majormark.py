@@ -28,25 +28,233 @@ search-corrected p-value, for each bit of the block.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from scipy.special import gammaln
 from scipy.stats import binom
 
 from provmark.detector.base import Evidence, PairDetector
-from provmark.detector.stats import binomial_log_sf_array, sum_log_sf_rows
+from provmark.detector.records import binomial_tails, digit_sums, poisson_binomial_tails
+from provmark.detector.stats import LN10, binomial_log_sf_array, binomial_pmf, p_value_from_log, sum_log_sf_rows
+from provmark.errors import ParameterError
 from provmark.kernels.prf import split_key
 from provmark.watermark import subkeys
 from provmark.watermark.base import positions
-from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig, block_candidates, block_salt
+from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig, block_candidates, block_salt, majority
+from provmark.watermark.payload import to_bits
 
-__all__ = ["MajorMarkDetector", "MajorMarkPlusDetector", "two_means_split"]
+__all__ = [
+    "MajorMarkDetector",
+    "MajorMarkPlusDetector",
+    "MajorMarkRecordTable",
+    "MajorMarkPlusRecordTable",
+    "Presence",
+    "NULL_DRAWS",
+    "chi_square_null",
+    "block_excess_pmf",
+    "two_means_split",
+]
+
+NULL_DRAWS = 100_000
+"""Simulated null draws of MajorMark's chi-square statistic per token count (a p-value's resolution
+is 1 / (NULL_DRAWS + 1))."""
+_NULL_SEED = 0x4D616A6F  # the simulated null is a fixed function of (tokens, shards)
 
 
-@functools.lru_cache(maxsize=4096)
-def _binomial_pmf(trials: int, p: float) -> np.ndarray:
-    return binom.pmf(np.arange(trials + 1), trials, p)
+@dataclass(frozen=True, kw_only=True)
+class Presence:
+    """A payload-free presence test on one text. ``p_value`` is twice the smaller of the test's own
+    p-value and the decoder's union bound (Bonferroni over the two tests), so the union bound
+    still decides where it is the stronger of the two (very strong text, beyond the simulated
+    null's resolution) at the price of a factor 2."""
+
+    scheme: str
+    statistic: float
+    """The test's statistic (MajorMark: the larger chi-square of the two majority-bit salts;
+    MajorMark+: the sum over blocks of each block's best candidate excess)."""
+    p_value: float
+    log10_p_value: float
+    test_log10_p_value: float
+    """The test's own log10 p-value, before the combination."""
+    union_log10_p_value: float
+    """The decoder's union-bound log10 p-value (``DetectionResult.log10_p_value`` today)."""
+    num_scored_tokens: int
+    alpha: float
+    is_watermarked: bool
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of every field."""
+        return asdict(self)
+
+
+_STREAM_TOKENS = 512
+"""Token counts up to this share one cached simulation (``_chi_square_streams``); longer texts get
+one simulation each."""
+
+
+def _survival(squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values ascending, how many draws are >= each) of int64 draws."""
+    low = int(squares.min())
+    histogram = np.bincount(squares - low)
+    values = np.flatnonzero(histogram)
+    return values + low, np.cumsum(histogram[values][::-1])[::-1]
+
+
+@functools.lru_cache(maxsize=4)
+def _chi_square_streams(shards: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """``chi_square_null`` for every token count up to ``_STREAM_TOKENS``, from one simulation:
+    NULL_DRAWS streams of tokens dropped uniformly into the shards, the sum of squared counts
+    updated token by token (a token added to a shard holding c adds 2c + 1), so the first N
+    tokens of every stream are the draws for N."""
+    rng = np.random.default_rng([_NULL_SEED, shards])
+    rows = np.arange(NULL_DRAWS)
+    counts = np.zeros((NULL_DRAWS, shards), dtype=np.int32)
+    squares = np.zeros(NULL_DRAWS, dtype=np.int64)
+    out = [_survival(squares)]
+    for _ in range(_STREAM_TOKENS):
+        cell = rng.integers(0, shards, NULL_DRAWS)
+        squares += 2 * counts[rows, cell] + 1
+        counts[rows, cell] += 1
+        out.append(_survival(squares))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _chi_square_long(trials: int, shards: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([_NULL_SEED, shards, trials])
+    counts = rng.multinomial(trials, np.full(shards, 1.0 / shards), size=NULL_DRAWS)
+    return _survival((counts.astype(np.int64) ** 2).sum(axis=1))
+
+
+def chi_square_null(trials: int, shards: int) -> tuple[np.ndarray, np.ndarray]:
+    """The simulated null of MajorMark's chi-square statistic with ``trials`` tokens in ``shards``
+    equally likely shards: (values int64 ascending, at_least int64) where at_least[i] of the
+    NULL_DRAWS draws have a sum of squared counts >= values[i]. Pearson's chi-square is
+    ``shards / trials * sum c_i**2 - trials``, an increasing function of that sum. Deterministic
+    (fixed seeds) and cached: one simulation serves every count up to 512 tokens."""
+    if trials <= _STREAM_TOKENS:
+        return _chi_square_streams(shards)[trials]
+    return _chi_square_long(trials, shards)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compositions(trials: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    """(counts int64 (K, parts) sorted descending within each row, probabilities float64 (K,)):
+    every way to put ``trials`` tokens in ``parts`` equally likely shards, as multisets of
+    counts with their multinomial probability (stars and bars, exact)."""
+    bars = np.array(list(itertools.combinations(range(trials + parts - 1), parts - 1)), dtype=np.int64).reshape(-1, parts - 1)
+    edges = np.concatenate([np.full((bars.shape[0], 1), -1), bars, np.full((bars.shape[0], 1), trials + parts - 1)], axis=1)
+    counts = np.diff(edges, axis=1) - 1
+    log_p = gammaln(trials + 1) - gammaln(counts + 1).sum(axis=1) - trials * math.log(parts)
+    return -np.sort(-counts, axis=1), np.exp(log_p)
+
+
+@functools.lru_cache(maxsize=1024)
+def block_excess_pmf(trials: int, size: int) -> tuple[int, np.ndarray]:
+    """Exact null law of one MajorMark+ block's statistic: the largest, over the block's s - 1
+    candidates (lambda, n), of the excess ``s * (top-n sum of its counts) - n * T`` (integer;
+    T = ``trials`` tokens, s = ``size`` shards). Under the null the candidates' counts are
+    independent uniform multinomials (each candidate salts its own seed), so the CDF of the
+    largest is the product of the candidates' CDFs. Returns (lowest value, pmf from there)."""
+    counts, probs = _compositions(trials, size)
+    top = np.cumsum(counts, axis=1)
+    low, high = -size * trials, size * trials
+    cdf = np.ones(high - low + 1)
+    for _, n in block_candidates(size):
+        excess = size * top[:, n - 1] - n * trials
+        cdf *= np.cumsum(np.bincount(excess - low, weights=probs, minlength=high - low + 1))
+    pmf = np.diff(np.concatenate([[0.0], np.minimum(cdf, 1.0)]))
+    nonzero = np.flatnonzero(pmf > 0)
+    return low + int(nonzero[0]), np.maximum(pmf[nonzero[0] : nonzero[-1] + 1], 0.0)
+
+
+def _presence_results(detector, sequences: Sequence, prompt_ids: Sequence | None, test) -> list[Presence]:
+    """``Presence`` of every sequence from ``test(token_scores, seq_index, n)`` -> (statistic,
+    natural-log p-value) arrays and the decoder's own union-bound p-values, on the same pairs."""
+    if prompt_ids is not None and len(prompt_ids) != len(sequences):
+        raise ParameterError(f"got {len(prompt_ids)} prompts for {len(sequences)} sequences")
+    count = len(sequences)
+    pairs, seq_index = detector.scored_pairs(sequences, prompt_ids)
+    token_scores = detector._score_tokens(pairs[:, :-1], pairs[:, -1])
+    union = np.array([e.log_p for e in detector._aggregate_scores(token_scores, seq_index, count)])
+    statistic, test_log_p = test(token_scores, seq_index, count)
+    log_p = _combine(test_log_p, union)
+    scored = torch.bincount(seq_index, minlength=count).tolist()
+    return [
+        Presence(scheme=detector.key.scheme, statistic=float(statistic[i]), p_value=p_value_from_log(float(log_p[i])),
+                 log10_p_value=float(log_p[i]) / LN10, test_log10_p_value=float(test_log_p[i]) / LN10,
+                 union_log10_p_value=float(union[i]) / LN10, num_scored_tokens=scored[i], alpha=detector.alpha,
+                 is_watermarked=scored[i] > 0 and math.exp(float(log_p[i])) <= detector.alpha)
+        for i in range(count)
+    ]
+
+
+def _combine(test_log_p: np.ndarray, union_log_p: np.ndarray) -> np.ndarray:
+    """Natural log of min(1, 2 * min(p_test, p_union)): either test may decide (Bonferroni, 2)."""
+    return np.minimum(0.0, math.log(2.0) + np.minimum(test_log_p, union_log_p))
+
+
+class MajorMarkRecordTable:
+    """One text's shard counts under both majority-bit salts, for scoring candidate payloads
+    (``detector.records``). A payload's hits are the tokens, counted under its salt lambda, in its
+    n_lambda majority-bit shards: ``Binomial(N, n_lambda/b)`` under the null."""
+
+    def __init__(self, counts: np.ndarray, num_scored_tokens: int, bits: int):
+        self.counts = counts  # int64 (2, b): tokens in shard i under salt lambda
+        self.num_scored_tokens = num_scored_tokens
+        self.bits = bits
+
+    def score(self, payloads):
+        b = self.bits
+        codewords = payloads + np.uint64(1)  # MajorMarkConfig.codeword_bits
+        zeros = np.zeros(b, dtype=np.int64)
+        ones = digit_sums(codewords, np.stack([zeros, np.ones(b, dtype=np.int64)], axis=1), 1)
+        hits_one = digit_sums(codewords, np.stack([zeros, self.counts[1]], axis=1), 1)
+        hits_zero = digit_sums(codewords, np.stack([self.counts[0], zeros], axis=1), 1)
+        lam_one = 2 * ones >= b  # ties go to 1
+        hits = np.where(lam_one, hits_one, hits_zero)
+        preferred = np.where(lam_one, ones, b - ones)
+        return hits, binomial_tails(hits, self.num_scored_tokens, preferred, b)
+
+
+class MajorMarkPlusRecordTable:
+    """One text's per-block shard counts under every (lambda, n) candidate, for scoring candidate
+    payloads (``detector.records``). A payload's hits are, summed over blocks j, the tokens of
+    block j counted under its block's candidate in that block's n_j majority-bit shards; under
+    the null a token of block j hits with probability n_j/s, so the law is the Poisson-binomial
+    sum of ``Binomial(T_j, n_j/s)``."""
+
+    def __init__(self, counts: np.ndarray, tokens_at: np.ndarray, config: MajorMarkPlusConfig):
+        self.config = config
+        self.tokens_at = tokens_at  # int64 (r,): tokens of each block
+        self.num_scored_tokens = int(tokens_at.sum())
+        s, candidates = config.block_size, block_candidates(config.block_size)
+        values = [to_bits(value, s) for value in range(1, config.block_values + 1)]  # digit d holds value d + 1
+        chosen = [candidates.index(majority(bits)) for bits in values]
+        preferred = np.array([[bit == majority(bits)[0] for bit in bits] for bits in values], dtype=np.int64)
+        self.block_hits = (counts[:, chosen, :] * preferred[None]).sum(axis=2)  # (r, 2**s - 2)
+        self.shares = np.arange((s + 1) // 2, s) / s  # the preferred shares n/s a block can have
+        self.share_of = np.array([majority(bits)[1] - (s + 1) // 2 for bits in values])  # index into shares
+
+    def score(self, payloads):
+        config = self.config
+        r, base = config.num_blocks, np.uint64(config.block_values)
+        hits = np.zeros(payloads.shape[0], dtype=np.int64)
+        trials = np.zeros((payloads.shape[0], self.shares.size), dtype=np.int64)
+        rest = payloads.copy()
+        for j in reversed(range(r)):  # the last block holds the least significant digit
+            digit = (rest % base).astype(np.int64)
+            rest //= base
+            hits += self.block_hits[j, digit]
+            share = self.share_of[digit]
+            for q in range(self.shares.size):
+                trials[:, q] += self.tokens_at[j] * (share == q)
+        return hits, poisson_binomial_tails(hits, trials, self.shares)
 
 
 def two_means_splits(counts: np.ndarray, sizes: range) -> tuple[np.ndarray, np.ndarray]:
@@ -84,13 +292,47 @@ class MajorMarkDetector(PairDetector):
         n, bits = tokens.shape[0], self.key.config.bits
         return torch.stack([self.shards(contexts, tokens, torch.full((n,), lam, dtype=torch.int64), bits) for lam in (0, 1)], 1)
 
+    def _record_tables(self, token_scores, seq_index, num_sequences):
+        counts = self._shard_counts(token_scores, seq_index, num_sequences).numpy()
+        totals = torch.bincount(seq_index, minlength=num_sequences).tolist()
+        return [MajorMarkRecordTable(counts[i], totals[i], self.key.config.bits) for i in range(num_sequences)]
+
+    def presence_batch(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list[Presence]:
+        """Payload-free presence test of every sequence: Pearson's chi-square of the b shard counts
+        under each majority-bit salt, the larger of the two. Under the null both count vectors
+        are independent Multinomial(N; 1/b), so P(max >= x) = 1 - (1 - G(x))**2 with G the
+        survival function of one, estimated from ``chi_square_null`` (NULL_DRAWS draws, (1 + k) /
+        (1 + draws)). Watermarked text over-fills the majority shards and under-fills the others
+        under its salt: no payload, no search, so none of the union bound's 2**b correction.
+        Combined with the union bound by ``Presence``'s rule."""
+        return _presence_results(self, sequences, prompt_ids, self._chi_square_log_p)
+
+    def _chi_square_log_p(self, token_scores, seq_index, num_sequences) -> tuple[np.ndarray, np.ndarray]:
+        """(statistic, natural-log p-value) of every sequence (0 and p = 1 with no tokens)."""
+        b = self.key.config.bits
+        counts = self._shard_counts(token_scores, seq_index, num_sequences).numpy()
+        totals = counts[:, 0].sum(axis=1)
+        squares = (counts.astype(np.int64) ** 2).sum(axis=2).max(axis=1)
+        statistic, log_p = np.zeros(num_sequences), np.zeros(num_sequences)
+        for i in np.flatnonzero(totals).tolist():
+            values, at_least = chi_square_null(int(totals[i]), b)
+            where = np.searchsorted(values, squares[i], side="left")
+            survival = (1 + (int(at_least[where]) if where < values.size else 0)) / (1 + NULL_DRAWS)
+            statistic[i] = b / totals[i] * squares[i] - totals[i]
+            log_p[i] = math.log1p(-((1 - survival) ** 2)) if survival < 1 else 0.0
+        return statistic, log_p
+
+    def _shard_counts(self, token_scores, seq_index, num_sequences) -> torch.Tensor:
+        """int64 (n, 2, b): tokens of each sequence in each shard under each majority-bit salt."""
+        b = self.key.config.bits
+        index = (seq_index[:, None] * 2 + torch.tensor([0, 1])) * b + token_scores
+        return torch.bincount(index.flatten(), minlength=num_sequences * 2 * b).view(num_sequences, 2, b)
+
     def _aggregate_scores(self, token_scores, seq_index, num_sequences):
         config: MajorMarkConfig = self.key.config
         b = config.bits
-        index = (seq_index[:, None] * 2 + torch.tensor([0, 1])) * b + token_scores
-        counts = torch.bincount(index.flatten(), minlength=num_sequences * 2 * b).view(num_sequences, 2, b)
         log_messages = math.log(config.capacity)
-        counts = counts.numpy()
+        counts = self._shard_counts(token_scores, seq_index, num_sequences).numpy()
         totals = torch.bincount(seq_index, minlength=num_sequences).numpy()
         # Each majority-bit hypothesis: its split, green count and binomial p-value, all rows at once.
         hypotheses = []
@@ -147,14 +389,53 @@ class MajorMarkPlusDetector(PairDetector):
             columns.append(self.shards(contexts, tokens, salts, config.block_size))
         return torch.stack(columns, dim=1)
 
+    def _block_counts(self, token_scores, seq_index, num_sequences) -> tuple[torch.Tensor, torch.Tensor]:
+        """(counts int64 (n, r, C, s): tokens of each block in each shard under each candidate,
+        tokens_at int64 (n, r): tokens of each block) of every sequence."""
+        config: MajorMarkPlusConfig = self.key.config
+        r, s, c = config.num_blocks, config.block_size, len(self._candidates)
+        cell = seq_index * r + token_scores[:, 0]  # (sequence, block)
+        index = ((cell[:, None] * c + torch.arange(c)) * s + token_scores[:, 1:]).flatten()
+        counts = torch.bincount(index, minlength=num_sequences * r * c * s).view(num_sequences, r, c, s)
+        return counts, torch.bincount(cell, minlength=num_sequences * r).view(num_sequences, r)
+
+    def presence_batch(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list[Presence]:
+        """Payload-free presence test of every sequence. Each block's statistic is the largest,
+        over its s - 1 candidates (lambda, n), of the excess ``s * (top-n count) - n * T_j`` of its
+        tokens under that candidate's salt; the text's statistic is their sum over blocks. Given
+        the blocks' token counts the blocks are independent under the null, each with the exact
+        law of ``block_excess_pmf``, so the p-value is the exact upper tail of their convolution
+        (the decoder's best codeword, found block by block, without the union bound's
+        (2**s - 2)**r correction). Combined with the union bound by ``Presence``'s rule."""
+        return _presence_results(self, sequences, prompt_ids, self._excess_log_p)
+
+    def _excess_log_p(self, token_scores, seq_index, num_sequences) -> tuple[np.ndarray, np.ndarray]:
+        """(statistic, natural-log p-value) of every sequence (0 and p = 1 with no tokens)."""
+        s = self.key.config.block_size
+        counts, tokens_at = (t.numpy() for t in self._block_counts(token_scores, seq_index, num_sequences))
+        top = np.cumsum(-np.sort(-counts, axis=3), axis=3)  # (n, r, C, s): top-m sums
+        sizes = np.array([n for _, n in self._candidates])
+        excess = s * np.take_along_axis(top, (sizes - 1)[None, None, :, None], axis=3)[..., 0] - sizes * tokens_at[:, :, None]
+        statistic = excess.max(axis=2).sum(axis=1)
+        log_p = np.zeros(num_sequences)
+        for i in np.flatnonzero(tokens_at.sum(axis=1)).tolist():
+            low, pmf = 0, np.ones(1)
+            for trials in tokens_at[i].tolist():
+                block_low, block_pmf = block_excess_pmf(trials, s)
+                low, pmf = low + block_low, np.convolve(pmf, block_pmf)
+            tail = float(pmf[max(int(statistic[i]) - low, 0) :].sum())
+            log_p[i] = min(0.0, math.log(max(tail, math.ulp(0.0))))
+        return statistic.astype(np.float64), log_p
+
+    def _record_tables(self, token_scores, seq_index, num_sequences):
+        counts, tokens_at = (t.numpy() for t in self._block_counts(token_scores, seq_index, num_sequences))
+        return [MajorMarkPlusRecordTable(counts[i], tokens_at[i], self.key.config) for i in range(num_sequences)]
+
     def _aggregate_scores(self, token_scores, seq_index, num_sequences):
         config: MajorMarkPlusConfig = self.key.config
         r, s, candidates = config.num_blocks, config.block_size, self._candidates
         c = len(candidates)
-        cell = seq_index * r + token_scores[:, 0]  # (sequence, block)
-        index = ((cell[:, None] * c + torch.arange(c)) * s + token_scores[:, 1:]).flatten()
-        counts = torch.bincount(index, minlength=num_sequences * r * c * s).view(num_sequences, r, c, s)
-        tokens_at = torch.bincount(cell, minlength=num_sequences * r).view(num_sequences, r)
+        counts, tokens_at = self._block_counts(token_scores, seq_index, num_sequences)
         ranked, order = torch.sort(counts, dim=3, descending=True, stable=True)
         cumulative = ranked.cumsum(dim=3)
         sizes = torch.tensor([count for _, count in candidates])
@@ -174,7 +455,7 @@ class MajorMarkPlusDetector(PairDetector):
         np.put_along_axis(rank, chosen_order, np.arange(s), axis=2)  # each shard's place in the order
         bits = np.where(rank < count[:, :, None], lam[:, :, None], 1 - lam[:, :, None])
         # A block's null law depends on its token count t and its candidate k alone: pmf number t * c + k.
-        pmfs = [_binomial_pmf(t, size / s) for t in range(int(tokens_at.max(initial=0)) + 1) for _, size in candidates]
+        pmfs = [binomial_pmf(t, size / s) for t in range(int(tokens_at.max(initial=0)) + 1) for _, size in candidates]
         observed = np.take_along_axis(green, choice[:, :, None], axis=2)[:, :, 0].sum(axis=1)
         scored = np.flatnonzero(tokens_at.sum(axis=1))
         log_tail, mean, sd = (

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from provmark.detector.base import Evidence, PairDetector
+from provmark.detector.records import binomial_tails, digit_sums
 from provmark.detector.stats import max_count_pmf, max_count_tail, sum_log_sf_rows
 from provmark.kernels.prf import split_key
 from provmark.watermark import subkeys
@@ -28,7 +29,24 @@ from provmark.watermark.base import positions
 from provmark.watermark.mpac import MPACConfig
 from provmark.watermark.payload import from_digit_rows
 
-__all__ = ["MPACDetector"]
+__all__ = ["MPACDetector", "MPACRecordTable"]
+
+
+class MPACRecordTable:
+    """One text's colour counts per position, for scoring candidate payloads (``detector.records``).
+
+    A payload's hits are the tokens at each position p in the colour list of its digit m[p]. Under
+    the null every scored token's shard is uniform over the S shards whatever its position, so
+    for every payload the hits are ``Binomial(N, 1/S)`` (N scored tokens, all positions)."""
+
+    def __init__(self, counts: np.ndarray, num_scored_tokens: int, config: MPACConfig):
+        self.counts = counts  # int64 (L, r): tokens at position p in colour list c
+        self.num_scored_tokens = num_scored_tokens
+        self.config = config
+
+    def score(self, payloads):
+        hits = digit_sums(payloads, self.counts, self.config.bits_per_digit)
+        return hits, binomial_tails(hits, self.num_scored_tokens, np.ones_like(hits), self.config.shard_count)
 
 
 class MPACDetector(PairDetector):
@@ -44,6 +62,14 @@ class MPACDetector(PairDetector):
         count = self.config.shard_count
         shard = self.shards(contexts, tokens, torch.zeros(tokens.shape[0], dtype=torch.int64), count)
         return positions(self._position_key, contexts, self.config.num_positions) * count + shard
+
+    def _record_tables(self, token_scores, seq_index, num_sequences):
+        config = self.config
+        length, radix, shards = config.num_positions, config.radix, config.shard_count
+        cell = (seq_index * length + token_scores // shards) * shards + token_scores % shards
+        counts = torch.bincount(cell, minlength=num_sequences * length * shards).view(num_sequences, length, shards)
+        totals = torch.bincount(seq_index, minlength=num_sequences).tolist()
+        return [MPACRecordTable(counts[i, :, :radix].numpy(), totals[i], config) for i in range(num_sequences)]
 
     def _aggregate_scores(self, token_scores, seq_index, num_sequences):
         config = self.config

@@ -14,6 +14,7 @@ __all__ = [
     "LN10",
     "binomial_log_sf",
     "binomial_log_sf_array",
+    "binomial_pmf",
     "max_count_pmf",
     "max_count_tail",
     "sum_log_sf",
@@ -62,6 +63,12 @@ def binomial_log_sf_array(successes, trials, p) -> np.ndarray:
     for index in zip(*np.nonzero(inside & (tail <= 1e-290))):
         out[index] = binomial_log_sf(int(successes[index]), int(trials[index]), float(p[index]))
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def binomial_pmf(trials: int, p: float) -> np.ndarray:
+    """float64 (trials + 1,): the Binomial(trials, p) pmf (cached: detectors reuse a few laws)."""
+    return binom.pmf(np.arange(trials + 1), trials, p)
 
 
 def p_value_from_log(log_p: float) -> float:

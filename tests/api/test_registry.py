@@ -201,7 +201,7 @@ def test_processes_writing_at_once_get_distinct_record_ids_and_every_acknowledge
     registry = Registry.open(db_path, MASTER_KEY)
     registries.append(registry)
     tenant, _ = registry.create_tenant("acme")
-    key_ids = [registry.create_key(tenant.id, "kgw").key_id, registry.create_key(tenant.id, "mpac", {"bits": 7}).key_id]
+    key_ids = [registry.create_key(tenant.id, "kgw").key_id, registry.create_key(tenant.id, "mpac", {"bits": 7, "radix": 2}).key_id]
     context = multiprocessing.get_context("spawn")
     start, results, rounds = context.Barrier(3), context.Queue(), 30
     workers = [context.Process(target=registry_writer.write,
