@@ -179,7 +179,7 @@ def test_a_zero_bit_watermark_without_its_record_says_so(client, fresh_db, acme)
 
 
 def test_a_payload_no_record_carries_is_attributed_to_the_issued_record_that_explains_it_best(client, fresh_db, acme):
-    key = _key(client, acme, "mpac", bits=4, delta=4.0)
+    key = _key(client, acme, "mpac", bits=4, radix=2, delta=4.0)  # one bit per digit: neighbours differ in one bit
     numbers = {fresh_db.new_record(key["key_id"], tenant_id=acme.id, model=None).number: None for _ in range(16)}
     assert sorted(numbers) == list(range(16))
     fresh_db.delete_record(f"{key['key_id']}.5")  # 0101: neighbours 0100, 0111, 0001, 1101
@@ -193,7 +193,7 @@ def test_a_payload_no_record_carries_is_attributed_to_the_issued_record_that_exp
 
 
 def test_a_watermarked_text_no_record_explains_is_unattributed_with_the_nearest_records(fresh_db, acme):
-    info = fresh_db.create_key(acme.id, "mpac", {"bits": 4, "delta": 4.0})
+    info = fresh_db.create_key(acme.id, "mpac", {"bits": 4, "radix": 2, "delta": 4.0})
     for _ in range(16):
         fresh_db.new_record(info.key_id, tenant_id=acme.id, model=None)
     fresh_db.delete_record(f"{info.key_id}.5")
