@@ -9,12 +9,14 @@ scheme with the embedded model (T 1.0), each with a random valid payload, writte
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import random
 import time
 
 from provmark.evaluation.prompts import generate_batched, load_prompts
+from provmark.watermark.hook import generate
 from provmark.watermark.keys import create_key
 from provmark.watermark.models import load_model
 
@@ -48,8 +50,8 @@ def main(argv=None):
         start, token_ids = time.perf_counter(), []
         for first in range(0, len(prompts), args.batch):  # generate_batched's seeding, one batch at a time
             rows = slice(first, first + args.batch)
-            generations = generate_batched(model, tokenizer, prompts[rows], key, payloads[rows], tokens=args.tokens,
-                                           seed=args.seed + first, batch=args.batch)
+            generations = generate_batched(functools.partial(generate, model, tokenizer, key=key), prompts[rows],
+                                           payloads[rows], tokens=args.tokens, seed=args.seed + first, batch=args.batch)
             token_ids += [list(g.token_ids) for g in generations]
             print(f"{label}: {len(token_ids)} texts in {time.perf_counter() - start:.0f} s", flush=True)
             out["texts"][label] = {"scheme": scheme, "params": params, "secret": secret.hex(),

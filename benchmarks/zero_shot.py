@@ -28,6 +28,7 @@ scoring passes' wall time.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import sys
@@ -39,6 +40,7 @@ import torch
 from provmark.attacks import paraphrase_batch, wordnet_synonyms
 from provmark.detector.zero_shot import SamplingSettings, ZeroShotScorer, load_human_texts
 from provmark.evaluation.prompts import generate_batched, load_prompts
+from provmark.watermark.hook import generate
 from provmark.watermark.models import load_model
 
 LENGTHS = (50, 100, 200, 400)
@@ -102,8 +104,8 @@ def main(argv=None) -> None:
     rows = []
     for m, temperature in enumerate(TEMPERATURES):
         began = time.time()
-        generations = generate_batched(model, tokenizer, prompts, None, tokens=max(lengths), seed=args.seed,
-                                       batch=16, temperature=temperature)
+        generations = generate_batched(functools.partial(generate, model, tokenizer, key=None), prompts,
+                                       tokens=max(lengths), seed=args.seed, batch=16, temperature=temperature)
         texts = [g.text for g in generations]
         print(f"# generated {len(texts)} texts at temperature {temperature} in {time.time() - began:.0f} s", flush=True)
         contexts, _ = scorer.encode(texts, prompts)
