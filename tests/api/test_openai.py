@@ -207,9 +207,12 @@ def test_requests_that_arrive_while_a_batch_runs_join_it(fresh_db, acme, tiny_di
             thread.start()
         _wait(lambda: queue.waiting_rows == 3)
     for thread in threads:
-        thread.join(60)
-    # All four rows decode from the first step on; the three short ones leave after their third.
-    assert rows_per_step == [4, 4, 4, 1, 1, 1]
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    # All four rows decode from the first step on, and rows only ever leave: the three short ones
+    # after their third step ([4, 4, 4, 1, 1, 1]), or earlier when the random model samples a stop id.
+    assert rows_per_step[0] == 4 and rows_per_step == sorted(rows_per_step, reverse=True)
+    assert len(rows_per_step) <= 6
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert sorted(len(a.json()["choices"]) for a in answers) == [1, 1, 2]
 
