@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     lines = [f"command: python -m benchmarks.provenance {' '.join(argv or sys.argv[1:])}"]
     started = time.perf_counter()
 
-    with ServerFixture(keys=[SCHEMES[s] for s in args.schemes]) as server:
+    with ServerFixture(keys=[SCHEMES[s] for s in args.schemes], serve_args=["--rate-limit", "0"]) as server:
         os.environ["PROVMARK_MASTER_KEY"] = server.env["PROVMARK_MASTER_KEY"]
         registry = Registry.open(server.db, load_master_key(None))
         tenant = registry.tenant("bench")
