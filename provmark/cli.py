@@ -45,9 +45,25 @@ def key_option(func):
     return click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Key file (JSON).")(func)
 
 
+_DB_HELP = "Registry: an SQLite file (created on first use) or a postgresql://user@host:port/database URL"
+
+
 def db_option(func):
-    return click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
-                        help="Registry database (an SQLite file, created on first use).")(func)
+    return click.option("--db", "db_path", required=True, envvar="PROVMARK_DB", show_envvar=True,
+                        help=_DB_HELP + ".")(func)
+
+
+def _db_default(db_path, key_file):
+    """keys create: --db, else $PROVMARK_DB unless a key file is given (--out)."""
+    import os
+
+    return db_path if db_path is not None or key_file is not None else os.environ.get("PROVMARK_DB")
+
+
+def _db_name(db_path) -> str:
+    from provmark.api.stores import describe_target
+
+    return describe_target(db_path)
 
 
 def master_key_option(func):
@@ -86,8 +102,8 @@ def keys():
               help="Watermark scheme: kgw (zero-bit); mpac, majormark, majormark+, balance or vanilla (multi-bit); "
                    "synonym (finished text).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Where to write the key file.")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False),
-              help="Create the key in this registry instead (with --tenant); its secret is sealed there.")
+@click.option("--db", "db_path", help=f"Create the key in this registry instead (with --tenant; default without --out: "
+                                     f"$PROVMARK_DB); its secret is sealed there. {_DB_HELP}.")
 @click.option("--tenant", "tenant_name", default=None, help="With --db: the tenant that owns the key.")
 @click.option("--public", is_flag=True, help="With --db: let callers without a token verify texts against the key.")
 @master_key_option
@@ -132,6 +148,7 @@ def keys_create(scheme, out_path, db_path, tenant_name, public, master_key_file,
              "block_size": block_size, "segment_bits": segment_bits, "pool_size": pool_size, "head": head,
              "proxy_context": proxy_context, "similarity_threshold": similarity_threshold, "max_candidates": max_candidates}
     params = {name: value for name, value in given.items() if value is not None}
+    db_path = _db_default(db_path, out_path)
     if (out_path is None) == (db_path is None):
         raise ParameterError("give --out FILE (a key file) or --db PATH --tenant NAME (a registry key), not both")
     if db_path is None:
@@ -147,7 +164,7 @@ def keys_create(scheme, out_path, db_path, tenant_name, public, master_key_file,
             raise ParameterError("--force applies to key files (--out); drop it")
         registry = _registry(db_path, master_key_file, need_master_key=True)
         key = registry.create_key(registry.tenant(tenant_name).id, scheme, params, public_verify=public)
-        where, capacity = f"{db_path} for tenant {tenant_name}", key.capacity
+        where, capacity = f"{_db_name(db_path)} for tenant {tenant_name}", key.capacity
     line = f"created {key.scheme} key {key.key_id} in {where}"
     if capacity is not None:
         line += f" (payloads 0 to {capacity - 1}, {capacity_bits(capacity):.2f} bits)"
@@ -317,7 +334,8 @@ def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_
     )
     os.environ.update(settings.to_environment())  # workers inherit the environment and the working directory
     plural = "es" if workers > 1 else ""
-    click.echo(f"provmark API on http://{host}:{port} (registry {db_path}, {workers} worker process{plural})", err=True)
+    click.echo(f"provmark API on http://{host}:{port} (registry {_db_name(db_path)}, {workers} worker process{plural})",
+               err=True)
     uvicorn.run("provmark.api.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level="info")
 

@@ -27,11 +27,11 @@ import provmark
 from provmark.api import schemas
 from provmark.api.auth import token_digest
 from provmark.api.crypto import MasterKeyError
-from provmark.api.db import schema_version
 from provmark.api.errors import APIError, AuthError, InvalidInputError, NotFoundError, RateLimitedError, error_body
 from provmark.api.limits import DEFAULT_BURST, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE, RateLimiter, retry_after
 from provmark.api.provenance import KeyVerification, Models, Provenance, TextVerification
 from provmark.api.registry import KeyInfo, KeyRef, Record, Registry, Tenant
+from provmark.api.stores import StoreUnavailableError
 from provmark.errors import ModelLoadError, ProvmarkError
 
 __all__ = ["SERVE_SETTINGS_ENV", "BodyLimit", "ServeSettings", "app_from_environment", "create_app"]
@@ -200,7 +200,7 @@ def create_app(
 
     @app.exception_handler(ProvmarkError)
     async def library_error(request: Request, exc: ProvmarkError):
-        if isinstance(exc, (ModelLoadError, MasterKeyError)):
+        if isinstance(exc, (ModelLoadError, MasterKeyError, StoreUnavailableError)):
             _log.error("service unavailable: %s", exc)
             return _error_response(503, [{"field": None, "message": str(exc), "type": "unavailable"}])
         return _error_response(422, [{"field": None, "message": str(exc), "type": "invalid"}])
@@ -247,9 +247,7 @@ def create_app(
     @app.get("/healthz", response_model=schemas.Health, tags=["service"])
     def healthz() -> schemas.Health:
         """Liveness and schema version; needs no token."""
-        with registry.lock:
-            version = schema_version(registry.db)
-        return schemas.Health(ok=True, schema_version=version, version=provmark.__version__)
+        return schemas.Health(ok=True, schema_version=registry.schema_version(), version=provmark.__version__)
 
     @app.post("/v1/keys", status_code=201, response_model=schemas.KeyOut, responses=_ERRORS, tags=["keys"])
     def create_key(body: schemas.KeyCreate, who: Tenant = Depends(tenant)) -> schemas.KeyOut:
