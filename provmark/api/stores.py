@@ -150,12 +150,13 @@ class PostgresStore(Store):
     Args:
         url: a libpq connection URL, ``postgresql://user:password@host:port/database``.
         max_connections: pool size (each API worker process holds its own pool).
-        connect_timeout: seconds to wait for the first connection at open.
+        connect_timeout: seconds to wait for a connection (at open, and for each statement while the
+            pool is busy or the server away: then ``StoreUnavailableError``).
     """
 
     dialect = "postgresql"
 
-    def __init__(self, url: str, *, max_connections: int = 8, connect_timeout: float = 10.0):
+    def __init__(self, url: str, *, max_connections: int = 8, connect_timeout: float = 5.0):
         import psycopg
         from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -167,9 +168,12 @@ class PostgresStore(Store):
         except psycopg.Error as exc:
             raise StoreUnavailableError(f"cannot connect to the registry at {describe_target(url)}: "
                                         f"{' '.join(str(exc).split())}") from None
+        # reconnect_timeout: the pool retries a lost connection with a doubling delay until this runs out,
+        # then the next request connects afresh; the default (5 minutes) would let the delay grow past
+        # the outage and keep a node answering 503 long after the server is back.
         self.pool = ConnectionPool(url, min_size=1, max_size=max_connections, kwargs={"autocommit": True},
-                                   check=ConnectionPool.check_connection, timeout=connect_timeout, open=False,
-                                   name="provmark-registry")
+                                   check=ConnectionPool.check_connection, timeout=connect_timeout,
+                                   reconnect_timeout=2.0, open=False, name="provmark-registry")
         try:
             self.pool.open(wait=True, timeout=connect_timeout)
         except self._errors as exc:

@@ -14,6 +14,7 @@ from provmark.api.crypto import MasterKey, MasterKeyError
 from provmark.api.db import open_database
 from provmark.api.errors import ConflictError, KeyExhaustedError, NotFoundError
 from provmark.api.registry import Registry
+from provmark.api.stores import StoreUnavailableError
 from provmark.errors import ParameterError
 from tests.api import registry_writer
 from tests.api.conftest import MASTER_KEY, stored_bytes
@@ -233,3 +234,19 @@ def test_processes_writing_at_once_get_distinct_record_ids_and_every_acknowledge
     assert all(len(out["refused"]) + len(out["created"]) == rounds for out in outcomes)
     (successor,) = [key_id for out in outcomes for key_id in out["rotated"]]  # one rotation won, two were refused
     assert registry.key(rotated).replaced_by == successor and registry.key(successor).status == "active"
+
+
+def test_a_postgresql_registry_reports_an_outage_and_reconnects_when_the_server_is_back(postgres_server, registries):
+    registry = Registry.open(postgres_server.new_database(), MASTER_KEY)
+    registries.append(registry)
+    registry.create_tenant("acme")
+    postgres_server.stop()  # every pooled connection breaks (a clean stop: the test server runs without fsync)
+    try:
+        with pytest.raises(StoreUnavailableError, match="unavailable"):
+            registry.tenants()
+        with pytest.raises(StoreUnavailableError):
+            registry.create_tenant("globex")
+    finally:
+        postgres_server.start()
+    registry.create_tenant("globex")
+    assert [t.name for t in registry.tenants()] == ["acme", "globex"]
