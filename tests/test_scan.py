@@ -132,7 +132,6 @@ def test_a_corpus_without_its_text_column_or_with_duplicate_ids_is_refused(tmp_p
 
 
 def test_the_ray_engine_writes_the_same_table_as_the_local_engine(tmp_path, corpus):
-    pytest.importorskip("ray", reason="Ray is in provmark[scale], which make install installs")
     key, _, rows = corpus
     path = _write_jsonl(tmp_path / "c.jsonl", rows)
     _scan(path, tmp_path / "local.parquet", key, workers=2, batch_size=5)
