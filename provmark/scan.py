@@ -279,7 +279,10 @@ def _ray_batches(table, keys: list[dict], options: ScanOptions):
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         workers = options.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        dataset = ray.data.from_arrow(table).repartition(max(1, math.ceil(table.num_rows / options.batch_size)))
+        # One block per batch, made here: a repartition would run as tasks that wait for CPUs the
+        # actors already hold (a hang when the pool fills the cluster).
+        dataset = ray.data.from_arrow([table.slice(start, options.batch_size)
+                                       for start in range(0, table.num_rows, options.batch_size)])
         results = dataset.map_batches(
             ScanWorker, fn_constructor_kwargs={"keys": keys, "alpha": options.alpha, "min_tokens": options.min_tokens,
                                                "model_path": options.model_path},
