@@ -29,19 +29,23 @@ from provmark.watermark.models import load_tokenizer
 VOCAB = 49152
 
 
-def corpus(path: Path, key, tokenizer, texts: int, tokens: int) -> None:
+def corpus(path: Path, key, tokenizer, texts: int, tokens: int, chunk: int = 128) -> None:
+    """Write the corpus; the watermarked rows are sampled ``chunk`` at a time (one processor call
+    per step for the chunk, each row with its own payload)."""
     generator = torch.Generator().manual_seed(0)
+    marked = list(range(0, texts, 10))
+    rows = {}
+    for start in range(0, len(marked), chunk):
+        indices = marked[start:start + chunk]
+        processor = WatermarkLogitsProcessor(key, [index % 256 for index in indices])
+        ids = torch.randint(VOCAB, (len(indices), key.config.context_width), generator=generator)
+        for _ in range(tokens):
+            scores = processor(ids, torch.zeros(len(indices), VOCAB))
+            ids = torch.cat([ids, torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)], 1)
+        rows.update(zip(indices, ids[:, key.config.context_width:].tolist()))
     with open(path, "w") as handle:
         for index in range(texts):
-            if index % 10 == 0:
-                processor = WatermarkLogitsProcessor(key, [index % 256])
-                ids = torch.randint(VOCAB, (1, key.config.context_width), generator=generator)
-                for _ in range(tokens):
-                    scores = processor(ids, torch.zeros(1, VOCAB))
-                    ids = torch.cat([ids, torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)], 1)
-                row = ids[0, key.config.context_width:].tolist()
-            else:
-                row = torch.randint(VOCAB, (tokens,), generator=generator).tolist()
+            row = rows[index] if index in rows else torch.randint(VOCAB, (tokens,), generator=generator).tolist()
             handle.write(json.dumps({"id": f"t{index}", "text": tokenizer.decode(row)}) + "\n")
 
 

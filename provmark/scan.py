@@ -152,8 +152,9 @@ def read_corpus(path: str | os.PathLike, *, id_field: str = "id", text_field: st
 
 
 class ScanWorker:
-    """Detects a batch of texts with every key: the map function of both engines (one per process or
-    Ray actor; it loads the tokenizer, and the model when a Balance key needs its proxy, once).
+    """Detects a batch of texts with every key through the front door (``front.Watermark``): the map
+    function of both engines (one per process or Ray actor; it loads the tokenizer, and the model
+    when a Balance key needs its proxy, once).
 
     Args:
         keys: the key files' dicts (``WatermarkKey.to_dict``), secrets included.
@@ -161,25 +162,13 @@ class ScanWorker:
     """
 
     def __init__(self, keys: Sequence[dict], *, alpha: float, min_tokens: int, model_path: str | None):
-        from provmark.detector import create_detector
-        from provmark.watermark.schemes import watermarker_class
+        from provmark.front import Watermark
+        from provmark.watermark.models import Models
 
         self.keys: list[WatermarkKey] = [key_from_dict(k) for k in keys]
         self.alpha, self.min_tokens = alpha, min_tokens
-        proxy = tokenizer = None
-        if any(k.config.generation_time and watermarker_class(k.scheme).uses_proxy for k in self.keys):
-            from provmark.watermark.models import load_model
-            from provmark.watermark.proxy import Proxy
-
-            loaded = load_model(model_path)
-            tokenizer, proxy = loaded.tokenizer, Proxy(loaded.model, loaded.tokenizer)
-        elif any(k.config.generation_time for k in self.keys):
-            from provmark.watermark.models import load_tokenizer
-
-            tokenizer = load_tokenizer(model_path)
-        self.tokenizer = tokenizer
-        self.detectors = [create_detector(k, alpha=alpha, proxy=proxy if watermarker_class(k.scheme).uses_proxy
-                                          else None) for k in self.keys]
+        models = Models(model_path)  # the tokenizer, and the model for a Balance key's proxy, loaded on first use
+        self.marks = [Watermark(k, models) for k in self.keys]
 
     def __call__(self, batch):
         """Arrow table (``_row``, ``id``, ``text``) -> Arrow table of ``_row`` and ``SCAN_COLUMNS`` but
@@ -191,19 +180,19 @@ class ScanWorker:
         texts = [t or "" for t in batch.column("text").to_pylist()]
         ids = None
         best = [None] * len(texts)  # (log_p, result) of the key with the smallest p-value
-        for detector in self.detectors:
-            if detector.reads_text:
-                results = detector.detect_batch(texts)
+        for mark in self.marks:
+            if mark.scheme.reads_text:
+                results = mark.detect(texts, alpha=self.alpha)
             else:
                 if ids is None:
-                    ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-                results = detector.detect_batch(ids)
+                    ids = mark.token_ids(texts)
+                results = mark.detect(texts, alpha=self.alpha, token_ids=ids)
             for i, result in enumerate(results):
                 log_p = result.log10_p_value
                 if best[i] is None or log_p < best[i][0] or (log_p == best[i][0] and result.num_scored_tokens
                                                               > best[i][1].num_scored_tokens):
                     best[i] = (log_p, result)
-        correction = math.log10(len(self.detectors))
+        correction = math.log10(len(self.marks))
         out = {name: [] for name in (_ORDER, *SCAN_COLUMNS) if name != "record"}
         for i, (log_p, result) in enumerate(best):
             log_p = min(0.0, log_p + correction)
