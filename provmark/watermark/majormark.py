@@ -51,6 +51,16 @@ def _validate_bits(bits, low=2, high=64):
         raise ParameterError(f"bits must be an integer in [{low}, {high}], got {bits!r}; 32 is the default")
 
 
+VERSIONS = (1, 2)
+"""Presence tests of MajorMark and MajorMark+ keys (the ``version`` field); 2 is the newest."""
+
+
+def validate_version(version) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version not in VERSIONS:
+        raise ParameterError(f"version must be one of {', '.join(map(str, VERSIONS))}, got {version!r}; "
+                             f"{VERSIONS[-1]} is the default for new keys")
+
+
 def majority(bits: list[int]) -> tuple[int, int]:
     """(lambda, n_lambda): the majority bit (ties go to 1) and how many bits equal it."""
     ones = sum(bits)
@@ -87,17 +97,22 @@ class MajorMarkConfig(SchemeConfig):
 
     scheme = "majormark"
     supports_payload = True
+    stored_defaults = {"version": 1}
     bits: int = 32
     """Codeword length b (= number of shards), 2 to 64."""
     delta: float = 2.0
     """Bias added to the majority-bit shards."""
     context_width: int = 2
     """Tokens of context that seed the colouring."""
+    version: int = 2
+    """Presence test: 1 the decoder's union bound alone (key files without the field), 2 (new
+    keys) twice the smaller of it and the payload-free split test (``detector.majormark``)."""
 
     def __post_init__(self):
         _validate_bits(self.bits)
         validate_delta(self.delta)
         validate_context_width(self.context_width)
+        validate_version(self.version)
 
     @property
     def capacity(self) -> int:
@@ -123,6 +138,7 @@ class MajorMarkPlusConfig(SchemeConfig):
 
     scheme = "majormark+"
     supports_payload = True
+    stored_defaults = {"version": 1}
     bits: int = 32
     """Codeword length b, a multiple of the block size, at most 64."""
     block_size: int = 4
@@ -131,6 +147,9 @@ class MajorMarkPlusConfig(SchemeConfig):
     """Bias added to each block's majority-bit shards."""
     context_width: int = 2
     """Tokens of context that seed block choice and colouring."""
+    version: int = 2
+    """Presence test: 1 the decoder's union bound alone (key files without the field), 2 (new
+    keys) twice the smaller of it and the payload-free block-excess test (``detector.majormark``)."""
 
     def __post_init__(self):
         _validate_bits(self.bits)
@@ -140,6 +159,7 @@ class MajorMarkPlusConfig(SchemeConfig):
             raise ParameterError(f"bits must be a multiple of block_size {self.block_size}, got {self.bits}")
         validate_delta(self.delta)
         validate_context_width(self.context_width)
+        validate_version(self.version)
 
     @property
     def num_blocks(self) -> int:
