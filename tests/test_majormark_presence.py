@@ -169,14 +169,15 @@ def test_presence_detects_more_watermarked_texts_than_the_union_bound(scheme, li
     lengths = np.full(200, 190)
     token_scores, seq_index = _marked_scores(scheme, detector.key.config, lengths, rng, lift)
     union = np.array([e.log_p for e in detector._decode(token_scores, seq_index, lengths.size)])
-    presence = np.minimum(0.0, math.log(2) + np.minimum(test(token_scores, seq_index, lengths.size)[1], union))
+    test_log_p = test(token_scores, seq_index, lengths.size)[1]
+    presence = np.where(test_log_p > math.log(1e-4), test_log_p, np.minimum(math.log(1e-4), union))
     combined = np.array([e.log_p for e in detector._aggregate_scores(token_scores, seq_index, lengths.size)])
     np.testing.assert_allclose(combined, presence, rtol=1e-12, atol=0)  # what detect reports for a version 2 key
-    # 200 texts of 190 scored tokens; measured on this seed: majormark 0.34 -> 0.595, majormark+
-    # 0.16 -> 0.325 at alpha 1e-3
+    # 200 texts of 190 scored tokens; measured on this seed: majormark 0.34 -> 0.63, majormark+
+    # 0.16 -> 0.39 at alpha 1e-3
     threshold = math.log(1e-3)
     assert (presence <= threshold).mean() >= (union <= threshold).mean() + 0.08
-    assert np.all(presence <= union + math.log(2) + 1e-12)  # never worse than the union bound's factor 2
+    assert np.all((presence <= union + 1e-12) | (presence > math.log(1e-4)))  # the union bound decides in the tail
 
 
 @pytest.mark.parametrize("scheme", ["majormark", "majormark+"])
@@ -204,7 +205,7 @@ def test_version_2_detect_is_calibrated_on_10000_random_token_sequences(scheme):
 
 
 @pytest.mark.parametrize("scheme", ["majormark", "majormark+"])
-def test_version_1_keeps_the_union_bound_and_version_2_reports_twice_the_smaller_p_value(scheme):
+def test_version_1_keeps_the_union_bound_and_version_2_reports_the_test_handing_over_to_it_below_1e_4(scheme):
     sequences = _zipf_sequences(40, 200, seed=9)
     old = create_detector(create_key(scheme, {"bits": 32, "version": 1}, secret=SECRET))
     new = create_detector(create_key(scheme, {"bits": 32}, secret=SECRET))
@@ -213,7 +214,8 @@ def test_version_1_keeps_the_union_bound_and_version_2_reports_twice_the_smaller
     for a, b, p in zip(before, after, presence):
         assert a.log10_p_value == pytest.approx(p.union_log10_p_value, rel=1e-12, abs=1e-300)
         assert b.log10_p_value == pytest.approx(p.log10_p_value, rel=1e-12, abs=1e-300)
-        expected = min(0.0, math.log10(2) + min(p.test_log10_p_value, p.union_log10_p_value))
+        t = p.test_log10_p_value
+        expected = t if t > -4 else min(-4.0, p.union_log10_p_value)
         assert b.log10_p_value == pytest.approx(expected, rel=1e-12, abs=1e-300)
         assert (a.payload, a.bit_confidences, a.score) == (b.payload, b.bit_confidences, b.score)
 

@@ -19,11 +19,11 @@ over blocks for MajorMark+ (exact convolution). The decoder searched every valid
 p-value is that tail times the number of codewords (2**b - 2, or (2**s - 2)**r): a union bound,
 conservative but honest whatever the decoder picks, and about log10(2**b) decades weaker than
 the evidence. Version 2 keys (the default for new keys; key files without ``version`` are 1)
-add a payload-free test that prices the search by its actual null law instead (MajorMark: the
+report a payload-free test that prices the search by its actual null law instead (MajorMark: the
 decoder's split statistic against a simulated null, ``split_null``; MajorMark+: the exact law of
-the blocks' best-candidate excess, ``block_excess_pmf``) and report twice the smaller of the two
-p-values (Bonferroni over two valid tests: the union bound still decides for very strong text,
-beyond the simulated null's resolution). Both are calibrated on unwatermarked text
+the blocks' best-candidate excess, ``block_excess_pmf``), handing over to the union bound below
+p = 1e-4 (``_combine``: valid with no correction; the union bound keeps reporting how strong a
+very strong text is, beyond the simulated null's resolution). Both are calibrated on unwatermarked text
 (tests/test_majormark_presence.py). The paper's own presence test (a threshold of 2 on a
 difference of count standard deviations) has no stated false-positive rate.
 
@@ -46,6 +46,7 @@ from scipy.special import gammaln
 from scipy.stats import binom
 
 from provmark.detector.base import Evidence, PairDetector
+from provmark.detector.check import checked_payloads
 from provmark.detector.records import binomial_tails, digit_sums, poisson_binomial_tails
 from provmark.detector.stats import LN10, binomial_log_sf_array, binomial_pmf, p_value_from_log, sum_log_sf_rows
 from provmark.errors import ParameterError
@@ -53,7 +54,7 @@ from provmark.kernels.prf import split_key
 from provmark.watermark import subkeys
 from provmark.watermark.base import positions
 from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig, block_candidates, block_salt, majority
-from provmark.watermark.payload import to_bits
+from provmark.watermark.payload import from_digit_rows, to_bits
 
 __all__ = [
     "MajorMarkDetector",
@@ -77,11 +78,11 @@ _NULL_SEED = 0x4D616A6F  # the simulated null is a fixed function of (tokens, sh
 
 @dataclass(frozen=True, kw_only=True)
 class Presence:
-    """A payload-free presence test on one text. ``p_value`` is twice the smaller of the test's own
-    p-value and the decoder's union bound (Bonferroni over the two tests), so the union bound
-    still decides where it is the stronger of the two (very strong text, beyond the simulated
-    null's resolution) at the price of a factor 2. Version 2 keys report this p-value from
-    ``detect`` too."""
+    """A payload-free presence test on one text. ``p_value`` is the test's own p-value where it
+    exceeds ``HANDOVER`` (1e-4), else the smaller of 1e-4 and the decoder's union bound
+    (``_combine``): valid with no correction, the test deciding at usual alphas and the union bound
+    out in the tail, beyond the simulated null's resolution. Version 2 keys report this p-value
+    from ``detect`` too."""
 
     scheme: str
     statistic: float
@@ -228,21 +229,28 @@ def _presence_results(detector, sequences: Sequence, prompt_ids: Sequence | None
 
 def _with_presence(detector, token_scores, seq_index, num_sequences) -> list[Evidence]:
     """The decoder's evidence (``_decode``); for a version 2 key its p-value is ``_combine`` of
-    the union bound and the payload-free test (``_presence_test``), the rest unchanged."""
+    the payload-free test (``_presence_test``) and the union bound, the rest unchanged."""
     evidence = detector._decode(token_scores, seq_index, num_sequences)
     if detector.key.config.version < 2:
         return evidence
-    union = np.array([e.log_p for e in evidence])
-    # A simulated test's p-value is never below its floor: where the union bound is, it decides
-    # the combination alone, and the simulation is skipped.
-    _, test_log_p = detector._presence_test(token_scores, seq_index, num_sequences, needed=union > detector._test_floor)
-    log_p = _combine(test_log_p, union)
+    _, test_log_p = detector._presence_test(token_scores, seq_index, num_sequences)
+    log_p = _combine(test_log_p, np.array([e.log_p for e in evidence]))
     return [e._replace(log_p=float(value)) for e, value in zip(evidence, log_p.tolist())]
 
 
+HANDOVER = 1e-4
+"""Below this p-value the payload-free test hands over to the union bound (``_combine``)."""
+
+
 def _combine(test_log_p: np.ndarray, union_log_p: np.ndarray) -> np.ndarray:
-    """Natural log of min(1, 2 * min(p_test, p_union)): either test may decide (Bonferroni, 2)."""
-    return np.minimum(0.0, math.log(2.0) + np.minimum(test_log_p, union_log_p))
+    """Natural log of the version 2 p-value: the test's p where it exceeds HANDOVER t, else
+    min(t, union bound). Valid with no correction for any fixed t: at alpha >= t it rejects exactly
+    when the test does, at alpha < t only where the union bound does. The test decides at usual
+    alphas (it prices the decoder's search by its actual null law, without the 2**b correction);
+    far out in the tail, beyond what a simulated null resolves, the union bound (exact down to
+    float64's limits) says how strong the text is."""
+    handover = math.log(HANDOVER)
+    return np.where(test_log_p > handover, test_log_p, np.minimum(handover, union_log_p))
 
 
 class MajorMarkRecordTable:
@@ -345,13 +353,10 @@ class MajorMarkDetector(PairDetector):
         ``Presence``'s rule (what ``detect`` reports for a version 2 key)."""
         return _presence_results(self, sequences, prompt_ids)
 
-    _test_floor = -math.log(NULL_DRAWS + 1)
-    """Natural log of a bound below every p-value ``split_null_log_p`` gives: one salt's F is at
-    least 1 / (NULL_DRAWS + 1)."""
-
-    def _presence_test(self, token_scores, seq_index, num_sequences, needed=None) -> tuple[np.ndarray, np.ndarray]:
-        """(statistic, natural-log p-value) of every sequence (0 and p = 1 with no tokens, and
-        where ``needed``, bool (n,), is given and False: the null is not simulated for them)."""
+    def _presence_test(self, token_scores, seq_index, num_sequences) -> tuple[np.ndarray, np.ndarray]:
+        """(statistic, natural-log p-value) of every sequence (0 and p = 1 with no tokens). The
+        first sequence with a given number of scored tokens simulates its null (``split_null``,
+        about half a second on one core), cached for the next ones."""
         b = self.key.config.bits
         counts = self._shard_counts(token_scores, seq_index, num_sequences).numpy()
         totals = counts[:, 0].sum(axis=1)
@@ -361,7 +366,7 @@ class MajorMarkDetector(PairDetector):
             green = prefix[np.arange(num_sequences), size].astype(np.int64)
             tails[lam] = binomial_log_sf_array(green, totals, size / b)
         statistic, log_p = np.zeros(num_sequences), np.zeros(num_sequences)
-        for i in np.flatnonzero((totals > 0) & (True if needed is None else needed)).tolist():
+        for i in np.flatnonzero(totals).tolist():
             row = {lam: float(values[i]) for lam, values in tails.items()}
             statistic[i] = min(row.values())
             log_p[i] = split_null_log_p(row, int(totals[i]), b)
@@ -376,11 +381,18 @@ class MajorMarkDetector(PairDetector):
     def _aggregate_scores(self, token_scores, seq_index, num_sequences):
         return _with_presence(self, token_scores, seq_index, num_sequences)
 
+    def _codeword_values(self, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codeword values uint64 (K,), valid bool (K,)) of codewords int (K, b): not all 0 or all 1."""
+        ones = bits.sum(axis=1)
+        valid = (ones > 0) & (ones < bits.shape[1])
+        values = np.array(from_digit_rows(bits, 2), dtype=np.uint64)
+        return np.where(valid, values - np.uint64(1), np.uint64(0)), valid
+
     def _decode(self, token_scores, seq_index, num_sequences) -> list[Evidence]:
         """The decoded payload, bit confidences and union-bound p-value of every sequence."""
         config: MajorMarkConfig = self.key.config
         b = config.bits
-        log_messages = math.log(config.capacity)
+        log_messages = math.log(config.codeword_capacity)
         counts = self._shard_counts(token_scores, seq_index, num_sequences).numpy()
         totals = torch.bincount(seq_index, minlength=num_sequences).numpy()
         # Each majority-bit hypothesis: its split, green count and binomial p-value, all rows at once.
@@ -409,6 +421,8 @@ class MajorMarkDetector(PairDetector):
         z = (green[scored] - gamma * totals[scored]) / np.sqrt(totals[scored] * gamma * (1 - gamma))
         bits = np.where(high[scored], lam[scored, None], 1 - lam[scored, None])
         payloads = config.payloads_of(bits)
+        if config.check_bits:
+            payloads = checked_payloads(self.key, bits, confidence[scored], self._codeword_values)
         confidence = confidence.tolist()
         out = [Evidence(0.0, 0.0)] * num_sequences
         for i, row in enumerate(scored.tolist()):
@@ -456,12 +470,8 @@ class MajorMarkPlusDetector(PairDetector):
         ``detect`` reports for a version 2 key)."""
         return _presence_results(self, sequences, prompt_ids)
 
-    _test_floor = -math.inf
-    """The exact test has no floor above 0: it is computed for every sequence."""
-
-    def _presence_test(self, token_scores, seq_index, num_sequences, needed=None) -> tuple[np.ndarray, np.ndarray]:
-        """(statistic, natural-log p-value) of every sequence (0 and p = 1 with no tokens); exact
-        and cheap, so computed for every sequence whatever ``needed`` says."""
+    def _presence_test(self, token_scores, seq_index, num_sequences) -> tuple[np.ndarray, np.ndarray]:
+        """(statistic, natural-log p-value) of every sequence (0 and p = 1 with no tokens)."""
         s = self.key.config.block_size
         counts, tokens_at = (t.numpy() for t in self._block_counts(token_scores, seq_index, num_sequences))
         top = np.cumsum(-np.sort(-counts, axis=3), axis=3)  # (n, r, C, s): top-m sums
@@ -484,6 +494,15 @@ class MajorMarkPlusDetector(PairDetector):
 
     def _aggregate_scores(self, token_scores, seq_index, num_sequences):
         return _with_presence(self, token_scores, seq_index, num_sequences)
+
+    def _codeword_values(self, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codeword values uint64 (K,), valid bool (K,)) of codewords int (K, b): no block all 0 or all 1."""
+        config: MajorMarkPlusConfig = self.key.config
+        blocks = bits.reshape(bits.shape[0], config.num_blocks, config.block_size)
+        ones = blocks.sum(axis=2)
+        valid = np.all((ones > 0) & (ones < config.block_size), axis=1)
+        safe = np.where(valid[:, None, None], blocks, np.arange(config.block_size) % 2)  # any valid block stands in
+        return np.array(config.payloads_of(safe), dtype=np.uint64), valid
 
     def _decode(self, token_scores, seq_index, num_sequences) -> list[Evidence]:
         """The decoded payload, bit confidences and union-bound p-value of every sequence."""
@@ -517,7 +536,11 @@ class MajorMarkPlusDetector(PairDetector):
             values.tolist() for values in sum_log_sf_rows(pmfs, (tokens_at * c + choice)[scored], observed[scored])
         )
         payloads = config.payloads_of(bits[scored])
-        confidences = np.repeat(1.0 - block_p, s, axis=1).tolist()
+        confidences = np.repeat(1.0 - block_p, s, axis=1)
+        if config.check_bits:
+            payloads = checked_payloads(self.key, bits[scored].reshape(scored.size, -1), confidences[scored],
+                                        self._codeword_values)
+        confidences = confidences.tolist()
         out = [Evidence(0.0, 0.0)] * num_sequences
         for i, row in enumerate(scored.tolist()):
             score = (int(observed[row]) - mean[i]) / sd[i] if sd[i] > 0 else 0.0
