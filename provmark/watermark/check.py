@@ -49,7 +49,7 @@ def codeword_values(key, payloads) -> np.ndarray:
     """uint64 (M,): the codeword value each payload (ints in [0, capacity)) is embedded as."""
     config = key.config
     payloads = np.asarray(payloads, dtype=np.uint64)
-    if config.check_bits == 0:
+    if getattr(config, "check_bits", 0) == 0:  # Balance and Vanilla have no check bits
         return payloads
     if payloads.size and int(payloads.max()) >= config.capacity:
         raise ParameterError(f"payload {int(payloads.max())} does not fit the key's capacity [0, {config.capacity})")
@@ -61,7 +61,7 @@ def payloads_of_values(key, values) -> tuple[np.ndarray, np.ndarray]:
     (M,), below ``codeword_capacity``) and whether its checksum part matches it."""
     config = key.config
     values = np.asarray(values, dtype=np.uint64)
-    if config.check_bits == 0:
+    if getattr(config, "check_bits", 0) == 0:
         return values, np.ones(values.size, dtype=bool)
     capacity = np.uint64(config.capacity)
     payloads, checks = values % capacity, values // capacity
