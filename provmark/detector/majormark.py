@@ -128,7 +128,7 @@ def salt_sizes(bits: int) -> dict[int, range]:
     return {lam: sizes for lam, sizes in out.items() if sizes}
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=64)
 def _split_tails(trials: int, bits: int) -> np.ndarray:
     """float64 (b + 1, trials + 2): natural-log P(Binomial(trials, k/b) >= g) at [k, g]
     (``stats.binomial_log_sf_array``, the decoder's own tail)."""
@@ -139,7 +139,7 @@ def _split_tails(trials: int, bits: int) -> np.ndarray:
     return table
 
 
-@functools.lru_cache(maxsize=2048)
+@functools.lru_cache(maxsize=1024)
 def split_null(trials: int, bits: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The simulated null of MajorMark's split statistic with ``trials`` tokens in ``bits``
     equally likely shards, per majority-bit salt lambda: (values ascending, at_most int64) where
@@ -356,7 +356,7 @@ class MajorMarkDetector(PairDetector):
     def _presence_test(self, token_scores, seq_index, num_sequences) -> tuple[np.ndarray, np.ndarray]:
         """(statistic, natural-log p-value) of every sequence (0 and p = 1 with no tokens). The
         first sequence with a given number of scored tokens simulates its null (``split_null``,
-        about half a second on one core), cached for the next ones."""
+        half a second to a second of CPU), cached for the next ones."""
         b = self.key.config.bits
         counts = self._shard_counts(token_scores, seq_index, num_sequences).numpy()
         totals = counts[:, 0].sum(axis=1)
