@@ -584,6 +584,8 @@ def _summary(result) -> str:
     ]
     if result.payload_hex is not None:
         lines.append(f"payload: {result.payload_hex}  lowest bit confidence: {min(result.bit_confidences):.3f}")
+    elif get_scheme(result.scheme).supports_payload:  # a check-bit key: no candidate codeword passed the check
+        lines.append("payload: none (no decoded codeword passed the key's check bits)")
     lines += [f"watermarked span: tokens {start} to {end}" for start, end in result.spans]
     lines.append(f"scheme: {result.scheme}  key: {result.key_id}")
     return "\n".join(lines)

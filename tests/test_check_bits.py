@@ -136,3 +136,14 @@ def test_round_trip_through_the_embedded_model_returns_the_payload_or_none_never
     for g, p in zip(marked, payloads):
         match = match_records(detector, list(g.token_ids), [p, (p + 1) % key.config.capacity])
         assert match.payload == p and match.is_match
+
+
+def test_detect_says_when_no_decoded_codeword_passes_the_check(tmp_path):
+    from provmark.watermark.keys import save_key
+
+    key_file, text_file = tmp_path / "key.json", tmp_path / "plain.txt"
+    save_key(create_key("mpac", {"check_bits": 16}, secret=SECRET), key_file)
+    text_file.write_text("The tide comes in twice a day because the moon pulls the sea toward it. " * 6)
+    result = CliRunner().invoke(cli, ["detect", "--key", str(key_file), str(text_file)])
+    assert result.exit_code == 0, result.output
+    assert "payload: none (no decoded codeword passed the key's check bits)" in result.output
