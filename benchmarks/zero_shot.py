@@ -22,7 +22,10 @@ can only be scored this way, so the ROC columns use the text-only scores through
 Cost: seconds per 1,000 scored tokens on this CPU (``--threads`` torch threads), from the
 scoring passes' wall time.
 
-    nice -n 10 python -m benchmarks.zero_shot --texts 10 --human 20 --max-tokens 200 > benchmarks/results/zero_shot.txt
+    OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.zero_shot --texts 32 --human 100 > benchmarks/results/zero_shot.txt
+
+Each row is printed as soon as its cell is measured (a run cut short keeps what it measured);
+the whole table is printed again at the end.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import time
 import numpy as np
 import torch
 
-from provmark.attacks import paraphrase_batch, wordnet_synonyms
+from provmark.attacks import lm_synonyms, paraphrase_batch, wordnet_synonyms
 from provmark.detector.zero_shot import SamplingSettings, ZeroShotScorer, load_human_texts
 from provmark.evaluation.prompts import generate_batched, load_prompts
 from provmark.watermark.hook import generate
@@ -47,7 +50,7 @@ LENGTHS = (50, 100, 200, 400)
 """Text lengths in tokens; ``--max-tokens`` drops the longer ones (the crowded shared machine of
 the committed run could not afford 400)."""
 TEMPERATURES = (0.7, 1.0)
-ATTACKS = (("none", None), ("paraphrase", 0.35), ("wordnet_synonyms", 0.1))
+ATTACKS = (("none", None), ("paraphrase", 0.35), ("wordnet_synonyms", 0.1), ("lm_synonyms", 0.1))
 
 
 def auc(machine: np.ndarray, human: np.ndarray) -> float:
@@ -64,12 +67,29 @@ def tpr_at(machine: np.ndarray, human: np.ndarray, fpr: float) -> float:
     return float(np.mean(machine > threshold))
 
 
+HEADER = ("| temp | attack | tokens | n machine / human | ROC-AUC | TPR@FPR<=1% | TPR@FPR<=5% | test (a) rejects A's "
+          "text at 0.01: text only / in context | median z: machine text only / in context / human |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+
+
+def _row(r: dict) -> str:
+    """One table row (the in-context columns only for the unattacked texts)."""
+    ctx_reject = f" / {r['reject_a_ctx']:.2f}" if "reject_a_ctx" in r else ""
+    ctx_z = f" / {r['median_z_ctx']:+.2f}" if "median_z_ctx" in r else " / -"
+    return (f"| {r['temperature']} | {r['attack']} | {r['tokens']} | {r['n']} / {r['n_human']} | {r['auc']:.3f} | "
+            f"{r['tpr1']:.2f} | {r['tpr5']:.2f} | {r['reject_a']:.2f}{ctx_reject} | "
+            f"{r['median_z']:+.2f}{ctx_z} / {r['median_z_human']:+.2f} |")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--texts", type=int, default=20, help="Machine texts per temperature.")
     parser.add_argument("--human", type=int, default=30, help="Human texts.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-tokens", type=int, default=max(LENGTHS), help="Longest length measured.")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES),
+                        help="Generation temperatures (one per process runs them in parallel; every cell depends "
+                             "only on its own temperature and the seed).")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a crowded 2-core machine 2 threads ran 3-10x slower)")
     args = parser.parse_args(argv)
@@ -82,7 +102,8 @@ def main(argv=None) -> None:
     loaded = load_model()
     model, tokenizer = loaded.model, loaded.tokenizer
     prompts = load_prompts(args.texts)
-    settings = [SamplingSettings(temperature=t) for t in TEMPERATURES]
+    temperatures = tuple(args.temperatures)
+    settings = [SamplingSettings(temperature=t) for t in temperatures]
     scorer = ZeroShotScorer(model, tokenizer, name=loaded.name, batch_tokens=1600)
     scored_tokens, scoring_seconds = 0, 0.0
 
@@ -100,9 +121,10 @@ def main(argv=None) -> None:
           f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
     human_texts = load_human_texts(args.human)
     human = score(human_texts)  # per setting
-    z_human = {t: [s for s in human[m]] for m, t in enumerate(TEMPERATURES)}
+    z_human = {t: [s for s in human[m]] for m, t in enumerate(temperatures)}
+    print(HEADER, flush=True)
     rows = []
-    for m, temperature in enumerate(TEMPERATURES):
+    for m, temperature in enumerate(temperatures):
         began = time.time()
         generations = generate_batched(functools.partial(generate, model, tokenizer, key=None), prompts,
                                        tokens=max(lengths), seed=args.seed, batch=16, temperature=temperature)
@@ -117,6 +139,8 @@ def main(argv=None) -> None:
                 attacked = paraphrase_batch(texts, strength, rng, model, tokenizer)
             elif attack == "wordnet_synonyms":
                 attacked = [wordnet_synonyms(t, strength, rng) for t in texts]
+            elif attack == "lm_synonyms":
+                attacked = [lm_synonyms(t, strength, rng, model, tokenizer) for t in texts]
             else:
                 attacked = texts
             stats = score(attacked, None, [settings[m]])[0]
@@ -140,16 +164,11 @@ def main(argv=None) -> None:
                     row["reject_a_ctx"] = float(np.mean([not scorer.test_stats(s, alpha=0.01).consistent_with_model
                                                          for s in ctx]))
                 rows.append(row)
+                print(_row(row), flush=True)
     print()
-    print("| temp | attack | tokens | n machine / human | ROC-AUC | TPR@FPR<=1% | TPR@FPR<=5% | test (a) rejects A's text "
-          "at 0.01: text only / in context | median z: machine text only / in context / human |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(HEADER)
     for r in rows:
-        ctx_reject = f" / {r['reject_a_ctx']:.2f}" if "reject_a_ctx" in r else ""
-        ctx_z = f" / {r['median_z_ctx']:+.2f}" if "median_z_ctx" in r else " / -"
-        print(f"| {r['temperature']} | {r['attack']} | {r['tokens']} | {r['n']} / {r['n_human']} | {r['auc']:.3f} | "
-              f"{r['tpr1']:.2f} | {r['tpr5']:.2f} | {r['reject_a']:.2f}{ctx_reject} | "
-              f"{r['median_z']:+.2f}{ctx_z} / {r['median_z_human']:+.2f} |")
+        print(_row(r))
     print()
     print(f"cost: {scored_tokens} tokens scored in {scoring_seconds:.1f} s = "
           f"{1000 * scoring_seconds / scored_tokens:.2f} s per 1,000 tokens (forward pass and statistics; the human "
