@@ -22,7 +22,7 @@ can only be scored this way, so the ROC columns use the text-only scores through
 Cost: seconds per 1,000 scored tokens on this CPU (``--threads`` torch threads), from the
 scoring passes' wall time.
 
-    OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.zero_shot --texts 32 --human 100 > benchmarks/results/zero_shot.txt
+    OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.zero_shot --texts 24 --human 60 > benchmarks/results/zero_shot.txt
 
 Each row is printed as soon as its cell is measured (a run cut short keeps what it measured);
 the whole table is printed again at the end.
@@ -127,7 +127,7 @@ def main(argv=None) -> None:
     for m, temperature in enumerate(temperatures):
         began = time.time()
         generations = generate_batched(functools.partial(generate, model, tokenizer, key=None), prompts,
-                                       tokens=max(lengths), seed=args.seed, batch=16, temperature=temperature)
+                                       tokens=max(lengths), seed=args.seed, batch=12, temperature=temperature)
         texts = [g.text for g in generations]
         print(f"# generated {len(texts)} texts at temperature {temperature} in {time.time() - began:.0f} s", flush=True)
         contexts, _ = scorer.encode(texts, prompts)
