@@ -20,7 +20,12 @@ template, the registry's case) and without it (a verifier that has only the text
 can only be scored this way, so the ROC columns use the text-only scores throughout).
 
 Cost: seconds per 1,000 scored tokens on this CPU (``--threads`` torch threads), from the
-scoring passes' wall time.
+scoring passes' wall time. ``--cost N`` measures only that, apart from the rest: N human texts
+cut to 400 tokens scored in one batched pass (one forward pass, statistics under one setting),
+wall and CPU seconds per 1,000 tokens at 1 and 2 torch threads (CPU time is what a crowded
+machine distorts least):
+
+    OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.zero_shot --cost 16 >> benchmarks/results/zero_shot.txt
 
     OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.zero_shot --texts 24 --human 60 > benchmarks/results/zero_shot.txt
 
@@ -81,6 +86,26 @@ def _row(r: dict) -> str:
             f"{r['median_z']:+.2f}{ctx_z} / {r['median_z_human']:+.2f} |")
 
 
+def cost(count: int) -> None:
+    """Seconds per 1,000 tokens of one batched scoring pass (see the module doc)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    loaded = load_model()
+    scorer = ZeroShotScorer(loaded.model, loaded.tokenizer, name=loaded.name, batch_tokens=1600)
+    ids = [loaded.tokenizer(t, add_special_tokens=False)["input_ids"][:400] for t in load_human_texts(count)]
+    tokens = sum(len(i) for i in ids)
+    scorer.token_stats_ids(ids[:2])  # warm-up
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        wall, cpu = time.perf_counter(), time.process_time()
+        scorer.token_stats_ids(ids)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        print(f"cost: {tokens} tokens ({count} texts) scored in {wall:.1f} s wall, {cpu:.1f} s CPU, {threads} torch "
+              f"thread(s): {1000 * wall / tokens:.2f} s wall and {1000 * cpu / tokens:.2f} s CPU per 1,000 tokens; "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--texts", type=int, default=20, help="Machine texts per temperature.")
@@ -92,7 +117,11 @@ def main(argv=None) -> None:
                              "only on its own temperature and the seed).")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a crowded 2-core machine 2 threads ran 3-10x slower)")
+    parser.add_argument("--cost", type=int, default=0, metavar="N",
+                        help="Only measure the scoring cost on N human texts of 400 tokens.")
     args = parser.parse_args(argv)
+    if args.cost:
+        return cost(args.cost)
     lengths = tuple(n for n in LENGTHS if n <= args.max_tokens)
     torch.set_num_threads(args.threads)
     import transformers
