@@ -60,7 +60,8 @@ from provmark.watermark.schemes import get_scheme
 from provmark.watermark.synonym import SynonymEmbedding
 from provmark.watermark.words import WORD_PATTERN
 
-__all__ = ["Attribution", "AttributionRequest", "KeyVerification", "NearRecord", "Provenance", "TextVerification", "text_sha256"]
+__all__ = ["Attribution", "AttributionRequest", "KeyVerification", "NearRecord", "Provenance", "TextVerification",
+           "text_sha256"]
 
 _MAX_WATERMARKS = 1024
 _log = logging.getLogger(__name__)
@@ -277,12 +278,13 @@ class Provenance:
                     raise InvalidInputError(
                         f"text has {len(row)} tokens; attribution scores at most {limits.attribution_tokens} tokens "
                         "of a text: send a shorter text or leave attribution off", field=name)
-            prompts = [q for q in attribution.prompts or () if q is not None]  # scored too, as the text's context
-            total += sum(len(row) for row in ids) + sum(
-                len(row) for row in (self.models.tokenizer()(prompts, add_special_tokens=False)["input_ids"] if prompts else []))
+            prompts = [q for q in attribution.prompts or () if q is not None]  # run through the model too
+            prompt_ids = self.models.tokenizer()(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+            total += sum(len(row) for row in ids) + sum(len(row) for row in prompt_ids)
         if total > limits.max_tokens_scored:
+            passes = f"{len(keys)} key(s)" + (" and the attribution pass" if attribution is not None else "")
             raise InvalidInputError(
-                f"this verification would score {total} tokens ({len(texts)} text(s) x {len(keys)} key(s)); the limit "
+                f"this verification would score {total} tokens ({len(texts)} text(s) x {passes}); the limit "
                 f"is {limits.max_tokens_scored} per request: send shorter or fewer texts, or name key_ids",
                 field=fields[0] if len(texts) == 1 else "texts")
         loaded = self.models.loaded() if attribution is not None else None  # refuse before charging
@@ -322,7 +324,8 @@ class Provenance:
         found = []
         for result in results:
             if result.prompt_scored:
-                note = "scored after the prompt given in the request, as the model saw it when generating"
+                note = ("scored after the prompt given in the request, as /v1/generate feeds it (through the chat "
+                        "template when the model has one, unless chat says otherwise)")
             else:
                 note = ("scored alone: no prompt was given and the registry keeps none, so the text was not scored in "
                         "its generation context (a model's answer scored without its prompt drifts away from the "

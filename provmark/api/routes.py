@@ -20,8 +20,8 @@ from provmark.api.db import schema_version
 from provmark.api.errors import AuthError, InvalidInputError, NotFoundError, RateLimitedError
 from provmark.api.limits import TOKENS_PER_REQUEST, RateLimiter, WorkLimits
 from provmark.api.provenance import AttributionRequest, KeyVerification, Provenance, TextVerification
-from provmark.detector.zero_shot import SamplingSettings
 from provmark.api.registry import KeyInfo, KeyRef, Record, Registry, Tenant
+from provmark.detector.zero_shot import SamplingSettings
 from provmark.errors import ProvmarkError
 
 __all__ = ["ERRORS", "Caller", "Service", "caller", "identify", "router", "service", "tenant"]

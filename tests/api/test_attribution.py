@@ -114,7 +114,7 @@ def test_attribution_tokens_count_against_the_work_budget(tiny_client, acme, tok
     assert client.post("/v1/verify", json={"text": TEXT}, headers=acme.headers).status_code == 200
     body = assert_error(client.post("/v1/verify", json={"text": TEXT, "attribution": True}, headers=acme.headers),
                         422, "text")
-    assert f"would score {2 * tokens} tokens" in body["error"]
+    assert f"would score {2 * tokens} tokens (1 text(s) x 1 key(s) and the attribution pass)" in body["error"]
 
 
 def test_the_rate_limiter_is_charged_for_the_attribution_pass(tiny_client, acme, tokenizer):
