@@ -112,7 +112,7 @@ class KeyVerification:
 class AttributionRequest:
     """Zero-shot attribution to the serving model, asked with a verification (module docstring)."""
 
-    sampling: SamplingSettings = SamplingSettings()
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
     """The generation setting whose sampling distribution the texts are tested against."""
     prompts: tuple[str | None, ...] | None = None
     """Per text, the prompt it answered (None: unknown, scored alone); None for every text."""

@@ -363,14 +363,14 @@ AttributionOut = create_model(
     "AttributionOut", __module__=__name__,
     __doc__=("Zero-shot attribution to the serving model (``detector.zero_shot.ZeroShotResult``, every field): test "
              "(a), whether the text is consistent with the model's samples under the setting, and how it was scored."),
-    **{**_dataclass_fields(ZeroShotResult), **dict(
-    z_score=(float | Literal["inf"], Field(..., description=(
-        "S_N / sqrt(V_N), the standardised sum of surprisal minus entropy (> 0: less predictable than the model's "
-        'samples; "inf" when a token lies outside the setting\'s support).'))),
-    log10_p_value_model=(float | Literal["-inf"], Field(..., description="log10 of p_value_model.")),
-    sampling=(SamplingOut, Field(..., description="The setting tested against.")),
-    note=(str, Field(..., description="How the text was scored (after a prompt, or alone) and what was not run.")),
-    )},
+    **_dataclass_fields(ZeroShotResult) | {
+        "z_score": (float | Literal["inf"], Field(..., description=(
+            "S_N / sqrt(V_N), the standardised sum of surprisal minus entropy (> 0: less predictable than the "
+            'model\'s samples; "inf" when a token lies outside the setting\'s support).'))),
+        "log10_p_value_model": (float | Literal["-inf"], Field(..., description="log10 of p_value_model.")),
+        "sampling": (SamplingOut, Field(..., description="The setting tested against.")),
+        "note": (str, Field(..., description="How the text was scored (after a prompt, or alone) and what was not run.")),
+    },
 )
 
 

@@ -163,13 +163,13 @@ def _zero_shot_section(evaluation: Evaluation) -> list[str]:
         return []
     m = suite.zero_shot_references
     return ["", "## Zero-shot attribution (no key)", "",
-            f"The `{ZERO_SHOT}` row of the detection tables needs no key: the zero-shot \"not human\" test "
+            (f"The `{ZERO_SHOT}` row of the detection tables needs no key: the zero-shot \"not human\" test "
             f"(`detector.zero_shot`, test (b)) on the model's own unwatermarked texts, attacked like the schemes' "
             f"controls, each scored alone under the model at temperature {suite.temperature:g} and ranked among "
             f"{m} committed Debian Handbook texts (conformal). Its p-value is at least 1/{m + 1} = {1 / (m + 1):.3g}, "
             "so it cannot detect at a smaller alpha; its false-positive rate on the human texts is in the table "
             "above. Below: the share of those texts that test (a) (\"written by the model\", two-sided) accepts at "
-            "alpha 0.01, and their median z (0 for the model's own samples, positive for less predictable text).",
+            "alpha 0.01, and their median z (0 for the model's own samples, positive for less predictable text)."),
             "", *_table(evaluation, "consistent_rate", [ZERO_SHOT], 2)[:2],
             _table(evaluation, "consistent_rate", [ZERO_SHOT], 2)[2].replace(ZERO_SHOT, "test (a) accepts at 0.01", 1),
             _table(evaluation, "median_z_score", [ZERO_SHOT], 2)[2].replace(ZERO_SHOT, "median z", 1)]
