@@ -66,8 +66,8 @@ class Suite:
     """Committed human texts (``detector.zero_shot``'s Debian Handbook set, not ``human``'s) that the
     zero-shot "not human" test ranks the model's own texts against, in a "zero-shot" row beside the
     schemes; 0 leaves the row out, else at least 20 (its p-value is at least 1 / (1 + this)). The
-    first run per model and temperature scores them (about 10 CPU-minutes for 200 with the embedded
-    model), later runs read them from the cache."""
+    first run per model and temperature scores them (about 7 CPU-minutes for 200 of 512 tokens with
+    the embedded model, at benchmarks/results/zero_shot.txt's cost), later runs read them from the cache."""
 
     def __post_init__(self):
         unknown = [a for a in self.attacks if a not in ATTACKS]
