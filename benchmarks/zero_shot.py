@@ -20,9 +20,17 @@ template, the registry's case) and without it (a verifier that has only the text
 can only be scored this way, so the ROC columns use the text-only scores throughout).
 
 Cost: seconds per 1,000 scored tokens on this CPU (``--threads`` torch threads), from the
-scoring passes' wall time.
+scoring passes' wall time. ``--cost N`` measures only that, apart from the rest: N human texts
+cut to 400 tokens scored in one batched pass (one forward pass, statistics under one setting),
+wall and CPU seconds per 1,000 tokens at 1 and 2 torch threads (CPU time is what a crowded
+machine distorts least):
 
-    nice -n 10 python -m benchmarks.zero_shot --texts 10 --human 20 --max-tokens 200 > benchmarks/results/zero_shot.txt
+    OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.zero_shot --cost 16 >> benchmarks/results/zero_shot.txt
+
+    OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.zero_shot --texts 24 --human 60 > benchmarks/results/zero_shot.txt
+
+Each row is printed as soon as its cell is measured (a run cut short keeps what it measured);
+the whole table is printed again at the end.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import time
 import numpy as np
 import torch
 
-from provmark.attacks import paraphrase_batch, wordnet_synonyms
+from provmark.attacks import lm_synonyms, paraphrase_batch, wordnet_synonyms
 from provmark.detector.zero_shot import SamplingSettings, ZeroShotScorer, load_human_texts
 from provmark.evaluation.prompts import generate_batched, load_prompts
 from provmark.watermark.hook import generate
@@ -47,7 +55,7 @@ LENGTHS = (50, 100, 200, 400)
 """Text lengths in tokens; ``--max-tokens`` drops the longer ones (the crowded shared machine of
 the committed run could not afford 400)."""
 TEMPERATURES = (0.7, 1.0)
-ATTACKS = (("none", None), ("paraphrase", 0.35), ("wordnet_synonyms", 0.1))
+ATTACKS = (("none", None), ("paraphrase", 0.35), ("wordnet_synonyms", 0.1), ("lm_synonyms", 0.1))
 
 
 def auc(machine: np.ndarray, human: np.ndarray) -> float:
@@ -64,15 +72,56 @@ def tpr_at(machine: np.ndarray, human: np.ndarray, fpr: float) -> float:
     return float(np.mean(machine > threshold))
 
 
+HEADER = ("| temp | attack | tokens | n machine / human | ROC-AUC | TPR@FPR<=1% | TPR@FPR<=5% | test (a) rejects A's "
+          "text at 0.01: text only / in context | median z: machine text only / in context / human |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+
+
+def _row(r: dict) -> str:
+    """One table row (the in-context columns only for the unattacked texts)."""
+    ctx_reject = f" / {r['reject_a_ctx']:.2f}" if "reject_a_ctx" in r else ""
+    ctx_z = f" / {r['median_z_ctx']:+.2f}" if "median_z_ctx" in r else " / -"
+    return (f"| {r['temperature']} | {r['attack']} | {r['tokens']} | {r['n']} / {r['n_human']} | {r['auc']:.3f} | "
+            f"{r['tpr1']:.2f} | {r['tpr5']:.2f} | {r['reject_a']:.2f}{ctx_reject} | "
+            f"{r['median_z']:+.2f}{ctx_z} / {r['median_z_human']:+.2f} |")
+
+
+def cost(count: int) -> None:
+    """Seconds per 1,000 tokens of one batched scoring pass (see the module doc)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    loaded = load_model()
+    scorer = ZeroShotScorer(loaded.model, loaded.tokenizer, name=loaded.name, batch_tokens=1600)
+    ids = [loaded.tokenizer(t, add_special_tokens=False)["input_ids"][:400] for t in load_human_texts(count)]
+    tokens = sum(len(i) for i in ids)
+    scorer.token_stats_ids(ids[:2])  # warm-up
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        wall, cpu = time.perf_counter(), time.process_time()
+        scorer.token_stats_ids(ids)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        print(f"cost: {tokens} tokens ({count} texts) scored in {wall:.1f} s wall, {cpu:.1f} s CPU, {threads} torch "
+              f"thread(s): {1000 * wall / tokens:.2f} s wall and {1000 * cpu / tokens:.2f} s CPU per 1,000 tokens; "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--texts", type=int, default=20, help="Machine texts per temperature.")
     parser.add_argument("--human", type=int, default=30, help="Human texts.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-tokens", type=int, default=max(LENGTHS), help="Longest length measured.")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES),
+                        help="Generation temperatures (one per process runs them in parallel; every cell depends "
+                             "only on its own temperature and the seed).")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a crowded 2-core machine 2 threads ran 3-10x slower)")
+    parser.add_argument("--cost", type=int, default=0, metavar="N",
+                        help="Only measure the scoring cost on N human texts of 400 tokens.")
     args = parser.parse_args(argv)
+    if args.cost:
+        return cost(args.cost)
     lengths = tuple(n for n in LENGTHS if n <= args.max_tokens)
     torch.set_num_threads(args.threads)
     import transformers
@@ -82,7 +131,8 @@ def main(argv=None) -> None:
     loaded = load_model()
     model, tokenizer = loaded.model, loaded.tokenizer
     prompts = load_prompts(args.texts)
-    settings = [SamplingSettings(temperature=t) for t in TEMPERATURES]
+    temperatures = tuple(args.temperatures)
+    settings = [SamplingSettings(temperature=t) for t in temperatures]
     scorer = ZeroShotScorer(model, tokenizer, name=loaded.name, batch_tokens=1600)
     scored_tokens, scoring_seconds = 0, 0.0
 
@@ -100,12 +150,13 @@ def main(argv=None) -> None:
           f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
     human_texts = load_human_texts(args.human)
     human = score(human_texts)  # per setting
-    z_human = {t: [s for s in human[m]] for m, t in enumerate(TEMPERATURES)}
+    z_human = {t: [s for s in human[m]] for m, t in enumerate(temperatures)}
+    print(HEADER, flush=True)
     rows = []
-    for m, temperature in enumerate(TEMPERATURES):
+    for m, temperature in enumerate(temperatures):
         began = time.time()
         generations = generate_batched(functools.partial(generate, model, tokenizer, key=None), prompts,
-                                       tokens=max(lengths), seed=args.seed, batch=16, temperature=temperature)
+                                       tokens=max(lengths), seed=args.seed, batch=12, temperature=temperature)
         texts = [g.text for g in generations]
         print(f"# generated {len(texts)} texts at temperature {temperature} in {time.time() - began:.0f} s", flush=True)
         contexts, _ = scorer.encode(texts, prompts)
@@ -117,6 +168,8 @@ def main(argv=None) -> None:
                 attacked = paraphrase_batch(texts, strength, rng, model, tokenizer)
             elif attack == "wordnet_synonyms":
                 attacked = [wordnet_synonyms(t, strength, rng) for t in texts]
+            elif attack == "lm_synonyms":
+                attacked = [lm_synonyms(t, strength, rng, model, tokenizer) for t in texts]
             else:
                 attacked = texts
             stats = score(attacked, None, [settings[m]])[0]
@@ -140,16 +193,11 @@ def main(argv=None) -> None:
                     row["reject_a_ctx"] = float(np.mean([not scorer.test_stats(s, alpha=0.01).consistent_with_model
                                                          for s in ctx]))
                 rows.append(row)
+                print(_row(row), flush=True)
     print()
-    print("| temp | attack | tokens | n machine / human | ROC-AUC | TPR@FPR<=1% | TPR@FPR<=5% | test (a) rejects A's text "
-          "at 0.01: text only / in context | median z: machine text only / in context / human |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(HEADER)
     for r in rows:
-        ctx_reject = f" / {r['reject_a_ctx']:.2f}" if "reject_a_ctx" in r else ""
-        ctx_z = f" / {r['median_z_ctx']:+.2f}" if "median_z_ctx" in r else " / -"
-        print(f"| {r['temperature']} | {r['attack']} | {r['tokens']} | {r['n']} / {r['n_human']} | {r['auc']:.3f} | "
-              f"{r['tpr1']:.2f} | {r['tpr5']:.2f} | {r['reject_a']:.2f}{ctx_reject} | "
-              f"{r['median_z']:+.2f}{ctx_z} / {r['median_z_human']:+.2f} |")
+        print(_row(r))
     print()
     print(f"cost: {scored_tokens} tokens scored in {scoring_seconds:.1f} s = "
           f"{1000 * scoring_seconds / scored_tokens:.2f} s per 1,000 tokens (forward pass and statistics; the human "

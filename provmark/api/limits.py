@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_BURST", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_TOKENS_SCORED", "DEFAULT_PROXY_TOKENS", "DEFAULT_RATE",
+__all__ = ["DEFAULT_ATTRIBUTION_TOKENS", "DEFAULT_BURST", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_TOKENS_SCORED", "DEFAULT_PROXY_TOKENS", "DEFAULT_RATE",
            "DEFAULT_TEXT_WORDS", "TOKENS_PER_REQUEST", "RateLimiter", "WorkLimits", "retry_after"]
 
 DEFAULT_RATE = 20.0
@@ -29,6 +29,10 @@ for 4,002 tokens); past them the result is marked ``capped_at``."""
 DEFAULT_TEXT_WORDS = 4_000
 """Words of each text a synonym key scores: WordNet and morphology per word (issue 16 measured 13 s for a
 200,000-character text); past them the result is marked ``capped_at``."""
+DEFAULT_ATTRIBUTION_TOKENS = 2_048
+"""Tokens of each text verify's zero-shot attribution may score (one forward pass of the serving model
+over the text: benchmarks/results/zero_shot.txt measures the cost per 1,000 tokens on a CPU); a longer
+text asked with ``attribution`` is refused (422)."""
 TOKENS_PER_REQUEST = 2_000
 """The rate limiter charges one request per this many tokens scored (a request scoring fewer costs one)."""
 
@@ -36,11 +40,12 @@ TOKENS_PER_REQUEST = 2_000
 @dataclass(frozen=True, kw_only=True)
 class WorkLimits:
     """What one verification may cost (``serve --max-tokens-scored``, ``--max-proxy-tokens``,
-    ``--max-text-words``)."""
+    ``--max-text-words``; ``attribution_tokens`` has no option yet)."""
 
     max_tokens_scored: int = DEFAULT_MAX_TOKENS_SCORED
     proxy_tokens: int = DEFAULT_PROXY_TOKENS
     text_words: int = DEFAULT_TEXT_WORDS
+    attribution_tokens: int = DEFAULT_ATTRIBUTION_TOKENS
 
 
 class RateLimiter:

@@ -25,6 +25,15 @@ record of the key:
    unattributed, and lists the key's records nearest to the open-set decode in
    confidence-weighted bit distance (the sum over the codeword bits where they differ of the
    decoder's confidence in its bit), a heuristic shown as such, never a match.
+
+**Attribution** (asked per request, ``AttributionRequest``): zero-shot test (a) of
+``detector.zero_shot``, "was this text sampled from the serving model under this setting?", with
+no key (Radvand et al., arXiv 2501.02406): one forward pass of the model over each text, so its
+tokens count against the work budget and the rate limiter's charge like a key's. The text is
+scored after the prompt the caller gives; the registry keeps no prompts, so without one it is
+scored alone and the answer says so. Test (b) ("not human") is not run here: its conformal
+p-value needs the committed human references scored under the same setting, minutes of CPU per
+setting; ``provmark attribute`` runs it.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from provmark.api.limits import WorkLimits
 from provmark.api.registry import KeyRef, Record, Registry
 from provmark.detector import DetectionResult
 from provmark.detector.records import RecordMatch
+from provmark.detector.zero_shot import SamplingSettings, ZeroShotResult, ZeroShotScorer
 from provmark.errors import KeyFileError, ProvmarkError
 from provmark.front import EmbedInputError, Watermark, check_embed_inputs
 from provmark.watermark.hook import Generation
@@ -50,7 +60,8 @@ from provmark.watermark.schemes import get_scheme
 from provmark.watermark.synonym import SynonymEmbedding
 from provmark.watermark.words import WORD_PATTERN
 
-__all__ = ["KeyVerification", "NearRecord", "Provenance", "TextVerification", "text_sha256"]
+__all__ = ["Attribution", "AttributionRequest", "KeyVerification", "NearRecord", "Provenance", "TextVerification",
+           "text_sha256"]
 
 _MAX_WATERMARKS = 1024
 _log = logging.getLogger(__name__)
@@ -97,11 +108,33 @@ class KeyVerification:
         return self.result.is_watermarked or (self.record_test is not None and self.record_test.is_match)
 
 
+@dataclass(frozen=True, kw_only=True)
+class AttributionRequest:
+    """Zero-shot attribution to the serving model, asked with a verification (module docstring)."""
+
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    """The generation setting whose sampling distribution the texts are tested against."""
+    prompts: tuple[str | None, ...] | None = None
+    """Per text, the prompt it answered (None: unknown, scored alone); None for every text."""
+    chat: bool | None = None
+    """Prompts through the model's chat template (None: when it has one), as generation applies it."""
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Test (a) on one text under the serving model, and how it was scored."""
+
+    result: ZeroShotResult
+    note: str
+
+
 @dataclass(frozen=True)
 class TextVerification:
     text_sha256: str
     num_tokens: int
     results: list[KeyVerification]
+    attribution: Attribution | None = None
+    """Asked with ``AttributionRequest``; None otherwise."""
 
     @property
     def watermarked(self) -> bool:
@@ -212,6 +245,7 @@ class Provenance:
     def verify(
         self, texts: list[str], keys: list[KeyRef], *, tenant_id: str | None, alpha: float = 1e-3, min_tokens: int = 10,
         nearest: int = 5, fields: list[str] | None = None, limits: WorkLimits | None = None, charge=None,
+        attribution: AttributionRequest | None = None,
     ) -> list[TextVerification]:
         """Detect every text with every key and match each to its record (module docstring).
 
@@ -220,7 +254,12 @@ class Provenance:
         a Balance-Marking key scores at most ``proxy_tokens`` tokens of each text and a synonym key
         ``text_words`` words (the result says ``capped_at``), and a request that would score more than
         ``max_tokens_scored`` in all is refused (422) before any detection; ``charge(tokens)`` is
-        called with that total first (the rate limiter's charge by work; it raises to refuse)."""
+        called with that total first (the rate limiter's charge by work; it raises to refuse).
+
+        ``attribution`` also runs test (a) of the zero-shot attribution on every text (module
+        docstring) at ``alpha``: its tokens join the total, a text over ``limits.attribution_tokens``
+        is refused (422) and a serving model that cannot load is a ``ModelLoadError`` (503), both
+        before any detection."""
         fields = fields or [f"texts.{i}" for i in range(len(texts))]
         ids = self.models.tokenizer()(texts, add_special_tokens=False)["input_ids"]
         for name, row in zip(fields, ids):
@@ -233,11 +272,22 @@ class Provenance:
         limits = limits or WorkLimits()
         plans = [self._plan(info, texts, ids, limits) for info in keys]
         total = sum(sum(plan[2]) for plan in plans)
+        if attribution is not None:
+            for name, row in zip(fields, ids):
+                if len(row) > limits.attribution_tokens:
+                    raise InvalidInputError(
+                        f"text has {len(row)} tokens; attribution scores at most {limits.attribution_tokens} tokens "
+                        "of a text: send a shorter text or leave attribution off", field=name)
+            prompts = [q for q in attribution.prompts or () if q is not None]  # run through the model too
+            prompt_ids = self.models.tokenizer()(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+            total += sum(len(row) for row in ids) + sum(len(row) for row in prompt_ids)
         if total > limits.max_tokens_scored:
+            passes = f"{len(keys)} key(s)" + (" and the attribution pass" if attribution is not None else "")
             raise InvalidInputError(
-                f"this verification would score {total} tokens ({len(texts)} text(s) x {len(keys)} key(s)); the limit "
+                f"this verification would score {total} tokens ({len(texts)} text(s) x {passes}); the limit "
                 f"is {limits.max_tokens_scored} per request: send shorter or fewer texts, or name key_ids",
                 field=fields[0] if len(texts) == 1 else "texts")
+        loaded = self.models.loaded() if attribution is not None else None  # refuse before charging
         if charge is not None:
             charge(total)
         columns = []
@@ -258,10 +308,30 @@ class Provenance:
                 )
             except Exception as exc:  # noqa: BLE001 - isolation is the point; the log keeps the traceback
                 columns.append([self._failed(info, exc, per_key_alpha, public)] * len(texts))
+        attributions = ([None] * len(texts) if attribution is None
+                        else self._attribute(loaded, texts, attribution, alpha))
         return [
-            TextVerification(digest, len(row), sorted((c[i] for c in columns), key=_strength))
-            for i, (digest, row) in enumerate(zip(hashes, ids))
+            TextVerification(digest, len(row), sorted((c[i] for c in columns), key=_strength), found)
+            for i, (digest, row, found) in enumerate(zip(hashes, ids, attributions))
         ]
+
+    def _attribute(self, loaded, texts: list[str], request: AttributionRequest, alpha: float) -> list[Attribution]:
+        """Test (a) of ``detector.zero_shot`` on each text under the serving model, one batched forward
+        pass (under ``generate_lock``: the model runs one batch at a time)."""
+        scorer = ZeroShotScorer(loaded.model, loaded.tokenizer, sampling=request.sampling, name=self.models.name)
+        with self.models.generate_lock:  # min_tokens: verify has checked the request's own
+            results = scorer.test(texts, request.prompts, chat=request.chat, alpha=alpha, human=False, min_tokens=1)
+        found = []
+        for result in results:
+            if result.prompt_scored:
+                note = ("scored after the prompt given in the request, as /v1/generate feeds it (through the chat "
+                        "template when the model has one, unless chat says otherwise)")
+            else:
+                note = ("scored alone: no prompt was given and the registry keeps none, so the text was not scored in "
+                        "its generation context (a model's answer scored without its prompt drifts away from the "
+                        "model: test (a) rejects it more often than alpha)")
+            found.append(Attribution(result, note + "; test (b), not human, is run by `provmark attribute`, not here"))
+        return found
 
     @staticmethod
     def _plan(info: KeyRef, texts: list[str], ids: list[list[int]], limits: WorkLimits):

@@ -18,8 +18,9 @@ from provmark.api import schemas
 from provmark.api.auth import token_digest
 from provmark.api.errors import AuthError, InvalidInputError, NotFoundError, RateLimitedError
 from provmark.api.limits import TOKENS_PER_REQUEST, RateLimiter, WorkLimits
-from provmark.api.provenance import KeyVerification, Provenance, TextVerification
+from provmark.api.provenance import AttributionRequest, KeyVerification, Provenance, TextVerification
 from provmark.api.registry import KeyInfo, KeyRef, Record, Registry, Tenant
+from provmark.detector.zero_shot import SamplingSettings
 from provmark.errors import ProvmarkError
 
 __all__ = ["ERRORS", "Caller", "Service", "caller", "identify", "router", "service", "tenant"]
@@ -148,10 +149,23 @@ def record_test_out(match, result) -> schemas.RecordTestOut:
 
 
 def text_out(item: TextVerification) -> schemas.VerifyResponse:
+    found = item.attribution
     return schemas.VerifyResponse(
         text_sha256=item.text_sha256, num_tokens=item.num_tokens, watermarked=item.watermarked,
         results=[verification_out(k) for k in item.results],
+        attribution=None if found is None else schemas.AttributionOut(**found.result.to_dict(), note=found.note),
     )
+
+
+def attribution_request(option, count: int) -> AttributionRequest | None:
+    """The request's ``attribution`` field (false or null when off, else options) as the library's
+    request (None when off); a prompt applies to the one text of ``/v1/verify``."""
+    if option is None or option is False:  # the default stays False: pydantic does not validate defaults
+        return None
+    prompt = getattr(option, "prompt", None)
+    return AttributionRequest(
+        sampling=SamplingSettings(temperature=option.temperature, top_k=option.top_k, top_p=option.top_p),
+        prompts=None if prompt is None else (prompt,) * count, chat=getattr(option, "chat", None))
 
 
 router = APIRouter()
@@ -262,7 +276,7 @@ async def run_verify(svc: Service, who: Caller, texts: list[str], options, field
         return svc.provenance.verify(
             texts, verify_keys(svc, who, options.key_ids), tenant_id=who.tenant and who.tenant.id,
             alpha=options.alpha, min_tokens=options.min_tokens, nearest=options.nearest, fields=fields,
-            limits=svc.work_limits, charge=charge,
+            limits=svc.work_limits, charge=charge, attribution=attribution_request(options.attribution, len(texts)),
         )
 
     return await anyio.to_thread.run_sync(work, limiter=svc.verify_slots)
@@ -278,17 +292,20 @@ def _client(request: Request) -> str | None:
 _OPTIONAL_TOKEN = {"security": [{}]}  # appended to the bearer requirement FastAPI writes
 
 
-@router.post("/v1/verify", response_model=schemas.VerifyResponse, responses=ERRORS, tags=["provenance"],
+@router.post("/v1/verify", response_model=schemas.VerifyResponse, responses={**ERRORS, **_UNAVAILABLE},
+             tags=["provenance"],
              openapi_extra=_OPTIONAL_TOKEN)
 async def verify(request: Request, body: schemas.VerifyRequest, who: Caller = Depends(caller),
                  svc: Service = Depends(service)) -> schemas.VerifyResponse:
     """Detect the text with every key the caller may use (its tenant's keys; without a token,
-    the keys open to public verification) and return each result with the matching record."""
+    the keys open to public verification) and return each result with the matching record; with
+    ``attribution``, also test whether the serving model wrote it (zero-shot, no key)."""
     (item,) = await run_verify(svc, who, [body.text], body, fields=["text"], client=_client(request))
     return text_out(item)
 
 
-@router.post("/v1/verify/batch", response_model=schemas.VerifyBatchResponse, responses=ERRORS, tags=["provenance"],
+@router.post("/v1/verify/batch", response_model=schemas.VerifyBatchResponse, responses={**ERRORS, **_UNAVAILABLE},
+             tags=["provenance"],
              openapi_extra=_OPTIONAL_TOKEN)
 async def verify_batch(request: Request, body: schemas.VerifyBatchRequest, who: Caller = Depends(caller),
                        svc: Service = Depends(service)) -> schemas.VerifyBatchResponse:

@@ -16,11 +16,14 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from provmark.detector.records import RecordMatch
 from provmark.detector.result import DetectionResult
+from provmark.detector.zero_shot import ZeroShotResult
 from provmark.front import is_blank
 from provmark.watermark.params import attribute_docs, scheme_params
 from provmark.watermark.schemes import SCHEMES
 
 __all__ = [
+    "AttributionOptions",
+    "AttributionOut",
     "EmbedRequest",
     "EmbedResponse",
     "ErrorBody",
@@ -33,6 +36,7 @@ __all__ = [
     "KeyOut",
     "KeyPatch",
     "RecordOut",
+    "TextAttributionOptions",
     "VerifyBatchRequest",
     "VerifyBatchResponse",
     "VerifyRequest",
@@ -228,6 +232,45 @@ class EmbedResponse(BaseModel):
     record: RecordOut
 
 
+class AttributionOptions(_Request):
+    """The generation setting the zero-shot attribution tests against: the serving model's sampling
+    distribution after temperature, top-k and top-p (``detector.zero_shot.SamplingSettings``)."""
+
+    temperature: float = Field(1.0, ge=0.01, le=5, description="The temperature the text would have been sampled at.")
+    top_k: Int = Field(0, ge=0, le=1_000_000, description="Top-k of the generation setting; 0 keeps every id.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Top-p (nucleus) of the generation setting; 1 keeps every id.")
+
+
+class TextAttributionOptions(AttributionOptions):
+    prompt: Annotated[str, Field(min_length=1, max_length=8000, json_schema_extra=_SOME_TEXT), AfterValidator(_utf8),
+                      AfterValidator(_not_blank)] | None = Field(None, description=(
+        "The prompt the text answered: the text is then scored in that context (the registry keeps no prompts; "
+        "without one the text is scored alone)."))
+    chat: bool | None = Field(None, description="Put the prompt through the model's chat template (default: when it "
+                                                "has one), as /v1/generate does.")
+
+
+_ATTRIBUTION_DOC = (
+    "Also test whether the serving model wrote the text (zero-shot test (a), no key needed; off by default): true "
+    "tests against temperature 1, an object gives the generation setting. Costs one forward pass of the model over "
+    "the text, counted in the tokens scored (work budget and rate limit); a text over the server's attribution cap "
+    "is refused (422) and a model that cannot load gives 503.")
+
+
+def _switch(value):
+    # true is the default setting and false is off; anything else is validated as the options object,
+    # so that its errors name the option at fault (a bool | object union would report both branches).
+    return {} if value is True else None if value is False else value
+
+
+def _attribution_field(options: type[BaseModel], doc: str):
+    """The ``attribution`` field of a verify request: false (the default), true, or ``options``."""
+    def schema(field_schema: dict) -> None:
+        field_schema["anyOf"] = [{"type": "boolean"}] + [s for s in field_schema["anyOf"] if s != {"type": "null"}]
+
+    return Annotated[options | None, BeforeValidator(_switch), Field(False, description=doc, json_schema_extra=schema)]
+
+
 class _VerifyOptions(_Request):
     key_ids: list[Identifier] | None = Field(
         None, max_length=MAX_KEYS_PER_VERIFY, description="Test only these keys (default: every key the caller may use).")
@@ -240,10 +283,12 @@ class _VerifyOptions(_Request):
 
 class VerifyRequest(_VerifyOptions):
     text: Prose
+    attribution: _attribution_field(TextAttributionOptions, _ATTRIBUTION_DOC)
 
 
 class VerifyBatchRequest(_VerifyOptions):
     texts: list[Prose] = Field(min_length=1, max_length=MAX_BATCH)
+    attribution: _attribution_field(AttributionOptions, _ATTRIBUTION_DOC + " Every text is scored alone.")
 
 
 class NearRecordOut(BaseModel):
@@ -308,11 +353,34 @@ def _verification_out() -> type[BaseModel]:
 KeyVerificationOut = _verification_out()
 
 
+class SamplingOut(BaseModel):
+    temperature: float
+    top_k: int
+    top_p: float
+
+
+AttributionOut = create_model(
+    "AttributionOut", __module__=__name__,
+    __doc__=("Zero-shot attribution to the serving model (``detector.zero_shot.ZeroShotResult``, every field): test "
+             "(a), whether the text is consistent with the model's samples under the setting, and how it was scored."),
+    **_dataclass_fields(ZeroShotResult) | {
+        "z_score": (float | Literal["inf"], Field(..., description=(
+            "S_N / sqrt(V_N), the standardised sum of surprisal minus entropy (> 0: less predictable than the "
+            'model\'s samples; "inf" when a token lies outside the setting\'s support).'))),
+        "log10_p_value_model": (float | Literal["-inf"], Field(..., description="log10 of p_value_model.")),
+        "sampling": (SamplingOut, Field(..., description="The setting tested against.")),
+        "note": (str, Field(..., description="How the text was scored (after a prompt, or alone) and what was not run.")),
+    },
+)
+
+
 class VerifyResponse(BaseModel):
     text_sha256: str
     num_tokens: int
     watermarked: bool
     results: list[KeyVerificationOut]
+    attribution: AttributionOut | None = Field(None, description=(
+        "Present when the request asked for it: zero-shot attribution to the serving model, independent of the keys."))
 
 
 class VerifyBatchResponse(BaseModel):

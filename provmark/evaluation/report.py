@@ -27,6 +27,7 @@ from provmark.detector.render import render_html
 from provmark.errors import OutputError, ProvmarkError
 from provmark.evaluation.human import CORPUS
 from provmark.evaluation.runner import ALPHAS, FIELDS, SUMMARY_FIELDS, UNWATERMARKED, Evaluation
+from provmark.evaluation.suites import ZERO_SHOT
 
 __all__ = ["check_output_dir", "write_outputs", "markdown_report", "plot_detection", "column_label", "screenshot"]
 
@@ -79,6 +80,7 @@ def markdown_report(evaluation: Evaluation, command: str, plots: list[str] = (),
     """The report as Markdown (see the module doc)."""
     suite = evaluation.suite
     labels = [s.label for s in suite.schemes]
+    rows = suite.labels()  # the detection tables add the zero-shot row when it ran
     multi_bit = sorted({c["scheme"] for c in evaluation.summary if c["bit_accuracy"] != ""}, key=labels.index)
     now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     n = max((c["n"] for c in evaluation.summary if c["scheme"] != UNWATERMARKED), default=0)
@@ -105,22 +107,23 @@ def markdown_report(evaluation: Evaluation, command: str, plots: list[str] = (),
     ]
     sections = []
     for alpha in ALPHAS:
-        sections.append((f"Detection rate at alpha = {alpha:g}", f"detection_rate_{alpha:g}", labels, 2))
+        sections.append((f"Detection rate at alpha = {alpha:g}", f"detection_rate_{alpha:g}", rows, 2))
     for alpha in ALPHAS:
         sections.append((f"Empirical false-positive rate at alpha = {alpha:g} (unwatermarked texts)", f"fpr_{alpha:g}",
                          labels, 2))
-    sections += [("Median log10 p-value (watermarked texts)", "median_log10_p_value", labels, 1)]
+    sections += [("Median log10 p-value (watermarked texts)", "median_log10_p_value", rows, 1)]
     if multi_bit:
         sections += [("Bit accuracy (multi-bit schemes)", "bit_accuracy", multi_bit, 3),
                      ("Exact match of the payload (multi-bit schemes)", "exact_match", multi_bit, 2)]
     for title, field, schemes, digits in sections:
         out += ["", f"## {title}", "", *_table(evaluation, field, schemes, digits)]
     out += _human_table(evaluation)
+    out += _zero_shot_section(evaluation)
     out += ["", "## Quality of the unattacked texts", "",
             "Under the unwatermarked model, given the prompt: perplexity and the share of tokens among its top 5.", "",
             "| scheme | perplexity | top-5 hit rate |", "|---|---:|---:|"]
     for cell in evaluation.summary:
-        if cell["attack"] == "none":
+        if cell["attack"] == "none" and cell["scheme"] != ZERO_SHOT:
             out.append(f"| {cell['scheme']} | {_format(cell['perplexity'])} | {_format(cell['top5_hit_rate'], 3)} |")
     for plot in plots:
         out += ["", f"![{plot}]({plot})"]
@@ -153,6 +156,25 @@ def _human_table(evaluation: Evaluation) -> list[str]:
     return out
 
 
+def _zero_shot_section(evaluation: Evaluation) -> list[str]:
+    """What the zero-shot row is, and test (a)'s consistency rate and the median z per condition."""
+    suite = evaluation.suite
+    if not suite.zero_shot_references:
+        return []
+    m = suite.zero_shot_references
+    return ["", "## Zero-shot attribution (no key)", "",
+            (f"The `{ZERO_SHOT}` row of the detection tables needs no key: the zero-shot \"not human\" test "
+            f"(`detector.zero_shot`, test (b)) on the model's own unwatermarked texts, attacked like the schemes' "
+            f"controls, each scored alone under the model at temperature {suite.temperature:g} and ranked among "
+            f"{m} committed Debian Handbook texts (conformal). Its p-value is at least 1/{m + 1} = {1 / (m + 1):.3g}, "
+            "so it cannot detect at a smaller alpha; its false-positive rate on the human texts is in the table "
+            "above. Below: the share of those texts that test (a) (\"written by the model\", two-sided) accepts at "
+            "alpha 0.01, and their median z (0 for the model's own samples, positive for less predictable text)."),
+            "", *_table(evaluation, "consistent_rate", [ZERO_SHOT], 2)[:2],
+            _table(evaluation, "consistent_rate", [ZERO_SHOT], 2)[2].replace(ZERO_SHOT, "test (a) accepts at 0.01", 1),
+            _table(evaluation, "median_z_score", [ZERO_SHOT], 2)[2].replace(ZERO_SHOT, "median z", 1)]
+
+
 def plot_detection(evaluation: Evaluation, path: Path, alpha: float) -> None:
     """Detection rate at ``alpha`` against strength: one panel per attack, one line per scheme."""
     try:
@@ -170,11 +192,12 @@ def plot_detection(evaluation: Evaluation, path: Path, alpha: float) -> None:
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False, sharey=True)
     for ax, attack in zip(axes.flat, suite.attacks or ("none",)):
         strengths = suite.strengths.get(attack, ())
-        for spec in suite.schemes:
-            points = [("none", cells.get((spec.label, "none", ""), {}).get(field, ""))]
-            points += [(f"{s:g}", cells.get((spec.label, attack, s), {}).get(field, "")) for s in strengths]
+        for label in suite.labels():
+            points = [("none", cells.get((label, "none", ""), {}).get(field, ""))]
+            points += [(f"{s:g}", cells.get((label, attack, s), {}).get(field, "")) for s in strengths]
             xs = [i for i, (_, y) in enumerate(points) if y != ""]
-            ax.plot(xs, [float(points[i][1]) for i in xs], marker="o", label=spec.label)
+            ax.plot(xs, [float(points[i][1]) for i in xs], marker="o", label=label,
+                    linestyle="--" if label == ZERO_SHOT else "-")
         ax.set_xticks(range(len(strengths) + 1), ["none", *(f"{s:g}" for s in strengths)])
         ax.set(title=attack, xlabel="strength (weak to strong)", ylim=(-0.05, 1.05))
         ax.grid(alpha=0.3)

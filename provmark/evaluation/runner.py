@@ -23,6 +23,14 @@ Balance- and Vanilla-Marking detect pasted text with ``detector.locate`` (window
 other schemes detect the whole text. Balance's proxy is a ``cache.WindowCache``: each distinct
 10-id window of the unattacked, truncated and pasted texts is read once.
 
+With ``suite.zero_shot_references``, a "zero-shot" row stands beside the schemes: no key, the
+zero-shot "not human" test (test (b) of ``detector.zero_shot``: the text's z under the model at the
+suite's temperature, ranked among the z of that many committed Debian Handbook texts, conformal)
+on the model's own unwatermarked texts under every attack (the same attacked texts the schemes'
+controls are), and on the human texts unattacked (its false-positive rate there). Its
+``consistent_with_model`` column holds test (a) ("written by the model", two-sided) at alpha 0.01.
+Texts are scored alone (the references have no prompt, so that the ranks compare like with like).
+
 One text is explained token by token (``detector.explain``) for the report's HTML page: the first
 prompt's text of the first multi-bit scheme that watermarks during generation, after the suite's
 first attack at its middle strength (copy-paste excepted: it is located, not explained).
@@ -50,12 +58,13 @@ import torch
 from provmark.attacks import STRENGTHS, apply, paraphrase_batch
 from provmark.attacks.base import words_of
 from provmark.detector.explain import Explanation
+from provmark.detector.zero_shot import SamplingSettings, ZeroShotResult, ZeroShotScorer
 from provmark.errors import InvalidTextError
 from provmark.evaluation.cache import WindowCache
 from provmark.evaluation.human import human_texts
 from provmark.evaluation.prompts import generate_batched, load_prompts
 from provmark.evaluation.quality import bit_accuracy, quality
-from provmark.evaluation.suites import SchemeSpec, Suite
+from provmark.evaluation.suites import ZERO_SHOT, SchemeSpec, Suite
 from provmark.front import Watermark
 from provmark.watermark.hook import generate
 from provmark.watermark.keys import create_key
@@ -76,19 +85,24 @@ UNWATERMARKED = "unwatermarked"
 """The ``kind`` of the control texts, and the label of their quality row in the summary."""
 HUMAN = "human"
 """The ``kind`` of the human-written texts."""
+GENERATED = "generated"
+"""The ``kind`` of the model's own texts in the zero-shot row (what it detects)."""
 FIELDS = ["suite", "scheme", "attack", "strength", "prompt_index", "kind", "num_tokens", "num_scored_tokens",
           "log10_p_value", *(f"detected_{a:g}" for a in ALPHAS), "bit_accuracy", "exact_match", "perplexity",
-          "top5_hit_rate"]
+          "top5_hit_rate", "z_score", "consistent_with_model"]
 """Columns of the per-text CSV: one row per (scheme, attack, strength, prompt, kind), kind being
-"watermarked", "unwatermarked" (the control detected with the same key) or "human" (unattacked only). ``num_tokens`` counts
+"watermarked", "unwatermarked" (the control detected with the same key) or "human" (unattacked only);
+the zero-shot row has "generated" (the model's unwatermarked texts) and "human". ``num_tokens`` counts
 the text's tokens as detection read them (words, for the synonym scheme). Multi-bit columns are
-empty for zero-bit schemes and control texts; quality columns are filled for unattacked texts."""
+empty for zero-bit schemes and control texts; quality columns are filled for unattacked texts;
+``z_score`` and ``consistent_with_model`` (test (a) at alpha 0.01) only for the zero-shot row."""
 SUMMARY_FIELDS = ["suite", "scheme", "attack", "strength", "n", *(f"detection_rate_{a:g}" for a in ALPHAS),
                   *(f"fpr_{a:g}" for a in ALPHAS), "n_human", *(f"fpr_human_{a:g}" for a in ALPHAS),
                   "median_log10_p_value", "bit_accuracy", "exact_match",
-                  "perplexity", "top5_hit_rate"]
-"""Columns of the per-cell CSV: means over the cell's watermarked texts (``fpr_*`` over its control
-texts, ``fpr_human_*`` over the human texts, which only the unattacked cell has)."""
+                  "perplexity", "top5_hit_rate", "median_z_score", "consistent_rate"]
+"""Columns of the per-cell CSV: means over the cell's watermarked texts (the zero-shot row: the
+model's texts) (``fpr_*`` over its control texts, ``fpr_human_*`` over the human texts, which only
+the unattacked cell has); ``median_z_score`` and ``consistent_rate`` for the zero-shot row."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +216,19 @@ class _Scheme:
         return results, watermark.lengths(texts, ids)
 
 
+class _ZeroShot:
+    """The zero-shot row: tests (a) and (b) of ``detector.zero_shot`` under the model at the suite's
+    temperature, test (b) against ``suite.zero_shot_references`` Handbook texts."""
+
+    def __init__(self, suite: Suite, model, tokenizer, name: str):
+        self.scorer = ZeroShotScorer(model, tokenizer, sampling=SamplingSettings(temperature=suite.temperature),
+                                     name=name or "model")
+        self.references = suite.zero_shot_references
+
+    def test(self, texts: Sequence[str]) -> list[ZeroShotResult]:
+        return self.scorer.test(list(texts), alpha=ALPHAS[0], human_limit=self.references, min_tokens=1)
+
+
 def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequence[str] | None = None,
               encoder=None, model_name: str = "", progress: bool = False) -> Evaluation:
     """Run ``suite`` with ``model`` (see the module doc) and return every measurement.
@@ -230,6 +257,7 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
                                  tokens=suite.tokens, seed=seed, batch=suite.batch, temperature=suite.temperature)
         plain_texts = [g.text for g in plain]
         human = _human(tokenizer, suite)
+        zero_shot = _ZeroShot(suite, model, tokenizer, model_name) if suite.zero_shot_references else None
         bar.update(1)
         schemes = []
         models = Models.of(model, tokenizer, model_name, encoder=encoder)
@@ -266,6 +294,11 @@ def run_suite(suite: Suite, model, tokenizer, *, seed: int = 0, prompts: Sequenc
             step(f"attacking unwatermarked texts: {_condition(attack, strength)}")
             controls = [t for t, _ in _attack_texts(attack, strength, plain_texts, hosts,
                                                     _rng(seed, UNWATERMARKED, attack, strength), model, tokenizer)]
+            if zero_shot is not None:
+                step(f"zero-shot under {_condition(attack, strength)}")
+                for kind, texts in [(GENERATED, controls)] + ([(HUMAN, human)] if attack == "none" and human else []):
+                    rows += [_zero_shot_row(suite, attack, strength, index, kind, result)
+                             for index, result in enumerate(zero_shot.test(texts))]
             bar.update(1)
             for scheme in schemes:
                 label = scheme.spec.label
@@ -342,6 +375,19 @@ def _row(suite: Suite, scheme: _Scheme, attack: str, strength, index: int, kind:
     return row
 
 
+def _zero_shot_row(suite: Suite, attack: str, strength, index: int, kind: str, result: ZeroShotResult) -> dict:
+    """A zero-shot row: test (b)'s p-value as the detection, test (a)'s verdict and the z beside it."""
+    row = dict.fromkeys(FIELDS, "")
+    log10_p = math.log10(result.p_value_human)
+    row.update(suite=suite.name, scheme=ZERO_SHOT, attack=attack, strength="" if strength is None else strength,
+               prompt_index=index, kind=kind, num_tokens=result.num_tokens, num_scored_tokens=result.num_tokens,
+               log10_p_value=round(log10_p, 4), consistent_with_model=int(result.consistent_with_model),
+               z_score="inf" if math.isinf(result.z_score) else round(result.z_score, 4))
+    for alpha in ALPHAS:
+        row[f"detected_{alpha:g}"] = int(log10_p <= math.log10(alpha))
+    return row
+
+
 def _mean(rows: list[dict], field: str) -> float | str:
     values = [float(r[field]) for r in rows if r[field] != ""]
     return round(statistics.fmean(values), 4) if values else ""
@@ -355,15 +401,20 @@ def summarise(rows: Sequence[dict], suite: Suite, plain_quality: Sequence[tuple[
     for row in rows:
         cells.setdefault((row["scheme"], row["attack"], row["strength"]), {}).setdefault(row["kind"], []).append(row)
     out = []
-    for spec in suite.schemes:
+    for label in suite.labels():
         for attack, strength in suite.conditions():
-            kinds = cells.get((spec.label, attack, "" if strength is None else strength))
+            kinds = cells.get((label, attack, "" if strength is None else strength))
             if not kinds:
                 continue
-            marked, controls, human = (kinds.get(k, []) for k in ("watermarked", UNWATERMARKED, HUMAN))
+            marked = kinds.get(GENERATED if label == ZERO_SHOT else "watermarked", [])
+            controls, human = (kinds.get(k, []) for k in (UNWATERMARKED, HUMAN))
             cell = dict.fromkeys(SUMMARY_FIELDS, "")
             median = round(statistics.median(r["log10_p_value"] for r in marked), 4)
-            cell.update(suite=suite.name, scheme=spec.label, attack=attack,
+            if label == ZERO_SHOT:
+                z = [math.inf if r["z_score"] == "inf" else r["z_score"] for r in marked]
+                cell.update(median_z_score=round(statistics.median(z), 4),
+                            consistent_rate=_mean(marked, "consistent_with_model"))
+            cell.update(suite=suite.name, scheme=label, attack=attack,
                         strength="" if strength is None else strength, n=len(marked), median_log10_p_value=median,
                         bit_accuracy=_mean(marked, "bit_accuracy"), exact_match=_mean(marked, "exact_match"),
                         perplexity=_mean(marked, "perplexity"), top5_hit_rate=_mean(marked, "top5_hit_rate"))

@@ -15,7 +15,10 @@ from provmark.attacks import ATTACKS, STRENGTHS
 from provmark.errors import ParameterError
 from provmark.watermark.keys import create_key
 
-__all__ = ["SchemeSpec", "Suite", "SCHEMES", "SUITES", "get_suite"]
+__all__ = ["SchemeSpec", "Suite", "SCHEMES", "SUITES", "ZERO_SHOT", "get_suite"]
+
+ZERO_SHOT = "zero-shot"
+"""The label of the zero-shot attribution row (``Suite.zero_shot_references``)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,12 @@ class Suite:
     temperature: float = 1.0
     strengths: Mapping = field(default_factory=lambda: STRENGTHS)
     """Attack name -> strengths; ``provmark.attacks.STRENGTHS`` by default."""
+    zero_shot_references: int = 0
+    """Committed human texts (``detector.zero_shot``'s Debian Handbook set, not ``human``'s) that the
+    zero-shot "not human" test ranks the model's own texts against, in a "zero-shot" row beside the
+    schemes; 0 leaves the row out, else at least 20 (its p-value is at least 1 / (1 + this)). The
+    first run per model and temperature scores them (about 7 CPU-minutes for 200 of 512 tokens with
+    the embedded model, at benchmarks/results/zero_shot.txt's cost), later runs read them from the cache."""
 
     def __post_init__(self):
         unknown = [a for a in self.attacks if a not in ATTACKS]
@@ -78,6 +87,16 @@ class Suite:
             raise ParameterError(f"tokens must be an integer >= 8, got {self.tokens!r}")
         if isinstance(self.human, bool) or not isinstance(self.human, int) or self.human < 0:
             raise ParameterError(f"human must be an integer >= 0, got {self.human!r}")
+        references = self.zero_shot_references
+        if isinstance(references, bool) or not isinstance(references, int) or not (references == 0 or references >= 20):
+            raise ParameterError(f"zero_shot_references must be 0 (no zero-shot row) or an integer >= 20, "
+                                 f"got {references!r}")
+        if references and ZERO_SHOT in labels:
+            raise ParameterError(f"the label {ZERO_SHOT!r} names the zero-shot row; give the scheme another label")
+
+    def labels(self) -> list[str]:
+        """The rows of the report: the schemes' labels, then the zero-shot row when it runs."""
+        return [s.label for s in self.schemes] + ([ZERO_SHOT] if self.zero_shot_references else [])
 
     def conditions(self) -> list[tuple[str, float | None]]:
         """(attack, strength) in report order: ("none", None) first, then each attack weakest first."""
@@ -100,12 +119,14 @@ SUITES: Mapping[str, Suite] = MappingProxyType({
     # Under 10 minutes on a 2-core CPU with the embedded model: few, short texts and no LM attacks.
     # Measured at 8 prompts: 13 min on one core, most of it Balance's window proxy; 6 prompts cut it
     # by a quarter. Too short for 20 and 32 bits to decode: a smoke test of the whole comparison.
+    # The zero-shot row's 200 references are scored once per model and temperature, then cached.
     "quick": Suite("quick", SCHEMES, ("delete", "insert", "swap", "wordnet_synonyms", "truncate", "copy_paste"),
-                   prompts=6, tokens=80, human=6, batch=6),
+                   prompts=6, tokens=80, human=6, batch=6, zero_shot_references=200),
     # Every attack at 200 tokens. 20 prompts: Balance's window proxy reads one 10-id window per
     # position of every attacked text (about 5 s per 200-token text on one core), which bounds the
     # size on a CPU.
-    "full": Suite("full", SCHEMES, tuple(ATTACKS), prompts=20, tokens=200, human=20, batch=20),
+    "full": Suite("full", SCHEMES, tuple(ATTACKS), prompts=20, tokens=200, human=20, batch=20,
+                  zero_shot_references=200),
 })
 
 
