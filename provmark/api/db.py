@@ -76,6 +76,11 @@ REGISTRY_MIGRATIONS: tuple[Migration, ...] = (
     Migration("m002_record_status", (
         'ALTER TABLE "records" ADD COLUMN "status" TEXT NOT NULL DEFAULT \'complete\'',
     )),
+    # The generation setting of a record made by /v1/generate (JSON: prompt, chat, temperature), so
+    # that verify's zero-shot attribution scores the text in the context it was generated in.
+    Migration("m003_record_context", (
+        'ALTER TABLE "records" ADD COLUMN "context" TEXT',
+    )),
 )
 
 MIGRATIONS = Migrations(MIGRATION_SET)

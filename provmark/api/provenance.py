@@ -30,8 +30,9 @@ record of the key:
 ``detector.zero_shot``, "was this text sampled from the serving model under this setting?", with
 no key (Radvand et al., arXiv 2501.02406): one forward pass of the model over each text, so its
 tokens count against the work budget and the rate limiter's charge like a key's. The text is
-scored after the prompt the caller gives; the registry keeps no prompts, so without one it is
-scored alone and the answer says so. Test (b) ("not human") is not run here: its conformal
+scored after the prompt the caller gives; without one, after the prompt of the record it matched
+when ``/v1/generate`` made that record (the record keeps its prompt, chat flag and temperature),
+and otherwise alone; the answer says which. Test (b) ("not human") is not run here: its conformal
 p-value needs the committed human references scored under the same setting, minutes of CPU per
 setting; ``provmark attribute`` runs it.
 """
@@ -193,7 +194,8 @@ class Provenance:
         (unknown, retired, exhausted) fails before the model loads; a generation that fails
         withdraws its record."""
         self._require_inputs(key_id, tenant_id, prompts=[prompt])
-        record = self.registry.new_record(key_id, tenant_id=tenant_id, model=self.models.name, metadata=metadata)
+        record = self.registry.new_record(key_id, tenant_id=tenant_id, model=self.models.name, metadata=metadata,
+                                          context={"prompt": prompt, "chat": chat, "temperature": temperature})
         payloads = None if record.payload is None else [record.payload]
         try:
             watermark = self.watermark(key_id)
@@ -309,29 +311,55 @@ class Provenance:
             except Exception as exc:  # noqa: BLE001 - isolation is the point; the log keeps the traceback
                 columns.append([self._failed(info, exc, per_key_alpha, public)] * len(texts))
         attributions = ([None] * len(texts) if attribution is None
-                        else self._attribute(loaded, texts, attribution, alpha))
+                        else self._attribute(loaded, texts, attribution, alpha,
+                                             [_generated_record(c[i] for c in columns) for i in range(len(texts))]))
         return [
             TextVerification(digest, len(row), sorted((c[i] for c in columns), key=_strength), found)
             for i, (digest, row, found) in enumerate(zip(hashes, ids, attributions))
         ]
 
-    def _attribute(self, loaded, texts: list[str], request: AttributionRequest, alpha: float) -> list[Attribution]:
-        """Test (a) of ``detector.zero_shot`` on each text under the serving model, one batched forward
-        pass (under ``generate_lock``: the model runs one batch at a time)."""
-        scorer = ZeroShotScorer(loaded.model, loaded.tokenizer, sampling=request.sampling, name=self.models.name)
-        with self.models.generate_lock:  # min_tokens: verify has checked the request's own
-            results = scorer.test(texts, request.prompts, chat=request.chat, alpha=alpha, human=False, min_tokens=1)
-        found = []
-        for result in results:
-            if result.prompt_scored:
-                note = ("scored after the prompt given in the request, as /v1/generate feeds it (through the chat "
-                        "template when the model has one, unless chat says otherwise)")
+    def _attribute(self, loaded, texts: list[str], request: AttributionRequest, alpha: float,
+                   records: list[Record | None]) -> list[Attribution]:
+        """Test (a) of ``detector.zero_shot`` on each text under the serving model, batched per
+        generation setting (under ``generate_lock``: the model runs one batch at a time).
+
+        A text is scored after the prompt the request gives for it; without one, after the prompt of
+        the record it matched when that record was made by ``/v1/generate`` (``Record.context``: its
+        prompt, chat template and temperature, the setting it was actually sampled under); otherwise
+        alone. A record's prompt is not charged to the work budget (it is at most 8,000 characters)."""
+        plans = []  # (prompt, chat, sampling, note) per text
+        for i in range(len(texts)):
+            given = request.prompts[i] if request.prompts is not None else None
+            context = records[i].context if records[i] is not None else None
+            if given is not None:
+                plans.append((given, request.chat, request.sampling,
+                              "scored after the prompt given in the request, as /v1/generate feeds it (through the chat "
+                              "template when the model has one, unless chat says otherwise)"))
+            elif context is not None:
+                plans.append((context["prompt"], context["chat"], SamplingSettings(temperature=context["temperature"]),
+                              f"scored after the prompt of record {records[i].id}, at the setting it was generated "
+                              f"with (temperature {context['temperature']:g}, the prompt fed as /v1/generate fed it), "
+                              "not the request's"))
             else:
-                note = ("scored alone: no prompt was given and the registry keeps none, so the text was not scored in "
-                        "its generation context (a model's answer scored without its prompt drifts away from the "
-                        "model: test (a) rejects it more often than alpha)")
-            found.append(Attribution(result, note + "; test (b), not human, is run by `provmark attribute`, not here"))
-        return found
+                plans.append((None, request.chat, request.sampling,
+                              "scored alone: no prompt was given and the text matched no record that keeps one (records "
+                              "of /v1/generate do), so the text was not scored in its generation context (a model's "
+                              "answer scored without its prompt drifts away from the model: test (a) rejects it more "
+                              "often than alpha)"))
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, chat, sampling, _) in enumerate(plans):
+            groups.setdefault((chat, sampling), []).append(i)
+        results: list[ZeroShotResult | None] = [None] * len(texts)
+        with self.models.generate_lock:
+            for (chat, sampling), members in groups.items():
+                scorer = ZeroShotScorer(loaded.model, loaded.tokenizer, sampling=sampling, name=self.models.name)
+                # min_tokens: verify has checked the request's own
+                found = scorer.test([texts[i] for i in members], [plans[i][0] for i in members], chat=chat,
+                                    alpha=alpha, human=False, min_tokens=1)
+                for i, result in zip(members, found):
+                    results[i] = result
+        return [Attribution(result, plan[3] + "; test (b), not human, is run by `provmark attribute`, not here")
+                for result, plan in zip(results, plans)]
 
     @staticmethod
     def _plan(info: KeyRef, texts: list[str], ids: list[list[int]], limits: WorkLimits):
@@ -406,3 +434,11 @@ def _strength(item: KeyVerification) -> float:
     """Most significant first: the smaller of the key's presence and record-level log10 p-values."""
     record = item.record_test.corrected_log10_p_value if item.record_test is not None else 0.0
     return min(item.result.log10_p_value, record)
+
+
+def _generated_record(verifications) -> Record | None:
+    """The record a text matched that knows its generation context, from the strongest key first."""
+    for item in sorted(verifications, key=_strength):
+        if item.record is not None and item.record.context is not None:
+            return item.record
+    return None

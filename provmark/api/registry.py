@@ -134,12 +134,17 @@ class Record:
     status: str = "complete"
     """"complete"; "generating" while a streamed generation runs; "incomplete" when its client left
     mid-stream (the text carries the payload, but the registry never saw all of it: no text hash)."""
+    context: dict | None = None
+    """The generation setting, for records made by ``/v1/generate``: ``prompt``, ``chat`` (None:
+    the model's chat template when it has one) and ``temperature``; None otherwise. Verify's
+    zero-shot attribution scores the text after this prompt."""
 
     def to_dict(self, *, public: bool = False) -> dict:
-        """JSON-ready dict; ``public`` drops the caller-supplied metadata (verify through a public key)."""
+        """JSON-ready dict; ``public`` drops the caller-supplied metadata and generation context
+        (verify through a public key)."""
         data = asdict(self)
         if public:
-            data["metadata"] = None
+            data["metadata"] = data["context"] = None
         return data
 
 
@@ -328,7 +333,7 @@ class Registry:
     _RECORD_COLUMNS = (
         "records.id, tenants.name, records.key_id, records.number, records.scheme, records.params,"
         " records.prf_version, records.model, records.metadata, records.created_at, records.text_sha256,"
-        " records.tenant_id, records.status"
+        " records.tenant_id, records.status, records.context"
     )
     _RECORD_FROM = " FROM records JOIN tenants ON tenants.id = records.tenant_id"
 
@@ -341,6 +346,7 @@ class Registry:
             id=row[0], tenant_id=row[11], tenant=row[1], key_id=row[2], number=row[3], scheme=row[4], params=params, prf_version=row[6],
             payload=payload, payload_hex=None if payload is None else payload_hex(payload, config.bits),
             model=row[7], metadata=json.loads(row[8]), created_at=row[9], text_sha256=row[10], status=row[12],
+            context=None if row[13] is None else json.loads(row[13]),
         )
 
     def _free_number(self, key: KeyInfo) -> int:
@@ -373,7 +379,7 @@ class Registry:
 
     def new_record(
         self, key_id: str, *, tenant_id: str | None, model: str | None, metadata: dict[str, Any] | None = None,
-        text_sha256: str | None = None, status: str = "complete",
+        text_sha256: str | None = None, status: str = "complete", context: dict | None = None,
     ) -> Record:
         """Issue a record under an active key: allocate its number (the payload to embed) and store it
         (``status`` "generating" for a generation that finishes later: ``set_record_text``)."""
@@ -390,6 +396,7 @@ class Registry:
                     "scheme": key.scheme, "params": json.dumps(key.params), "prf_version": key.prf_version,
                     "model": model, "metadata": json.dumps(metadata or {}), "created_at": _now(),
                     "text_sha256": text_sha256, "status": status,
+                    "context": None if context is None else json.dumps(context),
                 }
             )
         return self.record(record_id)

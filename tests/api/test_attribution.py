@@ -204,3 +204,26 @@ def test_an_unwatermarked_answer_is_consistent_with_the_serving_model_and_handbo
     assert found["consistent_with_model"] and abs(found["z_score"]) < 3
     assert human["z_score"] > alone["z_score"] + 5
     assert not human["consistent_with_model"] and math.isfinite(human["log10_p_value_model"])
+
+
+def test_a_text_from_v1_generate_is_scored_after_its_records_prompt_at_its_temperature(tiny_client, acme, tiny_model,
+                                                                                        tokenizer):
+    client = tiny_client()
+    key = _key(client, acme)
+    prompt = "Why are there tides?"
+    made = client.post("/v1/generate", json={"key_id": key["key_id"], "prompt": prompt, "max_new_tokens": 40,
+                                             "temperature": 0.7, "seed": 3}, headers=acme.headers)
+    assert made.status_code == 201, made.text
+    text, record = made.json()["text"], made.json()["record"]
+    body = client.post("/v1/verify", json={"text": text, "attribution": True}, headers=acme.headers).json()
+    assert body["results"][0]["record"]["id"] == record["id"]
+    block = body["attribution"]
+    assert block["prompt_scored"] is True and block["note"].startswith(f"scored after the prompt of record {record['id']}")
+    assert block["sampling"] == {"temperature": 0.7, "top_k": 0, "top_p": 1.0}  # the record's, not the request's 1.0
+    scorer = ZeroShotScorer(tiny_model, tokenizer, sampling=SamplingSettings(temperature=0.7), name="tiny-llama")
+    (expected,) = scorer.test([text], [prompt], alpha=1e-3, human=False, min_tokens=1)
+    assert block["z_score"] == pytest.approx(expected.z_score, rel=1e-9)
+    # A prompt given in the request wins over the record's.
+    given = client.post("/v1/verify", json={"text": text, "attribution": {"prompt": "Something else."}},
+                        headers=acme.headers).json()["attribution"]
+    assert given["note"].startswith("scored after the prompt given in the request") and given["z_score"] != block["z_score"]
