@@ -255,7 +255,7 @@ def test_serve_passes_trusted_proxies_to_its_workers(runner, db_path, monkeypatc
 
 # -- 5. bounded work --------------------------------------------------------------------------
 
-from provmark.api.limits import TOKENS_PER_REQUEST, WorkLimits  # noqa: E402
+from provmark.api.limits import TOKENS_PER_REQUEST, RateLimiter, WorkLimits, work_bound, work_weight  # noqa: E402
 from tests.api.conftest import WordModels  # noqa: E402
 
 
@@ -303,16 +303,36 @@ def test_a_verification_over_the_token_budget_is_refused_before_detection(make_c
     assert "would score 600 tokens" in body["error"] and "limit is 500" in body["error"]
 
 
-def test_the_rate_limiter_charges_verifications_by_tokens_scored(make_client, acme):
-    client = make_client(rate=0.001, burst=6)
+def test_the_rate_limiter_charges_verifications_by_tokens_scored_weighted_by_scheme(make_client, acme):
+    client = make_client(rate=0.001, burst=7)
     _key(client, acme, "kgw")
-    _key(client, acme, "mpac", bits=16)  # two keys: 2 x 3,000 tokens = 3 requests' worth of work, plus the request
-    assert TOKENS_PER_REQUEST == 2000
+    _key(client, acme, "mpac", bits=16)
+    assert (TOKENS_PER_REQUEST, work_weight("kgw"), work_weight("mpac")) == (2000, 1.0, 1.5)
     heavy = {"text": plain_text(tokens=3000)}
-    # two key creations took 2 of the 6; the verification takes 1 + 3 = 4; nothing is left for a second
-    assert client.post("/v1/verify", json=heavy, headers=acme.headers).status_code == 200
+    # two key creations took 2 of the 7; the verification takes 1 + (3,000 + 1.5 x 3,000) / 2,000 = 4.75
+    response = client.post("/v1/verify", json=heavy, headers=acme.headers)
+    assert response.status_code == 200, response.text
     refused = client.post("/v1/verify", json={"text": plain_text(tokens=20)}, headers=acme.headers)
     assert_error(refused, 429, None)
+
+
+def test_work_past_the_burst_passes_on_a_full_bucket_and_is_repaid_before_the_next_request():
+    clock = iter([0.0, 0.0, 0.0, 10.0, 20.0, 21.0]).__next__  # the first read is the limiter's creation
+    limiter = RateLimiter(rate=1, burst=10, clock=clock)
+    assert limiter.acquire("a", 30) == 0.0  # 30 requests' work on a full bucket of 10: it owes 20
+    assert limiter.acquire("b") == 0.0  # another client does not pay for it
+    assert limiter.acquire("a") == pytest.approx(11.0)  # at 10 s the bucket holds -10; one request needs 1
+    assert limiter.acquire("a") == pytest.approx(1.0)  # at 20 s: 0
+    assert limiter.acquire("a") == 0.0  # at 21 s
+
+
+def test_the_work_bound_reads_lengths_only_and_keeps_the_caps():
+    limits = WorkLimits(proxy_tokens=256, text_words=4000)
+    assert work_bound([1100], ["kgw"], limits) == 1100
+    assert work_bound([200_000], ["synonym"], limits) == 4000 * work_weight("synonym")
+    assert work_bound([100], ["synonym"], limits) == 50 * work_weight("synonym")  # two words take 3 characters
+    assert work_bound([10_000, 10], ["balance"], limits) == (256 + 10) * work_weight("balance")
+    assert work_bound([1100], ["no-such-scheme"], limits) == 0
 
 
 # -- 6. the smaller items ---------------------------------------------------------------------
