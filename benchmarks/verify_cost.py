@@ -2,7 +2,7 @@
 weights (``api.limits.SCHEME_WORK_WEIGHTS``).
 
 Runs ``Provenance.verify`` in-process (in-memory registry, the embedded model's tokenizer and, for
-balance, its proxy LM) on an unwatermarked text under one key of each scheme, at the serve caps
+balance, its proxy LM) on an unwatermarked natural text (``noisy_neighbour.corpus_text``) under one key of each scheme, at the serve caps
 (``WorkLimits``), and prints milliseconds per scored token (word, synonym) and the ratio to kgw's.
 A multi-bit key has issued ``--records`` records, so the record test runs as it does in service.
 One thread, medians of ``--repeats`` runs after a warm-up.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.noisy_neighbour import text
+from benchmarks.noisy_neighbour import corpus_text
 from provmark.api.crypto import MasterKey
 from provmark.api.limits import WorkLimits
 from provmark.api.provenance import Provenance
@@ -42,7 +42,7 @@ def main(argv=None):
     tenant, _ = registry.create_tenant("bench")
     provenance = Provenance(registry, Models())
     limits = WorkLimits()
-    body = text(args.words, 3)
+    body = corpus_text(args.words)
     rows, per_token = [], {}
     for scheme in SCHEMES:
         info = registry.create_key(tenant.id, scheme, {})
@@ -67,7 +67,7 @@ def main(argv=None):
         n = min(scored[-1], len(tokens)) if scheme != "synonym" else scored[-1]
         per_token[scheme] = seconds / n
         rows.append((scheme, n, seconds))
-    lines = [f"Provenance.verify, one {args.words}-word unwatermarked text, one key, serve's caps, 1 thread, "
+    lines = [f"Provenance.verify, one {args.words}-word unwatermarked natural text, one key, serve's caps, 1 thread, "
              f"median of {args.repeats}; multi-bit keys with {args.records} records issued",
              f"{'scheme':<11} {'scored':>7} {'ms/request':>11} {'us/token':>9} {'x kgw':>8}"]
     for scheme, n, seconds in rows:

@@ -304,12 +304,12 @@ def test_a_verification_over_the_token_budget_is_refused_before_detection(make_c
 
 
 def test_the_rate_limiter_charges_verifications_by_tokens_scored_weighted_by_scheme(make_client, acme):
-    client = make_client(rate=0.001, burst=7)
+    client = make_client(rate=0.001, burst=8)
     _key(client, acme, "kgw")
     _key(client, acme, "mpac", bits=16)
-    assert (TOKENS_PER_REQUEST, work_weight("kgw"), work_weight("mpac")) == (2000, 1.0, 1.5)
+    assert (TOKENS_PER_REQUEST, work_weight("kgw"), work_weight("mpac")) == (2000, 1.0, 1.7)
     heavy = {"text": plain_text(tokens=3000)}
-    # two key creations took 2 of the 7; the verification takes 1 + (3,000 + 1.5 x 3,000) / 2,000 = 4.75
+    # two key creations took 2 of the 8; the verification takes 1 + (3,000 + 1.7 x 3,000) / 2,000 = 5.05
     response = client.post("/v1/verify", json=heavy, headers=acme.headers)
     assert response.status_code == 200, response.text
     refused = client.post("/v1/verify", json={"text": plain_text(tokens=20)}, headers=acme.headers)
