@@ -127,14 +127,16 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._last_sweep = clock()
 
-    def acquire(self, client: str, cost: float = 1.0) -> float:
+    def acquire(self, client: str, cost: float = 1.0, *, prepaid: float = 0.0) -> float:
         """Take ``cost`` requests (work, for a verification: ``TOKENS_PER_REQUEST``) from ``client``'s
         bucket: 0.0 when allowed, else seconds until it would be. A cost above the burst passes on a
         full bucket and leaves it in debt for the rest, which the rate repays before the client's next
-        request passes: heavy work is paid in full, so a client's sustained work stays at ``rate``."""
+        request passes: heavy work is paid in full, so a client's sustained work stays at ``rate``.
+        ``prepaid``: what the same request took already (the middleware's one request), which counts
+        toward the full bucket."""
         if self._rate == 0:
             return 0.0
-        need = min(cost, self._burst)
+        need = max(0.0, min(cost, self._burst - prepaid))
         now = self._clock()
         with self._lock:
             tokens, then = self._buckets.get(client, (self._burst, now))

@@ -266,7 +266,7 @@ async def run_verify(request: Request, svc: Service, who: Caller, texts: list[st
     def charge(work: float) -> None:  # the middleware charged one request; the rest is work
         limiter = svc.limiter
         cost = work / TOKENS_PER_REQUEST
-        wait = limiter.acquire(client, cost) if client is not None else 0.0
+        wait = limiter.acquire(client, cost, prepaid=1.0) if client is not None else 0.0
         if wait:
             raise RateLimitedError(
                 f"rate limit exceeded: this verification's work is {work:.0f} kgw tokens (tokens scored, "

@@ -304,7 +304,7 @@ def test_a_verification_over_the_token_budget_is_refused_before_detection(make_c
 
 
 def test_the_rate_limiter_charges_verifications_by_tokens_scored_weighted_by_scheme(make_client, acme):
-    client = make_client(rate=0.001, burst=8)
+    client = make_client(rate=1e-9, burst=8)
     _key(client, acme, "kgw")
     _key(client, acme, "mpac", bits=16)
     assert (TOKENS_PER_REQUEST, work_weight("kgw"), work_weight("mpac")) == (2000, 1.0, 1.7)
@@ -324,6 +324,14 @@ def test_work_past_the_burst_passes_on_a_full_bucket_and_is_repaid_before_the_ne
     assert limiter.acquire("a") == pytest.approx(11.0)  # at 10 s the bucket holds -10; one request needs 1
     assert limiter.acquire("a") == pytest.approx(1.0)  # at 20 s: 0
     assert limiter.acquire("a") == 0.0  # at 21 s
+
+
+def test_a_request_that_paid_its_entry_still_passes_its_heavy_work_on_an_otherwise_full_bucket():
+    clock = iter([0.0, 0.0, 0.0, 0.0]).__next__
+    limiter = RateLimiter(rate=1, burst=10, clock=clock)
+    assert limiter.acquire("a") == 0.0  # the middleware's one request
+    assert limiter.acquire("a", 30, prepaid=1) == 0.0  # 9 left, 9 + the 1 prepaid make the full bucket
+    assert limiter.acquire("a") == pytest.approx(22.0)  # -21 in the bucket
 
 
 def test_the_work_bound_reads_lengths_only_and_keeps_the_caps():
