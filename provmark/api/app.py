@@ -145,6 +145,7 @@ def create_app(
     processes: int = 1,
     trusted_proxies: str | None = None,
     work_limits: WorkLimits | None = None,
+    heavy_processes: bool = False,
 ) -> FastAPI:
     """The API over ``registry`` (opened with its master key): the routes of ``api.routes``, the
     error handlers of ``api.handlers`` and the body limit, around one ``routes.Service``.
@@ -160,13 +161,18 @@ def create_app(
         trusted_proxies: comma-separated addresses (or CIDR ranges, "*" for any) of the reverse
             proxies whose X-Forwarded-For names the client (uvicorn's forwarded-allow-ips); None
             (the default) reads no proxy header, so a client cannot pick its own address.
+        heavy_processes: run heavy verifications' detection in a low-priority process of their own
+            (``api.admission``; ``provmark serve`` does), not in a thread of this one.
     """
-    admission = Admission(light_slots=verify_workers, per_client=(work_limits or WorkLimits()).heavy_per_client,
-                          queue=(work_limits or WorkLimits()).heavy_queue)
+    work_limits = work_limits or WorkLimits()
+    admission = Admission(light_slots=verify_workers, per_client=work_limits.heavy_per_client,
+                          queue=work_limits.heavy_queue, heavy_processes=heavy_processes,
+                          model_path=models.path if models is not None else None)
     stopping = Cancellation()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        admission.start()
         yield
         # uvicorn's graceful shutdown (serve --shutdown-timeout) is over: stop the detection still running
         stopping.cancel("the server is shutting down")
@@ -185,7 +191,7 @@ def create_app(
         admission=admission,
         stopping=stopping,
         processes=processes,
-        work_limits=work_limits or WorkLimits(),
+        work_limits=work_limits,
     )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(RateLimit, service=app.state.service)  # outside the body limit: 413s are charged
@@ -264,4 +270,5 @@ def app_from_environment() -> FastAPI:
         registry, models=models, rate=settings.rate, burst=settings.burst, max_body_bytes=settings.max_body_bytes,
         verify_workers=max(1, (os.cpu_count() or 1) // settings.workers), processes=settings.workers,
         trusted_proxies=settings.trusted_proxies, work_limits=WorkLimits(**(settings.work_limits or {})),
+        heavy_processes=True,
     )

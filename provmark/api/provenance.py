@@ -38,7 +38,7 @@ from functools import partial
 
 import numpy as np
 
-from provmark.api.admission import Cancellation, VerificationCancelled
+from provmark.api.admission import Cancellation, ServiceBusyError, VerificationCancelled, detect_key
 from provmark.api.errors import APIError, ConflictError, InvalidInputError
 from provmark.api.limits import WorkLimits, work_weight
 from provmark.api.registry import KeyRef, Record, Registry
@@ -215,7 +215,7 @@ class Provenance:
     def verify(
         self, texts: list[str], keys: list[KeyRef], *, tenant_id: str | None, alpha: float = 1e-3, min_tokens: int = 10,
         nearest: int = 5, fields: list[str] | None = None, limits: WorkLimits | None = None, charge=None,
-        cancel: Cancellation | None = None,
+        cancel: Cancellation | None = None, detect=detect_key,
     ) -> list[TextVerification]:
         """Detect every text with every key and match each to its record (module docstring).
 
@@ -228,7 +228,8 @@ class Provenance:
         ``num_tokens`` counts its tokens). ``charge(work)`` is called first with the work in kgw tokens
         (tokens scored, weighted by ``limits.SCHEME_WORK_WEIGHTS``: the rate limiter's charge by work;
         it raises to refuse). ``cancel`` is checked between keys and between the texts of a capped key:
-        once set, detection stops with ``VerificationCancelled`` (and a log line)."""
+        once set, detection stops with ``VerificationCancelled`` (and a log line). ``detect`` runs each
+        key's detection (``admission.detect_key``; the heavy lane's runs it in another process)."""
         fields = fields or [f"texts.{i}" for i in range(len(texts))]
         limits = limits or WorkLimits()
         ids = self._token_ids(texts, keys, limits, min_tokens)
@@ -254,7 +255,9 @@ class Provenance:
             # One key's failure is that key's error entry, never the request's: verification without
             # key_ids reads every public key of every tenant, so one broken key must not deny it to all.
             try:
-                self._check(cancel, done, len(keys))
+                if cancel is not None:
+                    cancel.progress = (done, len(keys))
+                    cancel.check()
                 watermark = self.watermark(info.key_id)
                 issued = self.registry.record_numbers(info.key_id) if watermark.scheme.supports_payload else []
                 key_alpha = per_key_alpha / 2 if issued else per_key_alpha  # presence and record test
@@ -263,17 +266,20 @@ class Provenance:
                 step = 1 if _capped(watermark.scheme) else len(texts)
                 results, tests = [], []
                 for i in range(0, len(texts), step):
-                    part, part_ids = key_texts[i:i + step], key_ids[i:i + step]
-                    if i:
-                        self._check(cancel, done, len(keys))
-                    results += watermark.detect(part, alpha=key_alpha, token_ids=part_ids)
-                    tests += (watermark.attribute(part, issued, alpha=key_alpha, token_ids=part_ids) if issued
-                              else [None] * len(part))
+                    if i and cancel is not None:
+                        cancel.check()
+                    part_results, part_tests = detect(watermark, key_texts[i:i + step], key_ids[i:i + step],
+                                                      key_alpha, issued)
+                    results += part_results
+                    tests += part_tests
                 columns.append(
                     [self._match(watermark.key, result, test, digest, nearest, public, cap)
                      for result, test, digest, cap in zip(results, tests, hashes, capped_at)]
                 )
-            except VerificationCancelled:
+            except VerificationCancelled as exc:  # the request's fate, not the key's
+                _log.warning("verify cancelled (%s) after %d of %d keys", exc.reason, done, len(keys))
+                raise
+            except ServiceBusyError:
                 raise
             except Exception as exc:  # noqa: BLE001 - isolation is the point; the log keeps the traceback
                 columns.append([self._failed(info, exc, per_key_alpha, public)] * len(texts))
@@ -303,14 +309,6 @@ class Provenance:
             return key_texts, ids, scored, capped_at
         return texts, ids, [len(row) for row in ids], [None] * len(texts)
 
-
-    @staticmethod
-    def _check(cancel: Cancellation | None, done: int, keys: int) -> None:
-        """Stop (``VerificationCancelled``) when ``cancel`` is set, saying how far detection got."""
-        reason = None if cancel is None else cancel.cancelled()
-        if reason is not None:
-            _log.warning("verify cancelled (%s) after %d of %d keys", reason, done, keys)
-            cancel.check()
 
     def _token_ids(self, texts: list[str], keys: list[KeyRef], limits: WorkLimits, min_tokens: int) -> list[list[int]]:
         """The texts' token ids as far as the keys read them (``verify``): whole texts when a key

@@ -274,14 +274,15 @@ async def run_verify(request: Request, svc: Service, who: Caller, texts: list[st
                 f"request itself (limit {limiter.rate:g} requests/s, burst {limiter.burst})", retry_after=wait)
 
     cancel = Cancellation(svc.stopping)
+    heavy = work_bound([len(t) for t in texts], [k.scheme for k in keys], limits) > HEAVY_WORK
 
     def work():
         return svc.provenance.verify(
             texts, keys, tenant_id=who.tenant and who.tenant.id, alpha=options.alpha, min_tokens=options.min_tokens,
             nearest=options.nearest, fields=fields, limits=limits, charge=charge, cancel=cancel,
+            detect=svc.admission.detector(heavy),
         )
 
-    heavy = work_bound([len(t) for t in texts], [k.scheme for k in keys], limits) > HEAVY_WORK
     watcher = asyncio.ensure_future(_watch_disconnect(request, cancel))  # not a task group: errors stay whole
     try:
         return await svc.admission.run(work, heavy=heavy, client=client, cancel=cancel)
