@@ -343,6 +343,85 @@ def test_the_work_bound_reads_lengths_only_and_keeps_the_caps():
     assert work_bound([1100], ["no-such-scheme"], limits) == 0
 
 
+def test_serve_passes_the_shutdown_timeout_to_uvicorn_and_the_heavy_lane_limits_to_its_workers(
+        runner, db_path, monkeypatch, tokenizer, registries):
+    import uvicorn
+
+    from provmark.api.app import SERVE_SETTINGS_ENV, ServeSettings
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
+    monkeypatch.setenv(SERVE_SETTINGS_ENV, "")
+    result = runner.invoke(cli, ["serve", "--db", str(db_path), "--shutdown-timeout", "2.5",
+                                 "--max-heavy-per-client", "3", "--heavy-queue", "0"])
+    assert result.exit_code == 0, result.output
+    assert calls[0]["timeout_graceful_shutdown"] == 2.5
+    limits = WorkLimits(**ServeSettings.from_environment().work_limits)
+    assert (limits.heavy_per_client, limits.heavy_queue) == (3, 0)
+
+
+def _long_synonym_text(words=3000):
+    return " ".join(["the quick brown fox jumps over the lazy dog"] * (words // 9))
+
+
+def test_a_light_verification_runs_in_the_shared_threads_and_a_long_synonym_text_in_the_heavy_lane(
+        make_client, acme, monkeypatch):
+    from provmark.api import admission
+
+    client = make_client()
+    kgw, synonym = _key(client, acme, "kgw"), _key(client, acme, "synonym")
+    lanes = []
+    real = admission.Admission.run
+
+    async def spy(self, fn, *, heavy, client, cancel):
+        lanes.append(heavy)
+        return await real(self, fn, heavy=heavy, client=client, cancel=cancel)
+
+    monkeypatch.setattr(admission.Admission, "run", spy)
+    light = client.post("/v1/verify", json={"text": plain_text(tokens=200), "key_ids": [kgw["key_id"]]},
+                        headers=acme.headers)
+    heavy = client.post("/v1/verify", json={"text": _long_synonym_text(), "key_ids": [synonym["key_id"]],
+                                            "min_tokens": 1}, headers=acme.headers)
+    assert light.status_code == 200 and heavy.status_code == 200, (light.text, heavy.text)
+    assert lanes == [False, True]
+
+
+def test_a_client_past_its_heavy_verifications_in_flight_gets_a_429_and_a_full_queue_a_503(make_client, acme, globex):
+    import threading
+
+    from provmark.front import Watermark
+
+    client = make_client(work_limits=WorkLimits(heavy_per_client=1, heavy_queue=0))
+    acme_key, globex_key = _key(client, acme, "synonym"), _key(client, globex, "synonym")
+    started, release = threading.Event(), threading.Event()
+    real = Watermark.detect
+
+    def slow(self, *args, **kwargs):
+        started.set()
+        release.wait(30)
+        return real(self, *args, **kwargs)
+
+    body = {"text": _long_synonym_text(), "min_tokens": 1}
+    first = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Watermark, "detect", slow)
+        running = threading.Thread(target=lambda: first.setdefault("r", client.post(
+            "/v1/verify", json={**body, "key_ids": [acme_key["key_id"]]}, headers=acme.headers)))
+        running.start()
+        assert started.wait(30)
+        mine = client.post("/v1/verify", json={**body, "key_ids": [acme_key["key_id"]]}, headers=acme.headers)
+        other = client.post("/v1/verify", json={**body, "key_ids": [globex_key["key_id"]]}, headers=globex.headers)
+        light = client.post("/v1/verify", json={"text": "w1 " * 50, "key_ids": [acme_key["key_id"]], "min_tokens": 1},
+                            headers=acme.headers)
+        release.set()
+        running.join(30)
+    assert first["r"].status_code == 200, first["r"].text
+    assert "heavy verification(s) of this client in flight" in assert_error(mine, 429, None)["error"]
+    assert "heavy verifications running or queued" in assert_error(other, 503, None)["error"]
+    assert int(mine.headers["Retry-After"]) >= 1 and int(other.headers["Retry-After"]) >= 1
+    assert light.status_code == 200, light.text  # light work does not queue behind the heavy lane
+
+
 # -- 6. the smaller items ---------------------------------------------------------------------
 
 def test_an_oversized_authorization_header_is_a_401_in_the_json_shape(client):
