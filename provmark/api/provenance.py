@@ -226,7 +226,7 @@ class Provenance:
         ``max_tokens_scored`` in all is refused (422) before any detection. The caps apply before the
         text is tokenised: when every key reads a capped prefix, only that prefix is tokenised (and
         ``num_tokens`` counts its tokens). ``charge(work)`` is called first with the work in kgw tokens
-        (tokens scored, weighted by ``limits.SCHEME_WORK_WEIGHTS``: the rate limiter's charge by work;
+        (tokens scored, weighted by ``api.limits.SCHEME_WORK_WEIGHTS``: the rate limiter's charge by work;
         it raises to refuse). ``cancel`` is checked between keys and between the texts of a capped key:
         once set, detection stops with ``VerificationCancelled`` (and a log line). ``detect`` runs each
         key's detection (``admission.detect_key``; the heavy lane's runs it in another process)."""
@@ -308,7 +308,6 @@ class Provenance:
                 capped_at.append(limits.text_words if over else None)
             return key_texts, ids, scored, capped_at
         return texts, ids, [len(row) for row in ids], [None] * len(texts)
-
 
     def _token_ids(self, texts: list[str], keys: list[KeyRef], limits: WorkLimits, min_tokens: int) -> list[list[int]]:
         """The texts' token ids as far as the keys read them (``verify``): whole texts when a key

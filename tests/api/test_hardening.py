@@ -422,6 +422,33 @@ def test_a_client_past_its_heavy_verifications_in_flight_gets_a_429_and_a_full_q
     assert light.status_code == 200, light.text  # light work does not queue behind the heavy lane
 
 
+def test_a_prefix_is_tokenised_exactly_as_the_start_of_the_whole_text():
+    import random
+
+    from provmark.api.provenance import _token_prefix
+    from provmark.watermark.models import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    pieces = ["the", "  ", "\n", "\n\n", "word", "ing", ",", ".", " 12345", "é", "😀", "\t", "don't", " - ",
+              "http://x.y/z?q=1", "a" * 30, "   \n "]
+    generator = random.Random(0)
+    for _ in range(60):
+        text = " ".join(generator.choice(pieces) for _ in range(generator.randint(50, 600)))
+        whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for need in (5, 64, 257):
+            prefix = _token_prefix(tokenizer, text, need)
+            assert prefix == whole[: len(prefix)] and len(prefix) >= min(need, len(whole))
+
+
+def test_a_synonym_only_verification_tokenises_only_a_prefix_of_a_long_text(make_client, acme):
+    client = make_client()
+    _key(client, acme, "synonym")
+    text = _long_synonym_text(words=9000)
+    response = client.post("/v1/verify", json={"text": text, "min_tokens": 1}, headers=acme.headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["num_tokens"] < 100 < len(text.split())  # the min_tokens prefix, not 9,000 tokens
+
+
 # -- 6. the smaller items ---------------------------------------------------------------------
 
 def test_an_oversized_authorization_header_is_a_401_in_the_json_shape(client):
