@@ -12,7 +12,7 @@ INSTALL_WORDNET := $(BIN)/python -c "import sys; from provmark.watermark.lexicon
 DEMO := .demo
 PROMPT ?= Write a short story about a lighthouse keeper who finds a message in a bottle.
 
-.PHONY: install test demo clean wordnet
+.PHONY: install test demo clean wordnet postgres
 
 install: $(STAMP) $(WORDNET)
 
@@ -37,7 +37,19 @@ $(WORDNET): | $(STAMP)
 	fi
 	rm -rf $(WORDNET_DEB)
 
-test: $(STAMP) $(WORDNET)
+# PostgreSQL for the registry's second backend: the tests start their own server from Debian's binaries
+# (tests/postgres.py: initdb and pg_ctl in a scratch directory, a free loopback port, removed afterwards),
+# so this only installs the package when the binaries are missing. PROVMARK_NO_POSTGRES=1 skips it and
+# the PostgreSQL half of the registry and API tests.
+postgres:
+	@if [ -n "$$PROVMARK_NO_POSTGRES" ] && [ "$$PROVMARK_NO_POSTGRES" != 0 ]; then \
+		echo "PROVMARK_NO_POSTGRES is set: the PostgreSQL registry tests will be skipped"; \
+	elif command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; \
+	fi
+
+test: $(STAMP) $(WORDNET) postgres
 	$(BIN)/python -m pytest
 
 demo: $(STAMP) $(WORDNET)

@@ -1,7 +1,9 @@
 """A throwaway registry and a ``provmark serve`` process on loopback, for the API benchmarks.
 
-``ServerFixture`` makes a registry in a temporary folder through the real command line (tenant,
-keys), starts ``provmark serve`` on a free port and stops it when done: the server and its worker
+``ServerFixture`` makes a registry (an SQLite file in a temporary folder, or a PostgreSQL database
+given by URL) through the real command line (tenant, keys), starts ``provmark serve`` on a free port
+and stops it when done; ``another_node`` is a second server, on its own port and in its own process
+group, over the same registry (several API nodes on one PostgreSQL): the server and its worker
 processes (``--workers``) run in a process group of their own, and every signal goes to the whole
 group, so a SIGKILL kills the workers too instead of leaving them serving. ``tiny_model_dir`` saves
 a 1-layer random Llama with SmolLM2's tokenizer, so runs that generate do not spend minutes in
@@ -50,9 +52,10 @@ def tiny_model_dir(folder: Path) -> Path:
 class ServerFixture:
     """A registry with tenant ``bench`` and the given keys, and ``provmark serve`` over it."""
 
-    def __init__(self, *, keys: list[list[str]], serve_args: list[str] = (), folder: str | None = None):
+    def __init__(self, *, keys: list[list[str]], serve_args: list[str] = (), folder: str | None = None,
+                 db: str | None = None):
         self.folder = Path(folder or tempfile.mkdtemp(prefix="provmark-bench-"))
-        self.db = self.folder / "registry.db"
+        self.db = db or self.folder / "registry.db"
         self.env = {**os.environ, "PROVMARK_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
         self.token = self.cli("tenants", "create", "--db", str(self.db), "bench").splitlines()[1]
         self.key_ids = [self.cli("keys", "create", "--db", str(self.db), "--tenant", "bench", *k).split()[3]
@@ -61,6 +64,16 @@ class ServerFixture:
         self.url = f"http://127.0.0.1:{self.port}"
         self.serve_args = list(serve_args)
         self.process: subprocess.Popen | None = None
+
+    def another_node(self, serve_args: list[str] | None = None) -> ServerFixture:
+        """A second server over this one's registry, tenant, keys and master key, on its own port."""
+        node = object.__new__(ServerFixture)
+        node.__dict__.update(self.__dict__)
+        node.port = free_port()
+        node.url = f"http://127.0.0.1:{node.port}"
+        node.serve_args = list(self.serve_args if serve_args is None else serve_args)
+        node.process = None
+        return node
 
     @property
     def headers(self) -> dict:

@@ -63,8 +63,9 @@ def _fill(registry: Registry, key_id: str, tenant_id: str, total: int, rng: rand
                          "scheme": key.scheme, "params": json.dumps(key.params), "prf_version": key.prf_version,
                          "model": "bulk", "metadata": "{}", "created_at": "2026-11-30T00:00:00+00:00",
                          "text_sha256": None})
-    with registry._write():  # one transaction: the benchmark's fill, not a code path of the service
-        registry.db["records"].insert_all(rows, batch_size=5000)
+    with registry.store.write():  # one transaction: the benchmark's fill, not a code path of the service
+        for row in rows:
+            registry.store.insert("records", row)
 
 
 def _attacked(condition: str, text: str, host: str, rng: random.Random, model, tokenizer) -> str:

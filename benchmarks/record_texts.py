@@ -25,6 +25,9 @@ SCHEMES = {  # label -> (scheme, parameters)
     "majormark": ("majormark", {"bits": 32}),
     "mpac-r4": ("mpac", {"bits": 32, "radix": 4}),
     "vanilla": ("vanilla", {"bits": 20}),
+    "mpac-r4-c8": ("mpac", {"bits": 32, "radix": 4, "check_bits": 8}),  # benchmarks.check_bits
+    "majormark-c8": ("majormark", {"bits": 32, "check_bits": 8}),
+    "majormark+-c8": ("majormark+", {"bits": 32, "check_bits": 8}),
 }
 
 

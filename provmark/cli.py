@@ -70,9 +70,25 @@ def key_option(func):
     return click.option("--key", "key_path", required=True, type=click.Path(), help="Key file (JSON).")(func)
 
 
+_DB_HELP = "Registry: an SQLite file (created on first use) or a postgresql://user@host:port/database URL"
+
+
 def db_option(func):
-    return click.option("--db", "db_path", required=True, type=click.Path(),
-                        help="Registry database (an SQLite file, created on first use).")(func)
+    return click.option("--db", "db_path", required=True, envvar="PROVMARK_DB", show_envvar=True,
+                        help=_DB_HELP + ".")(func)
+
+
+def _db_default(db_path, key_file):
+    """keys create and scan: --db, else $PROVMARK_DB unless a key file is given (--out, --key)."""
+    import os
+
+    return db_path if db_path is not None or key_file is not None else os.environ.get("PROVMARK_DB")
+
+
+def _db_name(db_path) -> str:
+    from provmark.api.stores import describe_target
+
+    return describe_target(db_path)
 
 
 def master_key_option(func):
@@ -131,8 +147,8 @@ class _SchemeParamsCommand(click.Command):
 
 @keys.command("create", cls=_SchemeParamsCommand)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Where to write the key file.")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False),
-              help="Create the key in this registry instead (with --tenant); its secret is sealed there.")
+@click.option("--db", "db_path", help=f"Create the key in this registry instead (with --tenant; default without --out: "
+                                     f"$PROVMARK_DB); its secret is sealed there. {_DB_HELP}.")
 @click.option("--tenant", "tenant_name", default=None, help="With --db: the tenant that owns the key.")
 @click.option("--public", is_flag=True, help="With --db: let callers without a token verify texts against the key.")
 @master_key_option
@@ -159,6 +175,7 @@ def keys_create(scheme, out_path, db_path, tenant_name, public, master_key_file,
     from provmark.watermark.payload import capacity_bits
 
     params = {name: value for name, value in scheme_params.items() if value is not None}
+    db_path = _db_default(db_path, out_path)
     if (out_path is None) == (db_path is None):
         raise ParameterError("give --out FILE (a key file) or --db PATH --tenant NAME (a registry key), not both")
     if db_path is None:
@@ -174,7 +191,7 @@ def keys_create(scheme, out_path, db_path, tenant_name, public, master_key_file,
             raise ParameterError("--force applies to key files (--out); drop it")
         registry = _registry(db_path, master_key_file, need_master_key=True)
         key = registry.create_key(registry.tenant(tenant_name).id, scheme, params, public_verify=public)
-        where, capacity = f"{db_path} for tenant {tenant_name}", key.capacity
+        where, capacity = f"{_db_name(db_path)} for tenant {tenant_name}", key.capacity
     line = f"created {key.scheme} key {key.key_id} in {where}"
     if capacity is not None:
         line += f" (payloads 0 to {capacity - 1}, {capacity_bits(capacity):.2f} bits)"
@@ -366,7 +383,8 @@ def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_
     )
     os.environ.update(settings.to_environment())  # workers inherit the environment and the working directory
     plural = "es" if workers > 1 else ""
-    click.echo(f"provmark API on http://{host}:{port} (registry {db_path}, {workers} worker process{plural})", err=True)
+    click.echo(f"provmark API on http://{host}:{port} (registry {_db_name(db_path)}, {workers} worker process{plural})",
+               err=True)
     # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default; the app reads it only from --trusted-proxies.
     uvicorn.run("provmark.api.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level="info", proxy_headers=False, h11_max_incomplete_event_size=_MAX_HEADER_BYTES,
@@ -580,6 +598,8 @@ def _summary(result) -> str:
     ]
     if result.payload_hex is not None:
         lines.append(f"payload: {result.payload_hex}  lowest bit confidence: {min(result.bit_confidences):.3f}")
+    elif get_scheme(result.scheme).supports_payload:  # a check-bit key: no candidate codeword passed the check
+        lines.append("payload: none (no decoded codeword passed the key's check bits)")
     lines += [f"watermarked span: tokens {start} to {end}" for start, end in result.spans]
     lines.append(f"scheme: {result.scheme}  key: {result.key_id}")
     return "\n".join(lines)
@@ -718,6 +738,74 @@ def attribute_command(file, model_paths, prompt, chat, temperature, top_k, top_p
         click.echo(f"{candidate.model}: z {candidate.z_score:+.2f}  p {candidate.p_value_model:.3g}  "
                    f"log-perplexity {candidate.log_perplexity:.3f}  entropy {candidate.entropy:.3f}  "
                    f"tokens {candidate.num_tokens}" + ("  (scored after the prompt)" if candidate.prompt_scored else ""))
+
+
+@cli.command()
+@click.argument("corpus", type=click.Path(exists=True))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Results table: .parquet or .csv (one row per text). Resumes from its .parts folder.")
+@click.option("--key", "key_path", type=click.Path(dir_okay=False), default=None, help="Key file (JSON) to scan with.")
+@click.option("--db", "db_path", default=None,
+              help=f"Scan with every key of --tenant in this registry instead (default without --key: $PROVMARK_DB); "
+                   f"records are named. {_DB_HELP}.")
+@click.option("--tenant", "tenant_name", default=None, help="With --db: the tenant whose keys scan the corpus.")
+@master_key_option
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: a process pool on this machine; ray: Ray Data actors (pip install 'provmark[scale]').")
+@click.option("--address", "ray_address", default=None,
+              help="--engine ray: the Ray cluster to join (default: start a local Ray runtime).")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
+              help="Processes (local) or actors (ray); 0: one per CPU core.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Texts per task.")
+@click.option("--id-field", default="id", show_default=True, help="Id column of a JSONL, CSV or Parquet corpus.")
+@click.option("--text-field", default="text", show_default=True, help="Text column of a JSONL, CSV or Parquet corpus.")
+@click.option("--alpha", type=float, default=1e-3, show_default=True, help="Significance level of the verdict.")
+@click.option("--min-tokens", type=click.IntRange(0), default=1, show_default=True,
+              help="Texts with fewer scored tokens are reported as too short.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@model_option
+def scan(corpus, out_path, key_path, db_path, tenant_name, master_key_file, engine, ray_address, workers, batch_size,
+         id_field, text_field, alpha, min_tokens, progress, model_path):
+    """Detect every text of CORPUS (.jsonl, .csv, .parquet, or a folder of .txt files) with a key
+    file, or with every key of a registry tenant, and write one row per text: id, verdict,
+    p-value, key, payload, record (registry scans), tokens scored. An interrupted scan started
+    again with the same --out skips the texts it finished.
+
+    Example:
+
+    \b
+        provmark scan corpus.jsonl --key key.json --out results.parquet
+        provmark scan texts/ --db registry.db --tenant acme --out results.csv --engine ray
+    """
+    from provmark.scan import ScanOptions, read_corpus, registry_lookup, scan_corpus
+
+    db_path = _db_default(db_path, key_path)
+    if (key_path is None) == (db_path is None):
+        raise ParameterError("give --key FILE or --db PATH --tenant NAME (every key of a tenant), not both")
+    options = ScanOptions(engine=engine, workers=workers, batch_size=batch_size, alpha=alpha, min_tokens=min_tokens,
+                          model_path=model_path, ray_address=ray_address, progress=progress)
+    lookup = None
+    if key_path is not None:
+        if tenant_name:
+            raise ParameterError("--tenant applies to registry scans: add --db PATH, or drop it")
+        from provmark.watermark.keys import load_key
+
+        keys = [load_key(key_path)]
+    else:
+        if tenant_name is None:
+            raise ParameterError("a registry scan uses one tenant's keys: give --tenant NAME")
+        registry = _registry(db_path, master_key_file, need_master_key=True)
+        keys = [registry.watermark_key(k.key_id) for k in registry.key_refs(registry.tenant(tenant_name).id)]
+        if not keys:
+            raise ParameterError(f"tenant {tenant_name} has no keys")
+        lookup = registry_lookup(registry)
+    table = read_corpus(corpus, id_field=id_field, text_field=text_field)
+    _quiet_libraries()
+    summary = scan_corpus(table, out_path, keys, options, record_lookup=lookup)
+    plural = "s" if len(keys) > 1 else ""
+    click.echo(f"scanned {summary.texts} texts ({summary.scanned} in this run) with {len(keys)} key{plural}: "
+               f"{summary.watermarked} watermarked; {out_path} ({summary.scanned / max(summary.seconds, 1e-9):.1f} "
+               f"texts/s, {engine} engine)")
 
 
 def main():  # console-script entry point

@@ -39,3 +39,31 @@ def real_model():
     from provmark.watermark.models import load_model
 
     return load_model()
+
+
+_POSTGRES_SETUP: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for the session (tests/postgres.py), started on first use and removed at the
+    end; skipped only when the operator opts out with PROVMARK_NO_POSTGRES=1. Without the binaries and
+    without the opt-out the tests that need it error, naming the fix."""
+    import time
+
+    from tests import postgres
+
+    if postgres.opted_out():
+        pytest.skip(f"PostgreSQL backend not tested: {postgres.OPT_OUT_ENV} is set")
+    started = time.perf_counter()
+    server = postgres.PostgresServer()
+    server.start()
+    _POSTGRES_SETUP.append(f"PostgreSQL {server.bindir.parent.name} test server: initdb and start took "
+                           f"{time.perf_counter() - started:.1f} s (port {server.port})")
+    yield server
+    server.remove()
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _POSTGRES_SETUP:
+        terminalreporter.write_line(line)

@@ -1,95 +1,101 @@
-"""The registry's SQLite database: connection settings and the versioned schema.
+"""The registry's schema, as versioned migrations that both backends apply, and the SQLite database's
+connection settings.
 
-Durability: WAL journal with ``synchronous=FULL``, so a transaction is on disk (the WAL is
+**Migrations.** ``REGISTRY_MIGRATIONS`` is the one list of schema changes, in order: each is plain SQL
+DDL written once, with ``{int}`` and ``{blob}`` standing for the two column types the dialects spell
+differently (SQLite's INTEGER and BLOB, PostgreSQL's BIGINT, which holds the full 63-bit record
+numbers, and BYTEA). SQLite applies them through sqlite-utils' ``Migrations`` (``MIGRATIONS``, the set
+"provmark-registry" in ``_sqlite_migrations``, as registries made before PostgreSQL existed recorded
+them); PostgreSQL through ``stores.PostgresStore``, which records the same names in
+``provmark_migrations``. Append a new migration for each change, never edit an applied one; both
+backends then report the same ``schema_version``.
+
+**SQLite durability.** WAL journal with ``synchronous=FULL``, so a transaction is on disk (the WAL is
 fsynced) before its COMMIT returns and before the API acknowledges the write; NORMAL would be
 consistent after a crash but could lose the last commits on power loss, which a provenance
 registry cannot afford (an acknowledged record id may already be embedded in published text).
-The schema changes only through ``MIGRATIONS`` (sqlite-utils' ``Migrations``); append a new
-function for each change, never edit an applied one.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlite_utils import Database, Migrations
 
 from provmark.errors import ProvmarkError
 
-__all__ = ["MIGRATIONS", "RegistryFileError", "open_database", "schema_version"]
+__all__ = ["MIGRATIONS", "MIGRATION_SET", "REGISTRY_MIGRATIONS", "Migration", "RegistryFileError", "open_database",
+           "schema_version"]
 
 
 class RegistryFileError(ProvmarkError):
     """A registry path that cannot serve: its folder is missing, it is not SQLite, or it is read-only."""
 
-MIGRATIONS = Migrations("provmark-registry")
+MIGRATION_SET = "provmark-registry"
+
+_TYPES = {"sqlite": {"int": "INTEGER", "blob": "BLOB"}, "postgresql": {"int": "BIGINT", "blob": "BYTEA"}}
 
 
-@MIGRATIONS()
-def m001_registry(db: Database) -> None:
-    db["settings"].create({"name": str, "value": str}, pk="name")
-    db["tenants"].create({"id": str, "name": str, "created_at": str}, pk="id", not_null={"name", "created_at"})
-    db["tenants"].create_index(["name"], unique=True)
-    db["tokens"].create(
-        {"digest": str, "tenant_id": str, "created_at": str},
-        pk="digest",
-        not_null={"tenant_id", "created_at"},
-        foreign_keys=[("tenant_id", "tenants", "id")],
-    )
-    db["keys"].create(
-        {
-            "id": str,
-            "tenant_id": str,
-            "scheme": str,
-            "params": str,
-            "prf_version": str,
-            "secret": bytes,
-            "status": str,
-            "public_verify": int,
-            "created_at": str,
-            "retired_at": str,
-            "replaced_by": str,
-        },
-        pk="id",
-        not_null={"tenant_id", "scheme", "params", "prf_version", "secret", "status", "public_verify", "created_at"},
-        defaults={"status": "active", "public_verify": 0},
-        foreign_keys=[("tenant_id", "tenants", "id")],
-    )
-    db["keys"].create_index(["tenant_id"])
-    db["records"].create(
-        {
-            "id": str,
-            "tenant_id": str,
-            "key_id": str,
-            "number": int,
-            "scheme": str,
-            "params": str,
-            "prf_version": str,
-            "model": str,
-            "metadata": str,
-            "created_at": str,
-            "text_sha256": str,
-        },
-        pk="id",
-        not_null={"tenant_id", "key_id", "number", "scheme", "params", "prf_version", "metadata", "created_at"},
-        foreign_keys=[("tenant_id", "tenants", "id"), ("key_id", "keys", "id")],
-    )
-    db["records"].create_index(["key_id", "number"], unique=True)
-    db["records"].create_index(["key_id", "text_sha256"])
-    db["records"].create_index(["tenant_id", "created_at"])
+@dataclass(frozen=True)
+class Migration:
+    """One schema change: its name (recorded once applied) and its DDL statements."""
+
+    name: str
+    statements: tuple[str, ...]
+
+    def sql(self, dialect: str) -> list[str]:
+        """The statements in ``dialect`` ("sqlite" or "postgresql")."""
+        return [statement.format(**_TYPES[dialect]) for statement in self.statements]
 
 
-@MIGRATIONS()
-def m002_record_status(db: Database) -> None:
+REGISTRY_MIGRATIONS: tuple[Migration, ...] = (
+    Migration("m001_registry", (
+        'CREATE TABLE "settings" ("name" TEXT PRIMARY KEY, "value" TEXT)',
+        'CREATE TABLE "tenants" ("id" TEXT PRIMARY KEY, "name" TEXT NOT NULL, "created_at" TEXT NOT NULL)',
+        'CREATE UNIQUE INDEX "idx_tenants_name" ON "tenants" ("name")',
+        'CREATE TABLE "tokens" ("digest" TEXT PRIMARY KEY, "tenant_id" TEXT NOT NULL REFERENCES "tenants"("id"),'
+        ' "created_at" TEXT NOT NULL)',
+        'CREATE TABLE "keys" ("id" TEXT PRIMARY KEY, "tenant_id" TEXT NOT NULL REFERENCES "tenants"("id"),'
+        ' "scheme" TEXT NOT NULL, "params" TEXT NOT NULL, "prf_version" TEXT NOT NULL, "secret" {blob} NOT NULL,'
+        ' "status" TEXT NOT NULL DEFAULT \'active\', "public_verify" {int} NOT NULL DEFAULT 0,'
+        ' "created_at" TEXT NOT NULL, "retired_at" TEXT, "replaced_by" TEXT)',
+        'CREATE INDEX "idx_keys_tenant_id" ON "keys" ("tenant_id")',
+        'CREATE TABLE "records" ("id" TEXT PRIMARY KEY, "tenant_id" TEXT NOT NULL REFERENCES "tenants"("id"),'
+        ' "key_id" TEXT NOT NULL REFERENCES "keys"("id"), "number" {int} NOT NULL, "scheme" TEXT NOT NULL,'
+        ' "params" TEXT NOT NULL, "prf_version" TEXT NOT NULL, "model" TEXT, "metadata" TEXT NOT NULL,'
+        ' "created_at" TEXT NOT NULL, "text_sha256" TEXT)',
+        'CREATE UNIQUE INDEX "idx_records_key_id_number" ON "records" ("key_id", "number")',
+        'CREATE INDEX "idx_records_key_id_text_sha256" ON "records" ("key_id", "text_sha256")',
+        'CREATE INDEX "idx_records_tenant_id_created_at" ON "records" ("tenant_id", "created_at")',
+    )),
     # A streamed generation issues its record before the text exists: "generating" until the
     # stream ends, then "complete" (text hash stored) or "incomplete" (the client left mid-stream).
-    db["records"].add_column("status", str, not_null_default="complete")
+    Migration("m002_record_status", (
+        'ALTER TABLE "records" ADD COLUMN "status" TEXT NOT NULL DEFAULT \'complete\'',
+    )),
+)
+
+MIGRATIONS = Migrations(MIGRATION_SET)
+"""``REGISTRY_MIGRATIONS`` as sqlite-utils migrations (the SQLite backend)."""
+
+
+def _register(migration: Migration) -> None:
+    def apply(db: Database) -> None:
+        for statement in migration.sql("sqlite"):
+            db.execute(statement)
+
+    MIGRATIONS(name=migration.name)(apply)
+
+
+for _migration in REGISTRY_MIGRATIONS:
+    _register(_migration)
 
 
 def schema_version(db: Database) -> int:
-    """How many registry migrations the database has applied."""
+    """How many registry migrations the SQLite database has applied."""
     return len(MIGRATIONS.applied(db))
 
 
@@ -107,7 +113,7 @@ def _create_private(path: Path) -> None:
 def open_database(path: str | os.PathLike | None) -> Database:
     """Open (creating if needed, mode 0600) the registry at ``path``, or an in-memory one for None,
     and bring its schema up to date. The connection may be used from any thread; callers serialise
-    access to it (``Registry`` holds a lock).
+    access to it (``stores.SQLiteStore`` holds a lock).
 
     A file registry must be usable now, not at the first write: ``RegistryFileError`` (one line) for a
     missing folder, a file that is not SQLite, and a registry SQLite opens read-only (a probe write,

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from provmark.api.crypto import MasterKeyError
 from provmark.api.errors import APIError, AuthError, error_body
 from provmark.api.limits import retry_after
+from provmark.api.stores import StoreUnavailableError
 from provmark.errors import ModelLoadError, ProvmarkError
 
 __all__ = ["api_error", "http_error", "install", "library_error", "registry_error", "unexpected", "validation_error"]
@@ -66,7 +67,7 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
 
 
 async def library_error(request: Request, exc: ProvmarkError) -> JSONResponse:
-    if isinstance(exc, (ModelLoadError, MasterKeyError)):
+    if isinstance(exc, (ModelLoadError, MasterKeyError, StoreUnavailableError)):
         _log.error("service unavailable: %s", exc)
         return _error_response(503, [{"field": None, "message": str(exc), "type": "unavailable"}])
     return _error_response(422, [{"field": None, "message": str(exc), "type": "invalid"}])

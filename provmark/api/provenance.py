@@ -352,8 +352,12 @@ class Provenance:
                 return found("record", record, note=note)
         if not (result.is_watermarked or (record_test is not None and record_test.is_match)):
             return found(None, None)
-        if result.payload is None:
+        if result.payload is None and not key.config.supports_payload:
             note = "watermarked, but no record of this zero-bit key has this exact text (records of zero-bit keys are found by text hash)"
+            return found(None, None, note=note)
+        if result.payload is None:  # a check-bit key whose decode found no codeword that passes the check
+            note = ("watermarked, but unattributed: no record matched and no decoded payload passed the key's "
+                    f"{key.config.check_bits} check bits")
             return found(None, None, note=note)
         if record_test is None:
             note = f"watermarked, but this key has issued no records (open-set decode {result.payload_hex})"

@@ -15,34 +15,27 @@ nearest records instead. A zero-bit key (kgw) carries no payload: its records ar
 same scheme and parameters and retires the old one; the retired key still verifies its records.
 Rotate well before that: the misattribution odds above grow with the fill.
 
-**Concurrency.** One connection serves the process; a lock serialises it (each operation is a few
-indexed statements, far below the cost of detection). Several processes may share the file
-(``provmark serve --workers N``, or the command line beside a server): every write is one
-``BEGIN IMMEDIATE`` transaction (``_write``), which takes SQLite's write lock before its first read,
-so a record number or a tenant name is checked free and taken under the same lock. A deferred
-``BEGIN`` would read first and fail with "database is locked" when another process committed in
-between (WAL cannot upgrade a stale read snapshot, and the busy timeout does not apply); with the
-lock taken up front, writers queue for up to the connection's busy timeout instead. Reads take no
-write lock (WAL).
+**Storage and concurrency.** The registry lives in a ``stores.Store``: an SQLite file (the embedded
+default) or a PostgreSQL database that several API nodes share (``Registry.open`` chooses by the
+target). Every write is one ``Store.write`` transaction, which holds the registry's write lock (SQLite's
+``BEGIN IMMEDIATE``, a PostgreSQL advisory lock) from before its first read, so a record number, a
+tenant name or a key's rotation is checked and taken under the same lock, across processes and
+across nodes. Reads take no write lock.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import re
 import secrets
-import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlite_utils import Database
-
 from provmark.api.auth import digests_match, new_token, token_digest
 from provmark.api.crypto import MasterKey, MasterKeyError
-from provmark.api.db import open_database
 from provmark.api.errors import ConflictError, KeyExhaustedError, NotFoundError
+from provmark.api.stores import Store, open_store
 from provmark.errors import ParameterError, ProvmarkError
 from provmark.watermark.keys import KEY_FILE_FORMAT, WatermarkKey, create_key, key_from_dict
 from provmark.watermark.payload import payload_hex
@@ -51,7 +44,7 @@ from provmark.watermark.schemes import config_for
 __all__ = ["KeyInfo", "KeyRef", "Record", "Registry", "Tenant"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_MAX_NUMBER = 1 << 63  # SQLite integers are signed 64-bit
+_MAX_NUMBER = 1 << 63  # SQLite's and PostgreSQL's (BIGINT) integers are signed 64-bit
 _RANDOM_TRIES = 16
 
 
@@ -151,51 +144,41 @@ class Record:
 
 
 class Registry:
-    """Tenants, tokens, keys and records in one SQLite database (see the module docstring).
+    """Tenants, tokens, keys and records in one ``Store`` (see the module docstring).
 
     ``tenant_id`` arguments scope a lookup to one tenant: another tenant's key or record is
     reported exactly as a missing one. ``None`` (the operator's command line) sees everything.
     """
 
-    def __init__(self, db: Database, master_key: MasterKey | None = None):
-        self.db = db
+    def __init__(self, store: Store, master_key: MasterKey | None = None):
+        self.store = store
         self.master_key = master_key
-        self.lock = threading.RLock()
         self._secrets: dict[str, WatermarkKey] = {}
         if master_key is not None:
             self._check_master_key(master_key)
 
     @classmethod
-    def open(cls, path, master_key: MasterKey | None = None) -> Registry:
-        """The registry in the SQLite file ``path`` (None: in memory), schema migrated."""
-        return cls(open_database(path), master_key)
+    def open(cls, target, master_key: MasterKey | None = None) -> Registry:
+        """The registry at ``target``: an SQLite file path (None: in memory) or a ``postgresql://`` URL,
+        its schema migrated."""
+        return cls(open_store(target), master_key)
 
     def close(self) -> None:
-        self.db.close()
+        self.store.close()
 
-    @contextlib.contextmanager
-    def _write(self):
-        """One write transaction, holding this process's lock and, from its start, SQLite's write lock
-        (``BEGIN IMMEDIATE``), so what it reads stays true until it commits, across processes; rolled
-        back if the block raises. Waits up to the connection's busy timeout for another writer."""
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.conn.rollback()  # a no-op when the error already ended the transaction
-                raise
+    def schema_version(self) -> int:
+        """How many registry migrations the database has applied."""
+        return self.store.schema_version()
 
     def _check_master_key(self, master_key: MasterKey) -> None:
-        with self._write():
-            row = self.db.execute("SELECT value FROM settings WHERE name = 'master_key_check'").fetchone()
-            if row is None:
-                self.db["settings"].insert({"name": "master_key_check", "value": master_key.check_value})
-            elif row[0] != master_key.check_value:
+        with self.store.write():
+            rows = self.store.query("SELECT value FROM settings WHERE name = 'master_key_check'")
+            if not rows:
+                self.store.insert("settings", {"name": "master_key_check", "value": master_key.check_value})
+            elif rows[0][0] != master_key.check_value:
                 raise MasterKeyError(
                     f"this master key (check value {master_key.check_value}) is not the one the registry's keys "
-                    f"were sealed with (check value {row[0]})"
+                    f"were sealed with (check value {rows[0][0]})"
                 )
 
     def _master(self) -> MasterKey:
@@ -211,34 +194,31 @@ class Registry:
             raise ParameterError(f"tenant name must be 1 to 64 letters, digits, '.', '_' or '-', got {name!r}")
         tenant = Tenant(id="t_" + secrets.token_hex(8), name=name, created_at=_now())
         token = new_token()
-        with self._write():
-            if self.db.execute("SELECT 1 FROM tenants WHERE name = ?", [name]).fetchone():
+        with self.store.write():
+            if self.store.query("SELECT 1 FROM tenants WHERE name = ?", [name]):
                 raise ConflictError(f"a tenant named {name!r} exists", field="name")
-            self.db["tenants"].insert(asdict(tenant))
-            self.db["tokens"].insert({"digest": token_digest(token), "tenant_id": tenant.id, "created_at": _now()})
+            self.store.insert("tenants", asdict(tenant))
+            self.store.insert("tokens", {"digest": token_digest(token), "tenant_id": tenant.id, "created_at": _now()})
         return tenant, token
 
     def tenants(self) -> list[Tenant]:
-        with self.lock:
-            rows = self.db.execute("SELECT id, name, created_at FROM tenants ORDER BY name").fetchall()
+        rows = self.store.query("SELECT id, name, created_at FROM tenants ORDER BY name")
         return [Tenant(id=r[0], name=r[1], created_at=r[2]) for r in rows]
 
     def tenant(self, name: str) -> Tenant:
-        with self.lock:
-            row = self.db.execute("SELECT id, name, created_at FROM tenants WHERE name = ?", [name]).fetchone()
-        if row is None:
+        rows = self.store.query("SELECT id, name, created_at FROM tenants WHERE name = ?", [name])
+        if not rows:
             raise NotFoundError(f"no tenant named {name!r}", field="tenant")
-        return Tenant(id=row[0], name=row[1], created_at=row[2])
+        return Tenant(id=rows[0][0], name=rows[0][1], created_at=rows[0][2])
 
     def tenant_for_token(self, token: str) -> Tenant | None:
         """The tenant a token belongs to, or None. The lookup is by SHA-256 (see ``api.auth``)."""
         digest = token_digest(token)
-        with self.lock:
-            row = self.db.execute(
-                "SELECT tenants.id, tenants.name, tenants.created_at, tokens.digest FROM tokens"
-                " JOIN tenants ON tenants.id = tokens.tenant_id WHERE tokens.digest = ?",
-                [digest],
-            ).fetchone()
+        row = _first(self.store.query(
+            "SELECT tenants.id, tenants.name, tenants.created_at, tokens.digest FROM tokens"
+            " JOIN tenants ON tenants.id = tokens.tenant_id WHERE tokens.digest = ?",
+            [digest],
+        ))
         if row is None or not digests_match(row[3], digest):
             return None
         return Tenant(id=row[0], name=row[1], created_at=row[2])
@@ -262,7 +242,8 @@ class Registry:
 
     def _insert_key(self, tenant_id: str, key: WatermarkKey, public_verify: bool) -> None:
         sealed = self._master().seal(key.secret, f"{key.key_id}@{tenant_id}")
-        self.db["keys"].insert(
+        self.store.insert(
+            "keys",
             {
                 "id": key.key_id, "tenant_id": tenant_id, "scheme": key.scheme,
                 "params": json.dumps(key.config.to_params()), "prf_version": key.prf_version, "secret": sealed,
@@ -273,31 +254,27 @@ class Registry:
     def create_key(self, tenant_id: str, scheme: str, params: dict | None = None, *, public_verify: bool = False) -> KeyInfo:
         """A fresh key (new 32-byte secret) for the tenant, its secret sealed under the master key."""
         key = create_key(scheme, params)
-        with self._write():
+        with self.store.write():
             self._insert_key(tenant_id, key, public_verify)
         return self.key(key.key_id, tenant_id=tenant_id)
 
     def keys(self, tenant_id: str | None = None, *, public_only: bool = False) -> list[KeyInfo]:
         """Keys of one tenant (None: all), oldest first; ``public_only`` keeps the publicly verifiable ones."""
         where, args = _key_filter(tenant_id, public_only)
-        with self.lock:
-            rows = self.db.execute(f"SELECT {self._KEY_COLUMNS} FROM keys{where} ORDER BY keys.created_at, keys.id",
-                                   args).fetchall()
+        rows = self.store.query(f"SELECT {self._KEY_COLUMNS} FROM keys{where} ORDER BY keys.created_at, keys.id", args)
         return [self._key_info(row) for row in rows]
 
     def key_refs(self, tenant_id: str | None = None, *, public_only: bool = False) -> list[KeyRef]:
         """The keys ``keys`` lists, as ids and owners only: what verification needs on every request,
         without counting each key's records (an index scan as long as the key's record list)."""
         where, args = _key_filter(tenant_id, public_only)
-        with self.lock:
-            rows = self.db.execute(f"SELECT id, tenant_id, scheme, prf_version FROM keys{where} ORDER BY created_at, id",
-                                   args).fetchall()
+        rows = self.store.query(f"SELECT id, tenant_id, scheme, prf_version FROM keys{where} ORDER BY created_at, id",
+                                args)
         return [KeyRef(key_id=row[0], tenant_id=row[1], scheme=row[2], prf_version=row[3]) for row in rows]
 
     def key(self, key_id: str, *, tenant_id: str | None = None) -> KeyInfo:
         """One key; ``NotFoundError`` (field ``key_id``) when it is absent or another tenant's."""
-        with self.lock:
-            row = self.db.execute(f"SELECT {self._KEY_COLUMNS} FROM keys WHERE keys.id = ?", [key_id]).fetchone()
+        row = _first(self.store.query(f"SELECT {self._KEY_COLUMNS} FROM keys WHERE keys.id = ?", [key_id]))
         if row is None or (tenant_id is not None and row[1] != tenant_id):
             raise NotFoundError(f"no key {key_id!r}", field="key_id")
         return self._key_info(row)
@@ -307,13 +284,12 @@ class Registry:
         cached = self._secrets.get(key_id)
         if cached is not None:
             return cached
-        with self.lock:
-            row = self.db.execute(
-                "SELECT tenant_id, scheme, params, prf_version, secret, created_at FROM keys WHERE id = ?", [key_id]
-            ).fetchone()
+        row = _first(self.store.query(
+            "SELECT tenant_id, scheme, params, prf_version, secret, created_at FROM keys WHERE id = ?", [key_id]
+        ))
         if row is None:
             raise NotFoundError(f"no key {key_id!r}", field="key_id")
-        secret = self._master().open(row[4], f"{key_id}@{row[0]}")
+        secret = self._master().open(bytes(row[4]), f"{key_id}@{row[0]}")
         key = key_from_dict(
             {"format": KEY_FILE_FORMAT, "key_id": key_id, "scheme": row[1], "params": json.loads(row[2]),
              "prf_version": row[3], "created_at": row[5], "secret": secret.hex()}
@@ -330,12 +306,12 @@ class Registry:
             new = create_key(old.scheme, old.params)
         except ProvmarkError as exc:  # a stored key this version refuses: its successor would be refused too
             raise ConflictError(f"key {key_id} cannot be rotated: {exc}; create a new key", field="key_id") from None
-        with self._write():
+        with self.store.write():
             self._insert_key(old.tenant_id, new, old.public_verify)
-            updated = self.db.execute(
+            updated = self.store.execute(
                 "UPDATE keys SET status = 'retired', retired_at = ?, replaced_by = ? WHERE id = ? AND status = 'active'",
                 [_now(), new.key_id, key_id],
-            ).rowcount
+            )
             if updated != 1:  # a concurrent rotation won
                 raise ConflictError(f"key {key_id} is already retired", field="key_id")
         return self.key(new.key_id)
@@ -343,8 +319,8 @@ class Registry:
     def set_public_verify(self, key_id: str, public_verify: bool, *, tenant_id: str | None = None) -> KeyInfo:
         """Open a key to verification without a token, or close it again."""
         self.key(key_id, tenant_id=tenant_id)
-        with self._write():
-            self.db.execute("UPDATE keys SET public_verify = ? WHERE id = ?", [int(public_verify), key_id])
+        with self.store.write():
+            self.store.execute("UPDATE keys SET public_verify = ? WHERE id = ?", [int(public_verify), key_id])
         return self.key(key_id)
 
     # -- records ------------------------------------------------------------------------------
@@ -369,10 +345,10 @@ class Registry:
 
     def _free_number(self, key: KeyInfo) -> int:
         def taken(number):
-            return self.db.execute("SELECT 1 FROM records WHERE key_id = ? AND number = ?", [key.key_id, number]).fetchone()
+            return self.store.query("SELECT 1 FROM records WHERE key_id = ? AND number = ?", [key.key_id, number])
 
         if key.capacity is None:
-            return self.db.execute("SELECT coalesce(max(number), 0) + 1 FROM records WHERE key_id = ?", [key.key_id]).fetchone()[0]
+            return self.store.query("SELECT coalesce(max(number), 0) + 1 FROM records WHERE key_id = ?", [key.key_id])[0][0]
         limit = min(key.capacity, _MAX_NUMBER)
         for _ in range(_RANDOM_TRIES):
             number = secrets.randbelow(limit)
@@ -381,11 +357,12 @@ class Registry:
         # Dense key: the smallest free number, if any.
         if not taken(0):
             return 0
-        row = self.db.execute(
-            "SELECT r.number + 1 FROM records r WHERE r.key_id = :key AND r.number + 1 < :limit AND NOT EXISTS"
-            " (SELECT 1 FROM records s WHERE s.key_id = :key AND s.number = r.number + 1) ORDER BY r.number LIMIT 1",
-            {"key": key.key_id, "limit": limit},
-        ).fetchone()
+        # r.number < limit - 1, not r.number + 1 < limit: the sum overflows PostgreSQL's BIGINT at 2**63 - 1.
+        row = _first(self.store.query(
+            "SELECT r.number + 1 FROM records r WHERE r.key_id = ? AND r.number < ? AND NOT EXISTS"
+            " (SELECT 1 FROM records s WHERE s.key_id = ? AND s.number - 1 = r.number) ORDER BY r.number LIMIT 1",
+            [key.key_id, limit - 1, key.key_id],
+        ))
         if row is None:
             raise KeyExhaustedError(
                 f"key {key.key_id} has issued all {limit} of its payloads; rotate it "
@@ -400,13 +377,14 @@ class Registry:
     ) -> Record:
         """Issue a record under an active key: allocate its number (the payload to embed) and store it
         (``status`` "generating" for a generation that finishes later: ``set_record_text``)."""
-        with self._write():
+        with self.store.write():
             key = self.key(key_id, tenant_id=tenant_id)
             if key.status != "active":
                 raise ConflictError(f"key {key_id} is retired; use its successor {key.replaced_by}", field="key_id")
             number = self._free_number(key)
             record_id = f"{key_id}.{number}"
-            self.db["records"].insert(
+            self.store.insert(
+                "records",
                 {
                     "id": record_id, "tenant_id": key.tenant_id, "key_id": key_id, "number": number,
                     "scheme": key.scheme, "params": json.dumps(key.params), "prf_version": key.prf_version,
@@ -418,25 +396,24 @@ class Registry:
 
     def set_record_text(self, record_id: str, text_sha256: str) -> Record:
         """Store the hash of the text a record's generation produced; the record is then complete."""
-        with self._write():
-            self.db.execute("UPDATE records SET text_sha256 = ?, status = 'complete' WHERE id = ?",
-                            [text_sha256, record_id])
+        with self.store.write():
+            self.store.execute("UPDATE records SET text_sha256 = ?, status = 'complete' WHERE id = ?",
+                               [text_sha256, record_id])
         return self.record(record_id)
 
     def set_record_incomplete(self, record_id: str) -> Record:
         """Mark a record whose generation stopped before its text was whole (no text hash stored)."""
-        with self._write():
-            self.db.execute("UPDATE records SET status = 'incomplete' WHERE id = ?", [record_id])
+        with self.store.write():
+            self.store.execute("UPDATE records SET status = 'incomplete' WHERE id = ?", [record_id])
         return self.record(record_id)
 
     def delete_record(self, record_id: str) -> None:
         """Withdraw a record whose generation failed (it was never acknowledged)."""
-        with self._write():
-            self.db.execute("DELETE FROM records WHERE id = ?", [record_id])
+        with self.store.write():
+            self.store.execute("DELETE FROM records WHERE id = ?", [record_id])
 
     def _records(self, where: str, args, suffix: str = "") -> list[Record]:
-        with self.lock:
-            rows = self.db.execute(f"SELECT {self._RECORD_COLUMNS}{self._RECORD_FROM} WHERE {where}{suffix}", args).fetchall()
+        rows = self.store.query(f"SELECT {self._RECORD_COLUMNS}{self._RECORD_FROM} WHERE {where}{suffix}", args)
         return [self._record(row) for row in rows]
 
     def record(self, record_id: str, *, tenant_id: str | None = None) -> Record:
@@ -448,7 +425,7 @@ class Registry:
 
     def records(self, *, tenant_id: str | None = None, key_id: str | None = None, limit: int = 100) -> list[Record]:
         """The most recent records, newest first, optionally of one tenant and/or key."""
-        where, args = ["1"], []
+        where, args = ["1 = 1"], []
         if tenant_id is not None:
             where.append("records.tenant_id = ?")
             args.append(tenant_id)
@@ -470,8 +447,7 @@ class Registry:
 
     def record_numbers(self, key_id: str) -> list[int]:
         """Every number issued under a key (for nearest-record search)."""
-        with self.lock:
-            return [row[0] for row in self.db.execute("SELECT number FROM records WHERE key_id = ?", [key_id]).fetchall()]
+        return [row[0] for row in self.store.query("SELECT number FROM records WHERE key_id = ?", [key_id])]
 
     def records_by_numbers(self, key_id: str, numbers: list[int]) -> list[Record]:
         """The key's records with these numbers, in the order given."""
@@ -480,6 +456,10 @@ class Registry:
         marks = ", ".join("?" * len(numbers))
         by_number = {r.number: r for r in self._records(f"records.key_id = ? AND records.number IN ({marks})", [key_id, *numbers])}
         return [by_number[n] for n in numbers if n in by_number]
+
+
+def _first(rows: list[tuple]) -> tuple | None:
+    return rows[0] if rows else None
 
 
 def _key_filter(tenant_id: str | None, public_only: bool) -> tuple[str, list]:

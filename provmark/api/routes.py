@@ -16,7 +16,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 import provmark
 from provmark.api import schemas
 from provmark.api.auth import token_digest
-from provmark.api.db import schema_version
 from provmark.api.errors import AuthError, InvalidInputError, NotFoundError, RateLimitedError
 from provmark.api.admission import Admission, Cancellation
 from provmark.api.limits import HEAVY_WORK, TOKENS_PER_REQUEST, RateLimiter, WorkLimits, work_bound
@@ -167,9 +166,7 @@ router = APIRouter()
 @router.get("/healthz", response_model=schemas.Health, tags=["service"])
 def healthz(svc: Service = Depends(service)) -> schemas.Health:
     """Liveness and schema version; needs no token."""
-    with svc.registry.lock:
-        version = schema_version(svc.registry.db)
-    return schemas.Health(ok=True, schema_version=version, version=provmark.__version__)
+    return schemas.Health(ok=True, schema_version=svc.registry.schema_version(), version=provmark.__version__)
 
 
 @router.post("/v1/keys", status_code=201, response_model=schemas.KeyOut, responses=ERRORS, tags=["keys"])

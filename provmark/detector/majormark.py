@@ -15,10 +15,17 @@ p-value (n/s preferred share) wins, deterministically (ties go to the first cand
 
 **Presence p-value.** For a fixed codeword the number of tokens in its preferred shards is, under
 the null, Binomial(N, n_lambda/b) for MajorMark and a sum of independent Binomial(T_j, n_j/s)
-over blocks for MajorMark+ (exact convolution). The decoder searched every valid codeword, so the
-reported p-value is that tail times the number of codewords (2**b - 2, or (2**s - 2)**r): a union
-bound, conservative but honest whatever the decoder picks. The paper's own presence test (a
-threshold of 2 on a difference of count standard deviations) has no stated false-positive rate.
+over blocks for MajorMark+ (exact convolution). The decoder searched every valid codeword, so its
+p-value is that tail times the number of codewords (2**b - 2, or (2**s - 2)**r): a union bound,
+conservative but honest whatever the decoder picks, and about log10(2**b) decades weaker than
+the evidence. Version 2 keys (the default for new keys; key files without ``version`` are 1)
+report a payload-free test that prices the search by its actual null law instead (MajorMark: the
+decoder's split statistic against a simulated null, ``split_null``; MajorMark+: the exact law of
+the blocks' best-candidate excess, ``block_excess_pmf``), handing over to the union bound below
+p = 1e-4 (``_combine``: valid with no correction; the union bound keeps reporting how strong a
+very strong text is, beyond the simulated null's resolution). Both are calibrated on unwatermarked text
+(tests/test_majormark_presence.py). The paper's own presence test (a threshold of 2 on a
+difference of count standard deviations) has no stated false-positive rate.
 
 **Per-bit confidence.** MajorMark: for a shard put in the high group, P(a Binomial(N, 1/b) count
 < its count); in the low group, P(count > its count). MajorMark+: one minus the block's
@@ -39,6 +46,7 @@ from scipy.special import gammaln
 from scipy.stats import binom
 
 from provmark.detector.base import Evidence, PairDetector
+from provmark.detector.check import checked_payloads
 from provmark.detector.records import binomial_tails, digit_sums, poisson_binomial_tails
 from provmark.detector.stats import LN10, binomial_log_sf_array, binomial_pmf, p_value_from_log, sum_log_sf_rows
 from provmark.errors import ParameterError
@@ -46,7 +54,7 @@ from provmark.kernels.prf import split_key
 from provmark.watermark import subkeys
 from provmark.watermark.base import positions
 from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig, block_candidates, block_salt, majority
-from provmark.watermark.payload import to_bits
+from provmark.watermark.payload import from_digit_rows, to_bits
 
 __all__ = [
     "MajorMarkDetector",
@@ -55,34 +63,38 @@ __all__ = [
     "MajorMarkPlusRecordTable",
     "Presence",
     "NULL_DRAWS",
-    "chi_square_null",
+    "salt_sizes",
+    "split_null",
+    "split_null_log_p",
     "block_excess_pmf",
     "two_means_split",
 ]
 
 NULL_DRAWS = 100_000
-"""Simulated null draws of MajorMark's chi-square statistic per token count (a p-value's resolution
-is 1 / (NULL_DRAWS + 1))."""
+"""Simulated null draws of MajorMark's split statistic per (token count, shards): a p-value's
+resolution is 1 / (NULL_DRAWS + 1)."""
 _NULL_SEED = 0x4D616A6F  # the simulated null is a fixed function of (tokens, shards)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Presence:
-    """A payload-free presence test on one text. ``p_value`` is twice the smaller of the test's own
-    p-value and the decoder's union bound (Bonferroni over the two tests), so the union bound
-    still decides where it is the stronger of the two (very strong text, beyond the simulated
-    null's resolution) at the price of a factor 2."""
+    """A payload-free presence test on one text. ``p_value`` is the test's own p-value where it
+    exceeds ``HANDOVER`` (1e-4), else the smaller of 1e-4 and the decoder's union bound
+    (``_combine``): valid with no correction, the test deciding at usual alphas and the union bound
+    out in the tail, beyond the simulated null's resolution. Version 2 keys report this p-value
+    from ``detect`` too."""
 
     scheme: str
     statistic: float
-    """The test's statistic (MajorMark: the larger chi-square of the two majority-bit salts;
-    MajorMark+: the sum over blocks of each block's best candidate excess)."""
+    """The test's statistic (MajorMark: the smaller natural-log binomial tail of the decoder's
+    split under the two majority-bit salts; MajorMark+: the sum over blocks of each block's best
+    candidate excess)."""
     p_value: float
     log10_p_value: float
     test_log10_p_value: float
     """The test's own log10 p-value, before the combination."""
     union_log10_p_value: float
-    """The decoder's union-bound log10 p-value (``DetectionResult.log10_p_value`` today)."""
+    """The decoder's union-bound log10 p-value (what version 1 keys report)."""
     num_scored_tokens: int
     alpha: float
     is_watermarked: bool
@@ -92,54 +104,75 @@ class Presence:
         return asdict(self)
 
 
-_STREAM_TOKENS = 512
-"""Token counts up to this share one cached simulation (``_chi_square_streams``); longer texts get
-one simulation each."""
+def _split_sizes(values: np.ndarray, sizes: range) -> tuple[np.ndarray, np.ndarray]:
+    """(size (M,), prefix float64 (M, b + 1)) of the least-squares two-group split of every row of
+    ``values`` (M, b), each row sorted descending: the high group's size within ``sizes`` (ties in
+    cost going to the smaller group) and the row's prefix sums (``prefix[size]`` is the high
+    group's total)."""
+    zeros = np.zeros((values.shape[0], 1))
+    prefix = np.concatenate([zeros, np.cumsum(values, axis=1)], axis=1)
+    prefix_sq = np.concatenate([zeros, np.cumsum(values**2, axis=1)], axis=1)
+    n = values.shape[1]
+    k = np.arange(sizes.start, sizes.stop)
+    high = prefix_sq[:, k] - prefix[:, k] ** 2 / k
+    low = (prefix_sq[:, -1:] - prefix_sq[:, k]) - (prefix[:, -1:] - prefix[:, k]) ** 2 / (n - k)
+    cost = np.round(high + low, 9)  # integer data: ties are exact up to rounding noise
+    return k[np.argmin(cost, axis=1)], prefix
 
 
-def _survival(squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct values ascending, how many draws are >= each) of int64 draws."""
-    low = int(squares.min())
-    histogram = np.bincount(squares - low)
-    values = np.flatnonzero(histogram)
-    return values + low, np.cumsum(histogram[values][::-1])[::-1]
-
-
-@functools.lru_cache(maxsize=4)
-def _chi_square_streams(shards: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """``chi_square_null`` for every token count up to ``_STREAM_TOKENS``, from one simulation:
-    NULL_DRAWS streams of tokens dropped uniformly into the shards, the sum of squared counts
-    updated token by token (a token added to a shard holding c adds 2c + 1), so the first N
-    tokens of every stream are the draws for N."""
-    rng = np.random.default_rng([_NULL_SEED, shards])
-    rows = np.arange(NULL_DRAWS)
-    counts = np.zeros((NULL_DRAWS, shards), dtype=np.int32)
-    squares = np.zeros(NULL_DRAWS, dtype=np.int64)
-    out = [_survival(squares)]
-    for _ in range(_STREAM_TOKENS):
-        cell = rng.integers(0, shards, NULL_DRAWS)
-        squares += 2 * counts[rows, cell] + 1
-        counts[rows, cell] += 1
-        out.append(_survival(squares))
-    return tuple(out)
+def salt_sizes(bits: int) -> dict[int, range]:
+    """The sizes the decoder allows the high (majority-bit) group under each majority-bit salt
+    lambda: at least half the b shards (more than half for lambda 0, since a tie means lambda 1)
+    and not all of them; a salt with no allowed size (b = 2, lambda 0) is left out."""
+    out = {lam: range(bits // 2 + 1 if lam == 0 else (bits + 1) // 2, bits) for lam in (0, 1)}
+    return {lam: sizes for lam, sizes in out.items() if sizes}
 
 
 @functools.lru_cache(maxsize=64)
-def _chi_square_long(trials: int, shards: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng([_NULL_SEED, shards, trials])
-    counts = rng.multinomial(trials, np.full(shards, 1.0 / shards), size=NULL_DRAWS)
-    return _survival((counts.astype(np.int64) ** 2).sum(axis=1))
+def _split_tails(trials: int, bits: int) -> np.ndarray:
+    """float64 (b + 1, trials + 2): natural-log P(Binomial(trials, k/b) >= g) at [k, g]
+    (``stats.binomial_log_sf_array``, the decoder's own tail)."""
+    g = np.arange(trials + 2)[None, :]
+    k = np.arange(1, bits)[:, None]
+    table = np.zeros((bits + 1, trials + 2))
+    table[1:bits] = binomial_log_sf_array(np.broadcast_to(g, (bits - 1, trials + 2)), trials, k / bits)
+    return table
 
 
-def chi_square_null(trials: int, shards: int) -> tuple[np.ndarray, np.ndarray]:
-    """The simulated null of MajorMark's chi-square statistic with ``trials`` tokens in ``shards``
-    equally likely shards: (values int64 ascending, at_least int64) where at_least[i] of the
-    NULL_DRAWS draws have a sum of squared counts >= values[i]. Pearson's chi-square is
-    ``shards / trials * sum c_i**2 - trials``, an increasing function of that sum. Deterministic
-    (fixed seeds) and cached: one simulation serves every count up to 512 tokens."""
-    if trials <= _STREAM_TOKENS:
-        return _chi_square_streams(shards)[trials]
-    return _chi_square_long(trials, shards)
+@functools.lru_cache(maxsize=1024)
+def split_null(trials: int, bits: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The simulated null of MajorMark's split statistic with ``trials`` tokens in ``bits``
+    equally likely shards, per majority-bit salt lambda: (values ascending, at_most int64) where
+    at_most[i] of the NULL_DRAWS draws have a statistic <= values[i]. The statistic under one
+    salt is the natural-log binomial tail of the decoder's split (``two_means_splits`` within
+    ``salt_sizes``): the tail of the high group's total at its preferred share k/b. Both salts'
+    laws come from the same draws (only each one's marginal law is used). Deterministic (fixed
+    seed) and cached; the distinct values are few (one per (k, total)), so an entry is small."""
+    rng = np.random.default_rng([_NULL_SEED, bits, trials])
+    counts = rng.multinomial(trials, np.full(bits, 1.0 / bits), size=NULL_DRAWS)
+    values = -np.sort(-counts, axis=1).astype(np.float64)
+    tails = _split_tails(trials, bits)
+    out = {}
+    for lam, sizes in salt_sizes(bits).items():
+        size, prefix = _split_sizes(values, sizes)
+        green = prefix[np.arange(NULL_DRAWS), size].astype(np.int64)
+        distinct, how_many = np.unique(tails[size, green], return_counts=True)
+        out[lam] = (distinct, np.cumsum(how_many))
+    return out
+
+
+def split_null_log_p(log_tails: dict[int, float], trials: int, bits: int) -> float:
+    """Natural-log p-value of the split statistic: the smaller of the per-salt tails
+    ``log_tails`` (lambda -> natural-log tail of the decoder's split) against ``split_null``.
+    Under the null the two salts' counts are independent, so P(min <= x) = 1 - prod over salts
+    of (1 - F_lambda(x)), each F estimated as (1 + draws <= x) / (1 + NULL_DRAWS)."""
+    null = split_null(trials, bits)
+    x = min(log_tails.values())
+    survive = 1.0
+    for lam, (values, at_most) in null.items():
+        where = np.searchsorted(values, x, side="right")
+        survive *= 1.0 - (1 + (int(at_most[where - 1]) if where else 0)) / (1 + NULL_DRAWS)
+    return math.log1p(-survive) if survive > 0 else 0.0
 
 
 @functools.lru_cache(maxsize=1024)
@@ -173,16 +206,16 @@ def block_excess_pmf(trials: int, size: int) -> tuple[int, np.ndarray]:
     return low + int(nonzero[0]), np.maximum(pmf[nonzero[0] : nonzero[-1] + 1], 0.0)
 
 
-def _presence_results(detector, sequences: Sequence, prompt_ids: Sequence | None, test) -> list[Presence]:
-    """``Presence`` of every sequence from ``test(token_scores, seq_index, n)`` -> (statistic,
-    natural-log p-value) arrays and the decoder's own union-bound p-values, on the same pairs."""
+def _presence_results(detector, sequences: Sequence, prompt_ids: Sequence | None) -> list[Presence]:
+    """``Presence`` of every sequence from the detector's ``_presence_test`` and its decoder's own
+    union-bound p-values (``_decode``), on the same pairs."""
     if prompt_ids is not None and len(prompt_ids) != len(sequences):
         raise ParameterError(f"got {len(prompt_ids)} prompts for {len(sequences)} sequences")
     count = len(sequences)
     pairs, seq_index = detector.scored_pairs(sequences, prompt_ids)
     token_scores = detector._score_tokens(pairs[:, :-1], pairs[:, -1])
-    union = np.array([e.log_p for e in detector._aggregate_scores(token_scores, seq_index, count)])
-    statistic, test_log_p = test(token_scores, seq_index, count)
+    union = np.array([e.log_p for e in detector._decode(token_scores, seq_index, count)])
+    statistic, test_log_p = detector._presence_test(token_scores, seq_index, count)
     log_p = _combine(test_log_p, union)
     scored = torch.bincount(seq_index, minlength=count).tolist()
     return [
@@ -194,9 +227,30 @@ def _presence_results(detector, sequences: Sequence, prompt_ids: Sequence | None
     ]
 
 
+def _with_presence(detector, token_scores, seq_index, num_sequences) -> list[Evidence]:
+    """The decoder's evidence (``_decode``); for a version 2 key its p-value is ``_combine`` of
+    the payload-free test (``_presence_test``) and the union bound, the rest unchanged."""
+    evidence = detector._decode(token_scores, seq_index, num_sequences)
+    if detector.key.config.version < 2:
+        return evidence
+    _, test_log_p = detector._presence_test(token_scores, seq_index, num_sequences)
+    log_p = _combine(test_log_p, np.array([e.log_p for e in evidence]))
+    return [e._replace(log_p=float(value)) for e, value in zip(evidence, log_p.tolist())]
+
+
+HANDOVER = 1e-4
+"""Below this p-value the payload-free test hands over to the union bound (``_combine``)."""
+
+
 def _combine(test_log_p: np.ndarray, union_log_p: np.ndarray) -> np.ndarray:
-    """Natural log of min(1, 2 * min(p_test, p_union)): either test may decide (Bonferroni, 2)."""
-    return np.minimum(0.0, math.log(2.0) + np.minimum(test_log_p, union_log_p))
+    """Natural log of the version 2 p-value: the test's p where it exceeds HANDOVER t, else
+    min(t, union bound). Valid with no correction for any fixed t: at alpha >= t it rejects exactly
+    when the test does, at alpha < t only where the union bound does. The test decides at usual
+    alphas (it prices the decoder's search by its actual null law, without the 2**b correction);
+    far out in the tail, beyond what a simulated null resolves, the union bound (exact down to
+    float64's limits) says how strong the text is."""
+    handover = math.log(HANDOVER)
+    return np.where(test_log_p > handover, test_log_p, np.minimum(handover, union_log_p))
 
 
 class MajorMarkRecordTable:
@@ -266,16 +320,8 @@ def two_means_splits(counts: np.ndarray, sizes: range) -> tuple[np.ndarray, np.n
     """
     counts = np.asarray(counts, dtype=np.int64)
     order = np.argsort(-counts, axis=1, kind="stable")
-    values = np.take_along_axis(counts, order, axis=1).astype(np.float64)
-    zeros = np.zeros((values.shape[0], 1))
-    prefix = np.concatenate([zeros, np.cumsum(values, axis=1)], axis=1)
-    prefix_sq = np.concatenate([zeros, np.cumsum(values**2, axis=1)], axis=1)
-    n = values.shape[1]
-    k = np.arange(sizes.start, sizes.stop)
-    high = prefix_sq[:, k] - prefix[:, k] ** 2 / k
-    low = (prefix_sq[:, -1:] - prefix_sq[:, k]) - (prefix[:, -1:] - prefix[:, k]) ** 2 / (n - k)
-    cost = np.round(high + low, 9)  # integer data: ties are exact up to rounding noise
-    return order, k[np.argmin(cost, axis=1)]
+    size, _ = _split_sizes(np.take_along_axis(counts, order, axis=1).astype(np.float64), sizes)
+    return order, size
 
 
 def two_means_split(counts: list[int], sizes: range) -> list[int]:
@@ -298,28 +344,32 @@ class MajorMarkDetector(PairDetector):
         return [MajorMarkRecordTable(counts[i], totals[i], self.key.config.bits) for i in range(num_sequences)]
 
     def presence_batch(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list[Presence]:
-        """Payload-free presence test of every sequence: Pearson's chi-square of the b shard counts
-        under each majority-bit salt, the larger of the two. Under the null both count vectors
-        are independent Multinomial(N; 1/b), so P(max >= x) = 1 - (1 - G(x))**2 with G the
-        survival function of one, estimated from ``chi_square_null`` (NULL_DRAWS draws, (1 + k) /
-        (1 + draws)). Watermarked text over-fills the majority shards and under-fills the others
-        under its salt: no payload, no search, so none of the union bound's 2**b correction.
-        Combined with the union bound by ``Presence``'s rule."""
-        return _presence_results(self, sequences, prompt_ids, self._chi_square_log_p)
+        """Payload-free presence test of every sequence: the decoder's split statistic against its
+        own simulated null. Under each majority-bit salt the decoder splits the b shard counts
+        (``two_means_splits``) and takes the binomial tail of the high group's total; the
+        statistic is the smaller of the two tails, and its p-value is ``split_null_log_p`` (the
+        law of that smallest tail when both count vectors are independent Multinomial(N; 1/b)),
+        not the tail times the 2**b - 2 codewords. Combined with the union bound by
+        ``Presence``'s rule (what ``detect`` reports for a version 2 key)."""
+        return _presence_results(self, sequences, prompt_ids)
 
-    def _chi_square_log_p(self, token_scores, seq_index, num_sequences) -> tuple[np.ndarray, np.ndarray]:
-        """(statistic, natural-log p-value) of every sequence (0 and p = 1 with no tokens)."""
+    def _presence_test(self, token_scores, seq_index, num_sequences) -> tuple[np.ndarray, np.ndarray]:
+        """(statistic, natural-log p-value) of every sequence (0 and p = 1 with no tokens). The
+        first sequence with a given number of scored tokens simulates its null (``split_null``,
+        half a second to a second of CPU), cached for the next ones."""
         b = self.key.config.bits
         counts = self._shard_counts(token_scores, seq_index, num_sequences).numpy()
         totals = counts[:, 0].sum(axis=1)
-        squares = (counts.astype(np.int64) ** 2).sum(axis=2).max(axis=1)
+        tails = {}
+        for lam, sizes in salt_sizes(b).items():
+            size, prefix = _split_sizes(-np.sort(-counts[:, lam], axis=1).astype(np.float64), sizes)
+            green = prefix[np.arange(num_sequences), size].astype(np.int64)
+            tails[lam] = binomial_log_sf_array(green, totals, size / b)
         statistic, log_p = np.zeros(num_sequences), np.zeros(num_sequences)
         for i in np.flatnonzero(totals).tolist():
-            values, at_least = chi_square_null(int(totals[i]), b)
-            where = np.searchsorted(values, squares[i], side="left")
-            survival = (1 + (int(at_least[where]) if where < values.size else 0)) / (1 + NULL_DRAWS)
-            statistic[i] = b / totals[i] * squares[i] - totals[i]
-            log_p[i] = math.log1p(-((1 - survival) ** 2)) if survival < 1 else 0.0
+            row = {lam: float(values[i]) for lam, values in tails.items()}
+            statistic[i] = min(row.values())
+            log_p[i] = split_null_log_p(row, int(totals[i]), b)
         return statistic, log_p
 
     def _shard_counts(self, token_scores, seq_index, num_sequences) -> torch.Tensor:
@@ -329,17 +379,25 @@ class MajorMarkDetector(PairDetector):
         return torch.bincount(index.flatten(), minlength=num_sequences * 2 * b).view(num_sequences, 2, b)
 
     def _aggregate_scores(self, token_scores, seq_index, num_sequences):
+        return _with_presence(self, token_scores, seq_index, num_sequences)
+
+    def _codeword_values(self, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codeword values uint64 (K,), valid bool (K,)) of codewords int (K, b): not all 0 or all 1."""
+        ones = bits.sum(axis=1)
+        valid = (ones > 0) & (ones < bits.shape[1])
+        values = np.array(from_digit_rows(bits, 2), dtype=np.uint64)
+        return np.where(valid, values - np.uint64(1), np.uint64(0)), valid
+
+    def _decode(self, token_scores, seq_index, num_sequences) -> list[Evidence]:
+        """The decoded payload, bit confidences and union-bound p-value of every sequence."""
         config: MajorMarkConfig = self.key.config
         b = config.bits
-        log_messages = math.log(config.capacity)
+        log_messages = math.log(config.codeword_capacity)
         counts = self._shard_counts(token_scores, seq_index, num_sequences).numpy()
         totals = torch.bincount(seq_index, minlength=num_sequences).numpy()
         # Each majority-bit hypothesis: its split, green count and binomial p-value, all rows at once.
         hypotheses = []
-        for lam in (0, 1):
-            sizes = range(b // 2 + 1 if lam == 0 else (b + 1) // 2, b)
-            if not sizes:
-                continue
+        for lam, sizes in salt_sizes(b).items():
             order, size = two_means_splits(counts[:, lam], sizes)
             high = np.zeros((num_sequences, b), dtype=bool)
             np.put_along_axis(high, order, np.arange(b)[None, :] < size[:, None], axis=1)
@@ -363,6 +421,8 @@ class MajorMarkDetector(PairDetector):
         z = (green[scored] - gamma * totals[scored]) / np.sqrt(totals[scored] * gamma * (1 - gamma))
         bits = np.where(high[scored], lam[scored, None], 1 - lam[scored, None])
         payloads = config.payloads_of(bits)
+        if config.check_bits:
+            payloads = checked_payloads(self.key, bits, confidence[scored], self._codeword_values)
         confidence = confidence.tolist()
         out = [Evidence(0.0, 0.0)] * num_sequences
         for i, row in enumerate(scored.tolist()):
@@ -406,10 +466,11 @@ class MajorMarkPlusDetector(PairDetector):
         the blocks' token counts the blocks are independent under the null, each with the exact
         law of ``block_excess_pmf``, so the p-value is the exact upper tail of their convolution
         (the decoder's best codeword, found block by block, without the union bound's
-        (2**s - 2)**r correction). Combined with the union bound by ``Presence``'s rule."""
-        return _presence_results(self, sequences, prompt_ids, self._excess_log_p)
+        (2**s - 2)**r correction). Combined with the union bound by ``Presence``'s rule (what
+        ``detect`` reports for a version 2 key)."""
+        return _presence_results(self, sequences, prompt_ids)
 
-    def _excess_log_p(self, token_scores, seq_index, num_sequences) -> tuple[np.ndarray, np.ndarray]:
+    def _presence_test(self, token_scores, seq_index, num_sequences) -> tuple[np.ndarray, np.ndarray]:
         """(statistic, natural-log p-value) of every sequence (0 and p = 1 with no tokens)."""
         s = self.key.config.block_size
         counts, tokens_at = (t.numpy() for t in self._block_counts(token_scores, seq_index, num_sequences))
@@ -432,6 +493,19 @@ class MajorMarkPlusDetector(PairDetector):
         return [MajorMarkPlusRecordTable(counts[i], tokens_at[i], self.key.config) for i in range(num_sequences)]
 
     def _aggregate_scores(self, token_scores, seq_index, num_sequences):
+        return _with_presence(self, token_scores, seq_index, num_sequences)
+
+    def _codeword_values(self, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codeword values uint64 (K,), valid bool (K,)) of codewords int (K, b): no block all 0 or all 1."""
+        config: MajorMarkPlusConfig = self.key.config
+        blocks = bits.reshape(bits.shape[0], config.num_blocks, config.block_size)
+        ones = blocks.sum(axis=2)
+        valid = np.all((ones > 0) & (ones < config.block_size), axis=1)
+        safe = np.where(valid[:, None, None], blocks, np.arange(config.block_size) % 2)  # any valid block stands in
+        return np.array(config.payloads_of(safe), dtype=np.uint64), valid
+
+    def _decode(self, token_scores, seq_index, num_sequences) -> list[Evidence]:
+        """The decoded payload, bit confidences and union-bound p-value of every sequence."""
         config: MajorMarkPlusConfig = self.key.config
         r, s, candidates = config.num_blocks, config.block_size, self._candidates
         c = len(candidates)
@@ -462,7 +536,11 @@ class MajorMarkPlusDetector(PairDetector):
             values.tolist() for values in sum_log_sf_rows(pmfs, (tokens_at * c + choice)[scored], observed[scored])
         )
         payloads = config.payloads_of(bits[scored])
-        confidences = np.repeat(1.0 - block_p, s, axis=1).tolist()
+        confidences = np.repeat(1.0 - block_p, s, axis=1)
+        if config.check_bits:
+            payloads = checked_payloads(self.key, bits[scored].reshape(scored.size, -1), confidences[scored],
+                                        self._codeword_values)
+        confidences = confidences.tolist()
         out = [Evidence(0.0, 0.0)] * num_sequences
         for i, row in enumerate(scored.tolist()):
             score = (int(observed[row]) - mean[i]) / sd[i] if sd[i] > 0 else 0.0

@@ -5,6 +5,9 @@ position PRF and in a shard chosen by the colouring PRF. Per position the decode
 in each of the r colour lists and takes the most frequent colour as the digit (ties go to the
 lower colour), as in the paper (§2.4 of research/majormark.md).
 
+With check bits (``watermark.check``) the decoded codeword goes through ``detector.check``: the
+payload is the first codeword near it whose checksum matches, or None.
+
 The presence p-value accounts for that search: the statistic is G = sum over positions of the
 largest colour count M_p. Under the null (text written without the key) each token's colour is
 an independent uniform draw over S shards, independent of its position, so given the number of
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 
 from provmark.detector.base import Evidence, PairDetector
+from provmark.detector.check import checked_payloads
 from provmark.detector.records import binomial_tails, digit_sums
 from provmark.detector.stats import max_count_pmf, max_count_tail, sum_log_sf_rows
 from provmark.kernels.prf import split_key
@@ -92,6 +96,12 @@ class MPACDetector(PairDetector):
         scored = np.flatnonzero(tokens_at.sum(axis=1))
         log_p, mean, sd = (values.tolist() for values in sum_log_sf_rows(pmfs, tokens_at[scored], observed[scored]))
         payloads = from_digit_rows(digits[scored], radix)
+        if config.check_bits:
+            per_digit = config.bits_per_digit
+            bits = (digits[scored][:, :, None] >> np.arange(per_digit - 1, -1, -1)) & 1  # each digit most significant first
+            payloads = checked_payloads(self.key, bits.reshape(scored.size, -1), np.array(bit_confidences)[scored],
+                                        lambda rows: (np.array(from_digit_rows(rows, 2), dtype=np.uint64),
+                                                      np.ones(rows.shape[0], dtype=bool)))
         out = [Evidence(0.0, 0.0)] * num_sequences
         for i, row in enumerate(scored.tolist()):
             score = (int(observed[row]) - mean[i]) / sd[i] if sd[i] > 0 else 0.0

@@ -38,6 +38,7 @@ from scipy.stats import binom
 
 from provmark.detector.stats import LN10, binomial_log_sf_array, log_pmf_of_sum, p_value_from_log
 from provmark.errors import ParameterError
+from provmark.watermark.check import codeword_values
 from provmark.watermark.payload import parse_payload, payload_hex
 
 __all__ = [
@@ -64,8 +65,9 @@ class RecordTable(Protocol):
     num_scored_tokens: int
 
     def score(self, payloads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(hits int64 (M,), natural-log exact tail float64 (M,)) of payloads uint64 (M,), each
-        already checked to lie in the key's capacity."""
+        """(hits int64 (M,), natural-log exact tail float64 (M,)) of the codeword values uint64
+        (M,) of payloads already checked to lie in the key's capacity (``watermark.check``: the
+        payloads themselves without check bits)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -294,7 +296,7 @@ def _capacity(detector) -> int:
 
 
 def _scores(detector, table: RecordTable, payloads: np.ndarray) -> RecordScores:
-    hits, log_p = table.score(payloads)
+    hits, log_p = table.score(codeword_values(detector.key, payloads))
     return RecordScores(payloads=payloads, hits=hits, log_p=log_p, num_scored_tokens=table.num_scored_tokens)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
@@ -35,6 +36,10 @@ class SchemeConfig:
     scheme: ClassVar[str]
     supports_payload: ClassVar[bool] = False
     """Whether a key carries a payload (multi-bit); such a config also has ``bits`` and ``capacity``."""
+    stored_defaults: ClassVar[Mapping[str, object]] = {}
+    """What a field means when stored parameters lack it (a key file or registry row written before
+    the field existed), where that differs from its default for new keys: the value that keeps
+    such a key's results as they were (``schemes.stored_config``)."""
     context_width: int
 
     def to_params(self) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 from provmark.errors import KeyFileError, ProvmarkError
 from provmark.kernels.prf import PRF_VERSION
 from provmark.watermark.base import SchemeConfig
-from provmark.watermark.schemes import config_for
+from provmark.watermark.schemes import config_for, stored_config
 
 __all__ = ["KEY_FILE_FORMAT", "SECRET_BYTES", "WatermarkKey", "create_key", "load_key", "save_key", "derive_subkey"]
 
@@ -105,7 +105,7 @@ def key_from_dict(data: Mapping) -> WatermarkKey:
     if not isinstance(data["params"], Mapping):
         raise KeyFileError("key params must be a JSON object")
     try:
-        config = config_for(data["scheme"], data["params"])
+        config = stored_config(data["scheme"], data["params"])
     except TypeError as exc:
         raise KeyFileError(f"key params are malformed: {exc}") from None
     except ProvmarkError as exc:

@@ -32,6 +32,7 @@ from provmark.errors import ParameterError
 from provmark.kernels.prf import split_key
 from provmark.watermark import subkeys
 from provmark.watermark.base import SchemeConfig, StepParams, Watermarker
+from provmark.watermark.check import codeword_values, validate_check_bits
 from provmark.watermark.kgw import validate_context_width, validate_delta
 from provmark.watermark.payload import from_bits, from_digit_rows, from_digits, parse_payload, to_bits, to_digits
 
@@ -49,6 +50,16 @@ __all__ = [
 def _validate_bits(bits, low=2, high=64):
     if isinstance(bits, bool) or not isinstance(bits, int) or not low <= bits <= high:
         raise ParameterError(f"bits must be an integer in [{low}, {high}], got {bits!r}; 32 is the default")
+
+
+VERSIONS = (1, 2)
+"""Presence tests of MajorMark and MajorMark+ keys (the ``version`` field); 2 is the newest."""
+
+
+def validate_version(version) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version not in VERSIONS:
+        raise ParameterError(f"version must be one of {', '.join(map(str, VERSIONS))}, got {version!r}; "
+                             f"{VERSIONS[-1]} is the default for new keys")
 
 
 def majority(bits: list[int]) -> tuple[int, int]:
@@ -87,33 +98,49 @@ class MajorMarkConfig(SchemeConfig):
 
     scheme = "majormark"
     supports_payload = True
+    stored_defaults = {"version": 1}
     bits: int = 32
     """Codeword length b (= number of shards), 2 to 64."""
     delta: float = 2.0
     """Bias added to the majority-bit shards."""
     context_width: int = 2
     """Tokens of context that seed the colouring."""
+    version: int = 2
+    """Presence test: 1 the decoder's union bound (key files without the field), 2 (new keys) the
+    payload-free split test, handing over to the union bound below p = 1e-4 (``detector.majormark``)."""
+    check_bits: int = 0
+    """Codeword bits given to a keyed checksum of the payload, 0 to 16 (``watermark.check``): the
+    payload capacity shrinks by 2**check_bits, and the open-set decoder returns a payload only
+    when a codeword near its decode checks (else none), wrong ones passing about 2**-(c/2) of the time."""
 
     def __post_init__(self):
         _validate_bits(self.bits)
         validate_delta(self.delta)
         validate_context_width(self.context_width)
+        validate_version(self.version)
+        validate_check_bits(self.check_bits, self.codeword_capacity)
+
+    @property
+    def codeword_capacity(self) -> int:
+        """Number of distinct codeword values, 2**b - 2 (no all-0 or all-1 codeword)."""
+        return (1 << self.bits) - 2
 
     @property
     def capacity(self) -> int:
-        """Number of distinct payloads, 2**b - 2 (no all-0 or all-1 codeword)."""
-        return (1 << self.bits) - 2
+        """Number of distinct payloads, (2**b - 2) >> check_bits."""
+        return self.codeword_capacity >> self.check_bits
 
-    def codeword_bits(self, payload) -> list[int]:
-        """The b codeword bits of a payload, most significant first."""
-        return to_bits(parse_payload(payload, self.capacity) + 1, self.bits)
+    def codeword_bits(self, value) -> list[int]:
+        """The b codeword bits of a codeword value (``watermark.check``: the payload itself without
+        check bits), most significant first."""
+        return to_bits(parse_payload(value, self.codeword_capacity) + 1, self.bits)
 
     def payload_of(self, codeword: list[int]) -> int:
-        """Inverse of ``codeword_bits`` (the codeword must be valid)."""
+        """Inverse of ``codeword_bits``: the codeword value (the codeword must be valid)."""
         return from_bits(codeword) - 1
 
     def payloads_of(self, codewords: np.ndarray) -> list[int]:
-        """``payload_of`` of every row of ``codewords`` (int (R, b) bits)."""
+        """``payload_of`` (codeword values) of every row of ``codewords`` (int (R, b) bits)."""
         return [value - 1 for value in from_digit_rows(codewords, 2)]
 
 
@@ -123,6 +150,7 @@ class MajorMarkPlusConfig(SchemeConfig):
 
     scheme = "majormark+"
     supports_payload = True
+    stored_defaults = {"version": 1}
     bits: int = 32
     """Codeword length b, a multiple of the block size, at most 64."""
     block_size: int = 4
@@ -131,6 +159,13 @@ class MajorMarkPlusConfig(SchemeConfig):
     """Bias added to each block's majority-bit shards."""
     context_width: int = 2
     """Tokens of context that seed block choice and colouring."""
+    version: int = 2
+    """Presence test: 1 the decoder's union bound (key files without the field), 2 (new keys) the
+    payload-free block-excess test, handing over to the union bound below p = 1e-4 (``detector.majormark``)."""
+    check_bits: int = 0
+    """Codeword bits given to a keyed checksum of the payload, 0 to 16 (``watermark.check``): the
+    payload capacity shrinks by 2**check_bits, and the open-set decoder returns a payload only
+    when a codeword near its decode checks (else none), wrong ones passing about 2**-(c/2) of the time."""
 
     def __post_init__(self):
         _validate_bits(self.bits)
@@ -140,6 +175,8 @@ class MajorMarkPlusConfig(SchemeConfig):
             raise ParameterError(f"bits must be a multiple of block_size {self.block_size}, got {self.bits}")
         validate_delta(self.delta)
         validate_context_width(self.context_width)
+        validate_version(self.version)
+        validate_check_bits(self.check_bits, self.codeword_capacity)
 
     @property
     def num_blocks(self) -> int:
@@ -152,27 +189,38 @@ class MajorMarkPlusConfig(SchemeConfig):
         return (1 << self.block_size) - 2
 
     @property
-    def capacity(self) -> int:
-        """Number of distinct payloads, (2**s - 2)**r."""
+    def codeword_capacity(self) -> int:
+        """Number of distinct codeword values, (2**s - 2)**r."""
         return self.block_values**self.num_blocks
 
-    def blocks(self, payload) -> list[list[int]]:
-        """The r blocks of s bits each of a payload's codeword."""
-        digits = to_digits(parse_payload(payload, self.capacity), self.block_values, self.num_blocks)
+    @property
+    def capacity(self) -> int:
+        """Number of distinct payloads, (2**s - 2)**r >> check_bits."""
+        return self.codeword_capacity >> self.check_bits
+
+    def blocks(self, value) -> list[list[int]]:
+        """The r blocks of s bits each of a codeword value (``watermark.check``: the payload itself
+        without check bits)."""
+        digits = to_digits(parse_payload(value, self.codeword_capacity), self.block_values, self.num_blocks)
         return [to_bits(digit + 1, self.block_size) for digit in digits]
 
-    def codeword_bits(self, payload) -> list[int]:
-        """The b codeword bits of a payload (its blocks one after the other)."""
-        return [bit for block in self.blocks(payload) for bit in block]
+    def codeword_bits(self, value) -> list[int]:
+        """The b codeword bits of a codeword value (its blocks one after the other)."""
+        return [bit for block in self.blocks(value) for bit in block]
 
     def payload_of(self, blocks: list[list[int]]) -> int:
-        """Inverse of ``blocks`` (every block must be valid)."""
+        """Inverse of ``blocks``: the codeword value (every block must be valid)."""
         return from_digits([from_bits(block) - 1 for block in blocks], self.block_values)
 
     def payloads_of(self, blocks: np.ndarray) -> list[int]:
-        """``payload_of`` of every row of ``blocks`` (int (R, r, s) bits)."""
+        """``payload_of`` (codeword values) of every row of ``blocks`` (int (R, r, s) bits)."""
         values = np.array(from_digit_rows(np.reshape(blocks, (-1, self.block_size)), 2), dtype=np.int64)
         return from_digit_rows(values.reshape(-1, self.num_blocks) - 1, self.block_values)
+
+
+def _codeword_values(key, payloads) -> list[int]:
+    """The codeword value of every payload (validated against the key's capacity)."""
+    return codeword_values(key, [parse_payload(p, key.config.capacity) for p in payloads]).tolist()
 
 
 class MajorMarkWatermarker(Watermarker):
@@ -181,8 +229,8 @@ class MajorMarkWatermarker(Watermarker):
     def _build_rows(self, payloads):
         """int64 (B,) salts and preferred masks."""
         salts, preferred = [], []
-        for payload in payloads:
-            bits = self.config.codeword_bits(payload)
+        for value in _codeword_values(self.key, payloads):
+            bits = self.config.codeword_bits(value)
             majority_bit, _ = majority(bits)
             salts.append(majority_bit)
             preferred.append(_preferred_bits(bits, majority_bit))
@@ -212,9 +260,9 @@ class MajorMarkPlusWatermarker(Watermarker):
     def _build_rows(self, payloads):
         """int64 (B, r) salts and preferred masks of every block of every row."""
         salts, preferred = [], []
-        for payload in payloads:
+        for value in _codeword_values(self.key, payloads):
             row_salts, row_preferred = [], []
-            for j, block in enumerate(self.config.blocks(payload)):
+            for j, block in enumerate(self.config.blocks(value)):
                 majority_bit, count = majority(block)
                 row_salts.append(block_salt(j, majority_bit, count))
                 row_preferred.append(_preferred_bits(block, majority_bit))

@@ -23,6 +23,7 @@ from provmark.kernels.prf import split_key
 from provmark.kernels.shard_bias import MAX_SHARDS
 from provmark.watermark import subkeys
 from provmark.watermark.base import SchemeConfig, StepParams, Watermarker
+from provmark.watermark.check import codeword_values, validate_check_bits
 from provmark.watermark.kgw import is_number, validate_context_width, validate_delta
 from provmark.watermark.payload import parse_payload, to_bits, to_digits
 
@@ -47,6 +48,10 @@ class MPACConfig(SchemeConfig):
     """Bias added to the colour list of the allocated digit."""
     context_width: int = 2
     """Tokens of context that seed position and colouring."""
+    check_bits: int = 0
+    """Codeword bits given to a keyed checksum of the payload, 0 to 16 (``watermark.check``): the
+    payload capacity shrinks by 2**check_bits, and the open-set decoder returns a payload only
+    when a codeword near its decode checks (else none), wrong ones passing about 2**-(c/2) of the time."""
 
     def __post_init__(self):
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 64:
@@ -63,15 +68,22 @@ class MPACConfig(SchemeConfig):
             raise ParameterError(f"bits must be a multiple of log2(radix) = {self.bits_per_digit}, got {self.bits}")
         validate_delta(self.delta)
         validate_context_width(self.context_width)
+        validate_check_bits(self.check_bits, self.codeword_capacity)
+
+    @property
+    def codeword_capacity(self) -> int:
+        """Number of distinct codeword values, 2**bits."""
+        return 1 << self.bits
 
     @property
     def capacity(self) -> int:
-        """Number of distinct payloads, 2**bits."""
-        return 1 << self.bits
+        """Number of distinct payloads, 2**(bits - check_bits)."""
+        return self.codeword_capacity >> self.check_bits
 
-    def codeword_bits(self, payload) -> list[int]:
-        """The bits the text carries for a payload: the payload itself, most significant first."""
-        return to_bits(parse_payload(payload, self.capacity), self.bits)
+    def codeword_bits(self, value) -> list[int]:
+        """The bits the text carries for a codeword value (``watermark.check``: the payload itself
+        without check bits), most significant first."""
+        return to_bits(parse_payload(value, self.codeword_capacity), self.bits)
 
     @property
     def shard_count(self) -> int:
@@ -97,11 +109,12 @@ class MPACWatermarker(Watermarker):
         self.position_key = split_key(key.subkey(subkeys.POSITION))
 
     def digits(self, payloads) -> torch.Tensor:
-        """int64 (B, L) digits of each row's payload (validated against the capacity)."""
+        """int64 (B, L) digits of each row's codeword value (payloads validated against the capacity)."""
         config: MPACConfig = self.config
 
         def build(rows):
-            digits = [to_digits(parse_payload(p, config.capacity), config.radix, config.num_positions) for p in rows]
+            values = codeword_values(self.key, [parse_payload(p, config.capacity) for p in rows]).tolist()
+            digits = [to_digits(value, config.radix, config.num_positions) for value in values]
             return torch.tensor(digits, dtype=torch.int64)
 
         return self.payload_rows(payloads, build)

@@ -35,7 +35,7 @@ from provmark.watermark.majormark import (
 from provmark.watermark.mpac import MPACConfig, MPACWatermarker
 from provmark.watermark.synonym import SynonymConfig, SynonymEmbedder
 
-__all__ = ["SCHEMES", "Scheme", "config_for", "get_scheme", "register", "unregister", "watermarker_class"]
+__all__ = ["SCHEMES", "Scheme", "config_for", "get_scheme", "register", "stored_config", "unregister", "watermarker_class"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,6 +148,13 @@ def config_for(scheme: str, params: Mapping | None = None) -> SchemeConfig:
             f"valid: {', '.join(sorted(names))}"
         )
     return config_class(**params)
+
+
+def stored_config(scheme: str, params: Mapping | None = None) -> SchemeConfig:
+    """``config_for`` of parameters stored earlier (a key file, a registry row): a field they lack
+    takes the config's ``stored_defaults`` value where it has one (so a key made before the field
+    existed keeps its results), else its default as for a new key."""
+    return config_for(scheme, {**get_scheme(scheme).config.stored_defaults, **dict(params or {})})
 
 
 def watermarker_class(scheme: str) -> type[Watermarker]:

@@ -4,7 +4,7 @@ changes every derived sub-key (and the golden vectors)."""
 
 from __future__ import annotations
 
-__all__ = ["ORDER", "POOL", "POSITION", "SHARD", "WORD_BIT"]
+__all__ = ["CHECK", "ORDER", "POOL", "POSITION", "SHARD", "WORD_BIT"]
 
 SHARD = "shard"
 """Colours each vocabulary id with a shard under a context seed (every shard scheme, and the
@@ -18,3 +18,5 @@ ORDER = "order"
 """Balance: the keyed permutation of the proxy's head ids."""
 WORD_BIT = "word-bit"
 """Synonym: the keyed bit of a (context, word) pair."""
+CHECK = "check"
+"""MPAC, MajorMark, MajorMark+ with check bits: the keyed checksum of a payload (``watermark.check``)."""

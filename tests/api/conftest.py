@@ -1,6 +1,11 @@
-"""Registry and API fixtures in sqlite-utils' manner: an in-memory ``fresh_db`` registry, a file
-``db_path`` under tmp_path, every registry closed after its test; plus a word-level tokenizer
-and a watermarked-text maker, so verification runs without loading a model."""
+"""Registry and API fixtures in sqlite-utils' manner, over both backends: every test that takes
+``fresh_db`` or ``db_target`` runs once on SQLite and once on PostgreSQL (a fresh database on the
+session's real server, tests/postgres.py). ``fresh_db`` is an empty registry (SQLite: in memory),
+``db_target`` a place to open one (an SQLite file under tmp_path, or a PostgreSQL URL), and every
+registry is closed after its test. Plus a word-level tokenizer and a watermarked-text maker, so
+verification runs without loading a model."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,6 +57,34 @@ def plain_text(*, tokens=300, seed=1) -> str:
     return " ".join(f"w{i}" for i in torch.randint(VOCAB, (tokens,), generator=generator).tolist())
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    """The registry backend a test runs on."""
+    return request.param
+
+
+@pytest.fixture
+def db_target(backend, request, tmp_path) -> str:
+    """Where to open a fresh registry: an SQLite file path, or the URL of a new PostgreSQL database."""
+    if backend == "sqlite":
+        return str(tmp_path / "registry.db")
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    """An SQLite registry path, for the tests of what only a file registry has (its mode, its lock)."""
+    return tmp_path / "registry.db"
+
+
+def stored_bytes(db_target: str, request) -> bytes:
+    """Everything the registry's database holds at rest: the SQLite file's bytes, or every row of
+    every PostgreSQL table."""
+    if db_target.startswith("postgresql://"):
+        return request.getfixturevalue("postgres_server").dump(db_target)
+    return open(db_target, "rb").read()
+
+
 @pytest.fixture
 def registries():
     opened = []
@@ -61,16 +94,12 @@ def registries():
 
 
 @pytest.fixture
-def fresh_db(registries) -> Registry:
-    """An in-memory registry with the test master key."""
-    registry = Registry.open(None, MASTER_KEY)
+def fresh_db(backend, request, registries) -> Registry:
+    """An empty registry with the test master key: in memory (SQLite) or a new PostgreSQL database."""
+    target = None if backend == "sqlite" else request.getfixturevalue("db_target")
+    registry = Registry.open(target, MASTER_KEY)
     registries.append(registry)
     return registry
-
-
-@pytest.fixture
-def db_path(tmp_path):
-    return tmp_path / "registry.db"
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from fastapi.testclient import TestClient
 
 from provmark.api.app import SERVE_SETTINGS_ENV, ServeSettings, app_from_environment
 from provmark.api.crypto import MASTER_KEY_ENV
-from provmark.api.db import schema_version
 from provmark.api.registry import Registry
 from provmark.cli import cli
 from provmark.errors import ProvmarkError
@@ -35,19 +34,19 @@ def _error(result):
 
 
 @pytest.fixture
-def acme_db(runner, db_path):
-    _ok(runner.invoke(cli, ["tenants", "create", "--db", str(db_path), "acme"]))
-    return db_path
+def acme_db(runner, db_target):
+    _ok(runner.invoke(cli, ["tenants", "create", "--db", str(db_target), "acme"]))
+    return db_target
 
 
-def test_tenants_create_prints_the_token_once_and_it_works(runner, db_path, registries):
-    lines = _ok(runner.invoke(cli, ["tenants", "create", "--db", str(db_path), "acme"])).splitlines()
-    registry = Registry.open(db_path)
+def test_tenants_create_prints_the_token_once_and_it_works(runner, db_target, registries):
+    lines = _ok(runner.invoke(cli, ["tenants", "create", "--db", str(db_target), "acme"])).splitlines()
+    registry = Registry.open(db_target)
     registries.append(registry)
     tenant = registry.tenant("acme")
     assert lines[0] == f"created tenant acme ({tenant.id}); its API token, shown only now:"
     assert registry.tenant_for_token(lines[1]) == tenant
-    assert _error(runner.invoke(cli, ["tenants", "create", "--db", str(db_path), "acme"])) == \
+    assert _error(runner.invoke(cli, ["tenants", "create", "--db", str(db_target), "acme"])) == \
         "Error: a tenant named 'acme' exists"
 
 
@@ -116,9 +115,27 @@ def test_records_list_and_show(runner, acme_db, registries):
     assert _error(runner.invoke(cli, ["records", "show", "--db", str(acme_db), "nope"])) == "Error: no record 'nope'"
 
 
-def test_serve_refuses_to_start_without_a_master_key(runner, db_path, monkeypatch):
+def test_the_registry_is_read_from_provmark_db_when_db_is_not_given(runner, db_target, registries, monkeypatch):
+    monkeypatch.setenv("PROVMARK_DB", db_target)
+    _ok(runner.invoke(cli, ["tenants", "create", "acme"]))
+    out = _ok(runner.invoke(cli, ["keys", "create", "--tenant", "acme", "--scheme", "kgw"]))
+    assert out.startswith("created kgw key k_") and out.endswith(f" in {db_target} for tenant acme\n")
+    registry = Registry.open(db_target)
+    registries.append(registry)
+    assert [k.scheme for k in registry.keys(registry.tenant("acme").id)] == ["kgw"]
+
+
+def test_an_unreachable_postgresql_registry_is_one_error_line(runner):
+    from tests.postgres import free_port
+
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/registry"
+    line = _error(runner.invoke(cli, ["tenants", "create", "--db", url, "acme"]))
+    assert line.startswith(f"Error: cannot connect to the registry at {url}: ")
+
+
+def test_serve_refuses_to_start_without_a_master_key(runner, db_target, monkeypatch):
     monkeypatch.delenv(MASTER_KEY_ENV)
-    assert _error(runner.invoke(cli, ["serve", "--db", str(db_path)])).startswith("Error: no master key")
+    assert _error(runner.invoke(cli, ["serve", "--db", str(db_target)])).startswith("Error: no master key")
 
 
 def _serve(runner, monkeypatch, args):
@@ -136,30 +153,30 @@ def _serve(runner, monkeypatch, args):
     return calls, result.output
 
 
-def test_serve_runs_the_app_factory_on_the_given_address(runner, db_path, monkeypatch, tokenizer, registries):
-    calls, output = _serve(runner, monkeypatch, ["--db", str(db_path), "--host", "127.0.0.1", "--port", "8123",
+def test_serve_runs_the_app_factory_on_the_given_address(runner, db_target, monkeypatch, tokenizer, registries):
+    calls, output = _serve(runner, monkeypatch, ["--db", str(db_target), "--host", "127.0.0.1", "--port", "8123",
                                                  "--rate-limit", "5", "--burst", "7", "--max-body-bytes", "4096"])
     ((target, kwargs),) = calls
     assert target == "provmark.api.app:app_from_environment"
     assert kwargs == {"factory": True, "host": "127.0.0.1", "port": 8123, "workers": 1, "log_level": "info",
                       "proxy_headers": False, "h11_max_incomplete_event_size": 256 * 1024,
                       "timeout_graceful_shutdown": 10.0}
-    assert output == f"provmark API on http://127.0.0.1:8123 (registry {db_path}, 1 worker process)\n"
+    assert output == f"provmark API on http://127.0.0.1:8123 (registry {db_target}, 1 worker process)\n"
     app = app_from_environment()  # what uvicorn calls in each worker
     assert calls[1:] == [("threads", 1)] and app.title == "provmark"
-    registries.append(Registry.open(db_path))
-    assert schema_version(registries[-1].db) == 2  # serve migrated the file before any worker opened it
+    registries.append(Registry.open(db_target))
+    assert registries[-1].schema_version() == 2  # serve migrated the file before any worker opened it
 
 
-def test_serve_workers_split_the_rate_limit(runner, db_path, monkeypatch, tokenizer, registries):
-    calls, output = _serve(runner, monkeypatch, ["--db", str(db_path), "--workers", "2", "--rate-limit", "5",
+def test_serve_workers_split_the_rate_limit(runner, db_target, monkeypatch, tokenizer, registries):
+    calls, output = _serve(runner, monkeypatch, ["--db", str(db_target), "--workers", "2", "--rate-limit", "5",
                                                  "--burst", "7", "--torch-threads", "3"])
     assert calls[0][1]["workers"] == 2 and output.endswith("2 worker processes)\n")
     settings = ServeSettings.from_environment()
     assert (settings.workers, settings.rate, settings.burst, settings.torch_threads) == (2, 5, 7, 3)
     assert os.environ[MASTER_KEY_ENV] not in os.environ[SERVE_SETTINGS_ENV]  # workers read it where serve did
     client = TestClient(app_from_environment())
-    registries.append(Registry.open(db_path, MASTER_KEY))
+    registries.append(Registry.open(db_target, MASTER_KEY))
     _, token = registries[-1].create_tenant("acme")
     codes = [client.get("/v1/keys", headers={"Authorization": f"Bearer {token}"}).status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]  # this process's share of the burst: 7 // 2
@@ -167,11 +184,11 @@ def test_serve_workers_split_the_rate_limit(runner, db_path, monkeypatch, tokeni
         "/v1/keys", headers={"Authorization": f"Bearer {token}"}).text
 
 
-def test_serve_refuses_a_model_it_cannot_load_before_starting_workers(runner, db_path, monkeypatch, tmp_path):
+def test_serve_refuses_a_model_it_cannot_load_before_starting_workers(runner, db_target, monkeypatch, tmp_path):
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("uvicorn started"))
-    result = runner.invoke(cli, ["serve", "--db", str(db_path), "--workers", "2", "--model", str(tmp_path / "none")])
+    result = runner.invoke(cli, ["serve", "--db", str(db_target), "--workers", "2", "--model", str(tmp_path / "none")])
     assert _error(result) == f"Error: model folder not found: {tmp_path / 'none'}"
 
 

@@ -33,10 +33,10 @@ def test_degenerate_gammas_are_a_422_naming_gamma(client, acme, scheme, gamma):
 def _degenerate(registry, key_id, **params):
     """Store parameters this version refuses on an existing key (and its records), as a row written
     before the bound existed would hold them."""
-    row = registry.db.execute("SELECT params FROM keys WHERE id = ?", [key_id]).fetchone()
-    stored = json.dumps({**json.loads(row[0]), **params})
-    registry.db.execute("UPDATE keys SET params = ? WHERE id = ?", [stored, key_id])
-    registry.db.execute("UPDATE records SET params = ? WHERE key_id = ?", [stored, key_id])
+    ((params_json,),) = registry.store.query("SELECT params FROM keys WHERE id = ?", [key_id])
+    stored = json.dumps({**json.loads(params_json), **params})
+    registry.store.execute("UPDATE keys SET params = ? WHERE id = ?", [stored, key_id])
+    registry.store.execute("UPDATE records SET params = ? WHERE key_id = ?", [stored, key_id])
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ def test_a_registry_write_that_fails_at_run_time_is_a_503_in_the_error_shape(mak
     registries.append(registry)
     _, token = registry.create_tenant("initech")
     client = make_client(registry)
-    registry.db.execute("PRAGMA busy_timeout = 50")
+    registry.store.db.execute("PRAGMA busy_timeout = 50")
     blocker = sqlite3.connect(db_path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock past the busy timeout
     try:

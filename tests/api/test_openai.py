@@ -205,7 +205,8 @@ def test_requests_that_arrive_while_a_batch_runs_join_it(fresh_db, acme, tiny_di
         _wait(lambda: queue._worker is not None and queue.waiting_rows == 0)
         for thread in threads[1:]:
             thread.start()
-        _wait(lambda: queue.waiting_rows == 3)
+        # Queued, not only reserved: a request reserves its rows before it issues its records.
+        _wait(lambda: sum(len(job.rows) for job in list(queue._jobs)) == 3)
     for thread in threads:
         thread.join(120)
     assert not any(thread.is_alive() for thread in threads)

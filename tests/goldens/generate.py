@@ -35,9 +35,12 @@ CONTEXTS = [[], [0], [1], [49151], [17, 4242], [3, 1, 4, 1, 5]]
 SALTS = [0, 1, 0xFFFFFFFF]
 TOKENS = [0, 1, 2, 3, 1000, 49151, 128255, 2**31 - 1]
 KGW_CASES = [{}, {"gamma": 0.5, "delta": 1.0, "context_width": 1}, {"gamma": 0.3, "context_width": 3}]
-MPAC_CASES = [{"bits": 8, "radix": 2}, {"bits": 16, "radix": 4, "gamma": 0.25, "delta": 3.0, "context_width": 1}]
-MAJORMARK_CASES = [{"bits": 8}, {"bits": 12, "delta": 3.0, "context_width": 1}]
-MAJORMARK_PLUS_CASES = [{"bits": 8}, {"bits": 12, "block_size": 3, "delta": 3.0, "context_width": 1}]
+MPAC_CASES = [{"bits": 8, "radix": 2}, {"bits": 16, "radix": 4, "gamma": 0.25, "delta": 3.0, "context_width": 1},
+              {"bits": 8, "radix": 2, "check_bits": 2}]
+MAJORMARK_CASES = [{"bits": 8, "version": 1}, {"bits": 12, "delta": 3.0, "context_width": 1, "version": 1}, {"bits": 8},
+                   {"bits": 8, "check_bits": 2}]
+MAJORMARK_PLUS_CASES = [{"bits": 8, "version": 1}, {"bits": 12, "block_size": 3, "delta": 3.0, "context_width": 1, "version": 1},
+                        {"bits": 8}, {"bits": 8, "check_bits": 2}]
 VANILLA_CASES = [{"bits": 8, "segment_bits": 8, "pool_size": 16}, {"bits": 12, "segment_bits": 6, "pool_size": 8, "context_width": 2}]
 BALANCE_CASES = [{"bits": 8, "segment_bits": 8, "pool_size": 16, "head": 4}, {"bits": 10, "segment_bits": 10, "head": 256}]
 SPLIT_CASES = [  # (order seed, coin seed, pool index, pool size, head) over GOLDEN_VOCAB ids
