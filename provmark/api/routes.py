@@ -7,17 +7,17 @@ app that carries a ``Service`` and tested alone.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
-import asyncio
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 import provmark
 from provmark.api import schemas
+from provmark.api.admission import Admission, Cancellation
 from provmark.api.auth import token_digest
 from provmark.api.errors import AuthError, InvalidInputError, NotFoundError, RateLimitedError
-from provmark.api.admission import Admission, Cancellation
 from provmark.api.limits import HEAVY_WORK, TOKENS_PER_REQUEST, RateLimiter, WorkLimits, work_bound
 from provmark.api.provenance import KeyVerification, Provenance, TextVerification
 from provmark.api.registry import KeyInfo, KeyRef, Record, Registry, Tenant
