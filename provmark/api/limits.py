@@ -38,8 +38,9 @@ SCHEME_WORK_WEIGHTS = {"kgw": 1.0, "mpac": 1.7, "majormark": 1.5, "majormark+": 
                        "synonym": 13.0, "balance": 2_300.0}
 """Verification cost of one scored token (word, for synonym) of each scheme, in kgw tokens: measured by
 ``benchmarks.verify_cost`` (``benchmarks/results/verify_cost.txt``, natural text at serve's caps, one
-core: 5.4 us per kgw token including the tokenizer, 70 us per synonym word (WordNet and morphology),
-12.6 ms per balance token (a proxy LM pass each)), rounded. A multi-bit key was measured with 100
+core, run 1: 5.4 us per kgw token including the tokenizer, 70 us per synonym word (WordNet and
+morphology), 12.6 ms per balance token (a proxy LM pass each)), rounded; a quieter run 2 gave ratios
+within about 25% of these. A multi-bit key was measured with 100
 records issued (the record test scores each); majormark+'s record test grows faster than linearly in
 the text's length (4,000 tokens: 78 here, 500 tokens: about 12), so its weight is the long text's.
 A scheme not listed weighs 1."""
