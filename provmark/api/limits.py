@@ -33,7 +33,7 @@ DEFAULT_TEXT_WORDS = 4_000
 200,000-character text); past them the result is marked ``capped_at``."""
 TOKENS_PER_REQUEST = 2_000
 """The rate limiter charges one request per this much work: tokens scored, each weighted by its scheme's
-``SCHEME_WORK_WEIGHTS`` (2,000 kgw tokens, about 12 ms of one core)."""
+``SCHEME_WORK_WEIGHTS`` (2,000 kgw tokens, 4 to 11 ms of one core in ``verify_cost.txt``)."""
 SCHEME_WORK_WEIGHTS = {"kgw": 1.0, "mpac": 1.7, "majormark": 1.5, "majormark+": 78.0, "vanilla": 18.0,
                        "synonym": 13.0, "balance": 2_300.0}
 """Verification cost of one scored token (word, for synonym) of each scheme, in kgw tokens: measured by
