@@ -5,7 +5,11 @@ phases, positive and negative data, every check. Bounded by --max-examples per o
 The server runs with a tiny random Llama (``--model``), so generation requests cost milliseconds,
 and with rate limiting off (rate limiting has its own tests). The tenant has an mpac key, a
 public kgw key, a synonym key (embedding ranks synonyms with the same tiny model) and one
-generated record, so verify and records answer with real matches.
+generated record, so verify and records answer with real matches; and, for issue 16, the keys
+that once broke verification for everyone: heavy ones (public synonym and balance keys, which
+verification caps and sends to the heavy lane) and degenerate ones (a public kgw key and an mpac key
+whose stored gamma is 1e-320, written into the registry as a row from before the bounds would
+hold it; each must become its own error entry, never a 5xx).
 
     python -m benchmarks.api_fuzz --max-examples 100 --out benchmarks/results/api_fuzz.txt
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -34,8 +39,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="provmark-fuzz-"))
     model = tiny_model_dir(folder / "tiny-llama")
-    server = ServerFixture(folder=str(folder), keys=[["--scheme", "mpac", "--bits", "16"], ["--scheme", "kgw", "--public"], ["--scheme", "synonym"]],
-                           serve_args=["--rate-limit", "0", "--model", str(model)])
+    server = ServerFixture(folder=str(folder), keys=[
+        ["--scheme", "mpac", "--bits", "16"], ["--scheme", "kgw", "--public"], ["--scheme", "synonym"],
+        ["--scheme", "synonym", "--public"], ["--scheme", "balance", "--public"],  # heavy
+        ["--scheme", "kgw", "--public"], ["--scheme", "mpac", "--bits", "16"],  # made degenerate below
+    ], serve_args=["--rate-limit", "0", "--model", str(model)])
+    with sqlite3.connect(server.db) as db:
+        for key_id in server.key_ids[-2:]:
+            (params,) = db.execute("SELECT params FROM keys WHERE id = ?", [key_id]).fetchone()
+            db.execute("UPDATE keys SET params = ? WHERE id = ?", [json.dumps({**json.loads(params), "gamma": 1e-320}),
+                                                                   key_id])
     with server:
         server.start(log=folder / "server.log")
         made = httpx.post(server.url + "/v1/generate", headers=server.headers, timeout=60,

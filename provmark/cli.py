@@ -11,10 +11,13 @@ import click
 
 from provmark.api.limits import (
     DEFAULT_BURST,
+    DEFAULT_HEAVY_PER_CLIENT,
+    DEFAULT_HEAVY_QUEUE,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_TOKENS_SCORED,
     DEFAULT_PROXY_TOKENS,
     DEFAULT_RATE,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_TEXT_WORDS,
     TOKENS_PER_REQUEST,
 )
@@ -333,14 +336,24 @@ def records_show(db_path, record_id):
                    "headers are ignored and a client cannot choose its own address.")
 @click.option("--max-tokens-scored", type=click.IntRange(1), default=DEFAULT_MAX_TOKENS_SCORED, show_default=True,
               help="Tokens one verification may score, summed over its texts and keys; more is a 422. The rate limit "
-                   f"charges a verification one request plus one per {TOKENS_PER_REQUEST} tokens scored.")
+                   f"charges a verification one request plus one per {TOKENS_PER_REQUEST} tokens scored, each weighted "
+                   "by its scheme's cost (e.g. synonym words 13, balance tokens 2,300).")
 @click.option("--max-proxy-tokens", type=click.IntRange(1), default=DEFAULT_PROXY_TOKENS, show_default=True,
               help="Tokens of each text a balance key scores (each runs the proxy LM); results past it say capped_at.")
 @click.option("--max-text-words", type=click.IntRange(1), default=DEFAULT_TEXT_WORDS, show_default=True,
               help="Words of each text a synonym key scores; results past it say capped_at.")
+@click.option("--max-heavy-per-client", type=click.IntRange(1), default=DEFAULT_HEAVY_PER_CLIENT, show_default=True,
+              help="Heavy verifications (long texts, synonym and balance keys) one API token or address may have in "
+                   "flight per process; one more is a 429. They run in a low-priority lane beside the light ones.")
+@click.option("--heavy-queue", type=click.IntRange(0), default=DEFAULT_HEAVY_QUEUE, show_default=True,
+              help="Heavy verifications that may wait for the heavy lane per process; one more is a 503.")
+@click.option("--shutdown-timeout", type=click.FloatRange(0), default=DEFAULT_SHUTDOWN_TIMEOUT, show_default=True,
+              help="Seconds requests in flight may finish after SIGTERM; then their detection is cancelled (it stops "
+                   "within one text under one key) and the server exits.")
 @model_option
 def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_body_bytes, torch_threads,
-          trusted_proxies, max_tokens_scored, max_proxy_tokens, max_text_words, model_path):
+          trusted_proxies, max_tokens_scored, max_proxy_tokens, max_text_words, max_heavy_per_client, heavy_queue,
+          shutdown_timeout, model_path):
     """Serve the HTTP API over the registry (OpenAPI docs at /docs).
 
     Refuses to start without the master key ($PROVMARK_MASTER_KEY or --master-key-file). Each
@@ -366,7 +379,7 @@ def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_
         db_path=db_path, master_key_file=master_key_file, rate=rate_limit, burst=burst, max_body_bytes=max_body_bytes,
         torch_threads=torch_threads, model_path=model_path, workers=workers, trusted_proxies=trusted_proxies,
         work_limits={"max_tokens_scored": max_tokens_scored, "proxy_tokens": max_proxy_tokens,
-                     "text_words": max_text_words},
+                     "text_words": max_text_words, "heavy_per_client": max_heavy_per_client, "heavy_queue": heavy_queue},
     )
     os.environ.update(settings.to_environment())  # workers inherit the environment and the working directory
     plural = "es" if workers > 1 else ""
@@ -374,7 +387,8 @@ def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_
                err=True)
     # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default; the app reads it only from --trusted-proxies.
     uvicorn.run("provmark.api.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                log_level="info", proxy_headers=False, h11_max_incomplete_event_size=_MAX_HEADER_BYTES)
+                log_level="info", proxy_headers=False, h11_max_incomplete_event_size=_MAX_HEADER_BYTES,
+                timeout_graceful_shutdown=shutdown_timeout)
 
 
 _MAX_HEADER_BYTES = 256 * 1024

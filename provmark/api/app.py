@@ -10,17 +10,18 @@ the body limit, and builds the workers' apps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from dataclasses import asdict, dataclass
 
-import anyio
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 import provmark
 from provmark.api import handlers, routes
+from provmark.api.admission import Admission, Cancellation
 from provmark.api.errors import error_body
 from provmark.api.limits import (
     DEFAULT_BURST,
@@ -144,6 +145,7 @@ def create_app(
     processes: int = 1,
     trusted_proxies: str | None = None,
     work_limits: WorkLimits | None = None,
+    heavy_processes: bool = False,
 ) -> FastAPI:
     """The API over ``registry`` (opened with its master key): the routes of ``api.routes``, the
     error handlers of ``api.handlers`` and the body limit, around one ``routes.Service``.
@@ -152,14 +154,32 @@ def create_app(
         models: the serving model (default: the embedded SmolLM2, loaded on first use).
         rate, burst: token-bucket rate limit per API token (per address without one); rate 0 is off.
         max_body_bytes: larger request bodies get 413.
-        verify_workers: verifications run at once (default: one per CPU core).
+        verify_workers: light verifications run at once (default: one per CPU core); heavy ones run in
+            a lane of their own (``api.admission``, bounded by ``work_limits``).
         processes: server processes sharing the limit (``serve --workers``); this one enforces its
             share of ``rate`` and ``burst`` (see ``RateLimiter``).
         trusted_proxies: comma-separated addresses (or CIDR ranges, "*" for any) of the reverse
             proxies whose X-Forwarded-For names the client (uvicorn's forwarded-allow-ips); None
             (the default) reads no proxy header, so a client cannot pick its own address.
+        heavy_processes: run heavy verifications' detection in a low-priority process of their own
+            (``api.admission``; ``provmark serve`` does), not in a thread of this one.
     """
+    work_limits = work_limits or WorkLimits()
+    admission = Admission(light_slots=verify_workers, per_client=work_limits.heavy_per_client,
+                          queue=work_limits.heavy_queue, heavy_processes=heavy_processes,
+                          model_path=models.path if models is not None else None)
+    stopping = Cancellation()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        admission.start()
+        yield
+        # uvicorn's graceful shutdown (serve --shutdown-timeout) is over: stop the detection still running
+        stopping.cancel("the server is shutting down")
+        admission.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="provmark",
         version=provmark.__version__,
         description="Watermarked generation under provenance records, and verification of text back to its record.",
@@ -168,9 +188,10 @@ def create_app(
         registry=registry,
         provenance=Provenance(registry, models or Models()),
         limiter=RateLimiter(rate=rate, burst=burst, processes=processes),
-        verify_slots=anyio.CapacityLimiter(verify_workers),
+        admission=admission,
+        stopping=stopping,
         processes=processes,
-        work_limits=work_limits or WorkLimits(),
+        work_limits=work_limits,
     )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(RateLimit, service=app.state.service)  # outside the body limit: 413s are charged
@@ -249,4 +270,5 @@ def app_from_environment() -> FastAPI:
         registry, models=models, rate=settings.rate, burst=settings.burst, max_body_bytes=settings.max_body_bytes,
         verify_workers=max(1, (os.cpu_count() or 1) // settings.workers), processes=settings.workers,
         trusted_proxies=settings.trusted_proxies, work_limits=WorkLimits(**(settings.work_limits or {})),
+        heavy_processes=True,
     )

@@ -11,8 +11,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_ATTRIBUTION_TOKENS", "DEFAULT_BURST", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_TOKENS_SCORED", "DEFAULT_PROXY_TOKENS", "DEFAULT_RATE",
-           "DEFAULT_TEXT_WORDS", "TOKENS_PER_REQUEST", "RateLimiter", "WorkLimits", "retry_after"]
+__all__ = ["ATTRIBUTION_WORK_WEIGHT", "DEFAULT_ATTRIBUTION_TOKENS", "DEFAULT_BURST", "DEFAULT_HEAVY_PER_CLIENT",
+           "DEFAULT_HEAVY_QUEUE", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_TOKENS_SCORED", "DEFAULT_PROXY_TOKENS",
+           "DEFAULT_RATE", "DEFAULT_SHUTDOWN_TIMEOUT", "DEFAULT_TEXT_WORDS", "HEAVY_WORK", "SCHEME_WORK_WEIGHTS",
+           "TOKENS_PER_REQUEST", "RateLimiter", "WorkLimits", "retry_after", "work_bound", "work_weight"]
 
 DEFAULT_RATE = 20.0
 """Requests per second per API token (per address without one)."""
@@ -33,8 +35,36 @@ DEFAULT_ATTRIBUTION_TOKENS = 2_048
 """Tokens of each text verify's zero-shot attribution may score (one forward pass of the serving model
 over the text: benchmarks/results/zero_shot.txt measures the cost per 1,000 tokens on a CPU); a longer
 text asked with ``attribution`` is refused (422)."""
+ATTRIBUTION_WORK_WEIGHT = 2_100.0
+"""Cost of one token of verify's zero-shot attribution (a forward pass of the serving model), in kgw
+tokens: 3.9 ms a token with the embedded model on one quiet core (``benchmarks.zero_shot --cost``)
+against 1.85 us a kgw token (``verify_cost.txt``, run 2), rounded."""
 TOKENS_PER_REQUEST = 2_000
-"""The rate limiter charges one request per this many tokens scored (a request scoring fewer costs one)."""
+"""The rate limiter charges one request per this much work: tokens scored, each weighted by its scheme's
+``SCHEME_WORK_WEIGHTS`` (2,000 kgw tokens, 4 to 11 ms of one core in ``verify_cost.txt``)."""
+SCHEME_WORK_WEIGHTS = {"kgw": 1.0, "mpac": 1.7, "majormark": 1.5, "majormark+": 78.0, "vanilla": 18.0,
+                       "synonym": 13.0, "balance": 2_300.0}
+"""Verification cost of one scored token (word, for synonym) of each scheme, in kgw tokens: measured by
+``benchmarks.verify_cost`` (``benchmarks/results/verify_cost.txt``, natural text at serve's caps, one
+core, run 1: 5.4 us per kgw token including the tokenizer, 70 us per synonym word (WordNet and
+morphology), 12.6 ms per balance token (a proxy LM pass each)), rounded; a quieter run 2 gave ratios
+within about 25% of these. A multi-bit key was measured with 100
+records issued (the record test scores each); majormark+'s record test grows faster than linearly in
+the text's length (4,000 tokens: 78 here, 500 tokens: about 12), so its weight is the long text's.
+A scheme not listed weighs 1."""
+HEAVY_WORK = 10 * TOKENS_PER_REQUEST
+"""Verifications whose work may exceed this (``work_bound``) run in the heavy lane (``api.admission``)."""
+DEFAULT_HEAVY_PER_CLIENT = 1
+"""Heavy verifications one client (API token, or address) may have in flight per server process."""
+DEFAULT_HEAVY_QUEUE = 4
+"""Heavy verifications that may wait for the heavy lane's thread per server process; more get 503."""
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+"""Seconds ``provmark serve`` lets requests in flight finish after SIGTERM before cancelling them."""
+
+
+def work_weight(scheme: str) -> float:
+    """``SCHEME_WORK_WEIGHTS`` of ``scheme`` (1 when not listed)."""
+    return SCHEME_WORK_WEIGHTS.get(scheme, 1.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +76,34 @@ class WorkLimits:
     proxy_tokens: int = DEFAULT_PROXY_TOKENS
     text_words: int = DEFAULT_TEXT_WORDS
     attribution_tokens: int = DEFAULT_ATTRIBUTION_TOKENS
+    heavy_per_client: int = DEFAULT_HEAVY_PER_CLIENT
+    """``serve --max-heavy-per-client``: see ``api.admission``."""
+    heavy_queue: int = DEFAULT_HEAVY_QUEUE
+    """``serve --heavy-queue``: see ``api.admission``."""
+
+
+def work_bound(chars: list[int], schemes: list[str], limits: WorkLimits) -> float:
+    """An upper bound on the work (kgw tokens, ``SCHEME_WORK_WEIGHTS``) of verifying texts of these
+    lengths in characters under keys of these schemes, read from the lengths alone:
+    a token or a word covers at least one character, two words at least three, and the caps hold.
+    ``api.admission`` sorts verifications by it before reading their text."""
+    from provmark.errors import ProvmarkError
+    from provmark.watermark.schemes import get_scheme
+
+    total = 0.0
+    for name in schemes:
+        try:
+            scheme = get_scheme(name)
+        except ProvmarkError:  # a stored scheme this version lacks: it fails alone in verify, scoring nothing
+            continue
+        if scheme.uses_proxy:
+            scored = [min(n, limits.proxy_tokens) for n in chars]
+        elif scheme.reads_text:
+            scored = [min((n + 1) // 2, limits.text_words) for n in chars]
+        else:
+            scored = chars
+        total += work_weight(name) * sum(scored)
+    return total
 
 
 class RateLimiter:
@@ -79,23 +137,26 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._last_sweep = clock()
 
-    def acquire(self, client: str, cost: float = 1.0) -> float:
+    def acquire(self, client: str, cost: float = 1.0, *, prepaid: float = 0.0) -> float:
         """Take ``cost`` requests (work, for a verification: ``TOKENS_PER_REQUEST``) from ``client``'s
-        bucket: 0.0 when allowed, else seconds until it would be. A cost above the burst is charged as
-        the whole burst, so any one request can pass on a full bucket."""
+        bucket: 0.0 when allowed, else seconds until it would be. A cost above the burst passes on a
+        full bucket and leaves it in debt for the rest, which the rate repays before the client's next
+        request passes: heavy work is paid in full, so a client's sustained work stays at ``rate``.
+        ``prepaid``: what the same request took already (the middleware's one request), which counts
+        toward the full bucket."""
         if self._rate == 0:
             return 0.0
-        cost = min(cost, self._burst)
+        need = max(0.0, min(cost, self._burst - prepaid))
         now = self._clock()
         with self._lock:
             tokens, then = self._buckets.get(client, (self._burst, now))
             tokens = min(self._burst, tokens + (now - then) * self._rate)
-            if tokens >= cost:
+            if tokens >= need:
                 self._buckets[client] = (tokens - cost, now)
                 self._sweep(now)
                 return 0.0
             self._buckets[client] = (tokens, now)
-            return (cost - tokens) / self._rate
+            return (need - tokens) / self._rate
 
     def _sweep(self, now: float) -> None:
         refill = self._burst / self._rate

@@ -41,14 +41,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 
+from provmark.api.admission import Cancellation, ServiceBusyError, VerificationCancelled, detect_key
 from provmark.api.errors import APIError, ConflictError, InvalidInputError
-from provmark.api.limits import WorkLimits
+from provmark.api.limits import ATTRIBUTION_WORK_WEIGHT, WorkLimits, work_weight
 from provmark.api.registry import KeyRef, Record, Registry
 from provmark.detector import DetectionResult
 from provmark.detector.records import RecordMatch
@@ -65,6 +67,7 @@ __all__ = ["Attribution", "AttributionRequest", "KeyVerification", "NearRecord",
            "text_sha256"]
 
 _MAX_WATERMARKS = 1024
+_RUN_START = re.compile(r"\S\s")  # a non-space character, then the whitespace run it ends at
 _log = logging.getLogger(__name__)
 
 
@@ -247,7 +250,7 @@ class Provenance:
     def verify(
         self, texts: list[str], keys: list[KeyRef], *, tenant_id: str | None, alpha: float = 1e-3, min_tokens: int = 10,
         nearest: int = 5, fields: list[str] | None = None, limits: WorkLimits | None = None, charge=None,
-        attribution: AttributionRequest | None = None,
+        cancel: Cancellation | None = None, detect=detect_key, attribution: AttributionRequest | None = None,
     ) -> list[TextVerification]:
         """Detect every text with every key and match each to its record (module docstring).
 
@@ -255,15 +258,22 @@ class Provenance:
         ``fields`` names each text in errors (default ``texts.<i>``). Work is bounded by ``limits``:
         a Balance-Marking key scores at most ``proxy_tokens`` tokens of each text and a synonym key
         ``text_words`` words (the result says ``capped_at``), and a request that would score more than
-        ``max_tokens_scored`` in all is refused (422) before any detection; ``charge(tokens)`` is
-        called with that total first (the rate limiter's charge by work; it raises to refuse).
+        ``max_tokens_scored`` in all is refused (422) before any detection. The caps apply before the
+        text is tokenised: when every key reads a capped prefix, only that prefix is tokenised (and
+        ``num_tokens`` counts its tokens). ``charge(work)`` is called first with the work in kgw tokens
+        (tokens scored, weighted by ``api.limits.SCHEME_WORK_WEIGHTS``: the rate limiter's charge by work;
+        it raises to refuse). ``cancel`` is checked between keys and between the texts of a capped key:
+        once set, detection stops with ``VerificationCancelled`` (and a log line). ``detect`` runs each
+        key's detection (``admission.detect_key``; the heavy lane's runs it in another process).
 
         ``attribution`` also runs test (a) of the zero-shot attribution on every text (module
-        docstring) at ``alpha``: its tokens join the total, a text over ``limits.attribution_tokens``
+        docstring) at ``alpha``, after detection: its tokens (and a given prompt's) join the total and
+        are charged at ``api.limits.ATTRIBUTION_WORK_WEIGHT``, a text over ``limits.attribution_tokens``
         is refused (422) and a serving model that cannot load is a ``ModelLoadError`` (503), both
-        before any detection."""
+        before any detection. The texts are then tokenised whole."""
         fields = fields or [f"texts.{i}" for i in range(len(texts))]
-        ids = self.models.tokenizer()(texts, add_special_tokens=False)["input_ids"]
+        limits = limits or WorkLimits()
+        ids = self._token_ids(texts, keys, limits, min_tokens, whole=attribution is not None)
         for name, row in zip(fields, ids):
             if len(row) < min_tokens:
                 raise InvalidInputError(
@@ -271,7 +281,6 @@ class Provenance:
                 )
         hashes = [text_sha256(t) for t in texts]
         per_key_alpha = alpha / max(len(keys), 1)
-        limits = limits or WorkLimits()
         plans = [self._plan(info, texts, ids, limits) for info in keys]
         total = sum(sum(plan[2]) for plan in plans)
         if attribution is not None:
@@ -282,7 +291,8 @@ class Provenance:
                         "of a text: send a shorter text or leave attribution off", field=name)
             prompts = [q for q in attribution.prompts or () if q is not None]  # run through the model too
             prompt_ids = self.models.tokenizer()(prompts, add_special_tokens=False)["input_ids"] if prompts else []
-            total += sum(len(row) for row in ids) + sum(len(row) for row in prompt_ids)
+            attributed = sum(len(row) for row in ids) + sum(len(row) for row in prompt_ids)
+            total += attributed
         if total > limits.max_tokens_scored:
             passes = f"{len(keys)} key(s)" + (" and the attribution pass" if attribution is not None else "")
             raise InvalidInputError(
@@ -291,23 +301,40 @@ class Provenance:
                 field=fields[0] if len(texts) == 1 else "texts")
         loaded = self.models.loaded() if attribution is not None else None  # refuse before charging
         if charge is not None:
-            charge(total)
+            charge(sum(work_weight(info.scheme) * sum(plan[2]) for info, plan in zip(keys, plans))
+                   + (ATTRIBUTION_WORK_WEIGHT * attributed if attribution is not None else 0.0))
         columns = []
-        for info, (key_texts, key_ids, scored, capped_at) in zip(keys, plans):
+        for done, (info, (key_texts, key_ids, scored, capped_at)) in enumerate(zip(keys, plans)):
             public = info.tenant_id != tenant_id
             # One key's failure is that key's error entry, never the request's: verification without
             # key_ids reads every public key of every tenant, so one broken key must not deny it to all.
             try:
+                if cancel is not None:
+                    cancel.progress = (done, len(keys))
+                    cancel.check()
                 watermark = self.watermark(info.key_id)
                 issued = self.registry.record_numbers(info.key_id) if watermark.scheme.supports_payload else []
                 key_alpha = per_key_alpha / 2 if issued else per_key_alpha  # presence and record test
-                results = watermark.detect(key_texts, alpha=key_alpha, token_ids=key_ids)
-                tests = (watermark.attribute(key_texts, issued, alpha=key_alpha, token_ids=key_ids) if issued
-                         else [None] * len(texts))
+                # A capped scheme costs the most per text (issue 16): one text at a time, so a
+                # cancellation waits for one text under one key at most.
+                step = 1 if _capped(watermark.scheme) else len(texts)
+                results, tests = [], []
+                for i in range(0, len(texts), step):
+                    if i and cancel is not None:
+                        cancel.check()
+                    part_results, part_tests = detect(watermark, key_texts[i:i + step], key_ids[i:i + step],
+                                                      key_alpha, issued)
+                    results += part_results
+                    tests += part_tests
                 columns.append(
                     [self._match(watermark.key, result, test, digest, nearest, public, cap)
                      for result, test, digest, cap in zip(results, tests, hashes, capped_at)]
                 )
+            except VerificationCancelled as exc:  # the request's fate, not the key's
+                _log.warning("verify cancelled (%s) after %d of %d keys", exc.reason, done, len(keys))
+                raise
+            except ServiceBusyError:
+                raise
             except Exception as exc:  # noqa: BLE001 - isolation is the point; the log keeps the traceback
                 columns.append([self._failed(info, exc, per_key_alpha, public)] * len(texts))
         attributions = ([None] * len(texts) if attribution is None
@@ -364,9 +391,8 @@ class Provenance:
     @staticmethod
     def _plan(info: KeyRef, texts: list[str], ids: list[list[int]], limits: WorkLimits):
         """(texts, token ids, tokens scored, capped_at per text) of one key under ``limits``."""
-        try:
-            scheme = get_scheme(info.scheme)
-        except ProvmarkError:  # a stored scheme this version lacks: it fails alone in verify
+        scheme = _scheme(info.scheme)
+        if scheme is None:  # a stored scheme this version lacks: it fails alone in verify
             return texts, ids, [0] * len(texts), [None] * len(texts)
         if scheme.uses_proxy:
             capped = [row[: limits.proxy_tokens] for row in ids]
@@ -382,6 +408,20 @@ class Provenance:
                 capped_at.append(limits.text_words if over else None)
             return key_texts, ids, scored, capped_at
         return texts, ids, [len(row) for row in ids], [None] * len(texts)
+
+    def _token_ids(self, texts: list[str], keys: list[KeyRef], limits: WorkLimits, min_tokens: int, *,
+                   whole: bool = False) -> list[list[int]]:
+        """The texts' token ids as far as the keys read them (``verify``): whole texts when a key
+        scores every token (or ``whole``: the attribution pass reads every token), else a prefix holding
+        the first ``max(min_tokens, proxy_tokens + 1)`` tokens (the synonym scheme reads words, not
+        tokens), tokenised from a prefix of the text."""
+        tokenizer = self.models.tokenizer()
+        schemes = [_scheme(info.scheme) for info in keys]
+        if whole or any(s is None or not _capped(s) for s in schemes):
+            return tokenizer(texts, add_special_tokens=False)["input_ids"]
+        # one past the proxy's cap, so that ``_plan`` sees whether the text goes on past it
+        need = max([min_tokens] + [limits.proxy_tokens + 1 for s in schemes if s.uses_proxy])
+        return [_token_prefix(tokenizer, text, need) for text in texts]
 
     @staticmethod
     def _failed(info: KeyRef, exc: Exception, alpha: float, public: bool) -> KeyVerification:
@@ -428,6 +468,37 @@ class Provenance:
                 f"corrected p {record_test.corrected_p_value:.3g}, above alpha {record_test.alpha:g}; nearest records "
                 "to the open-set decode listed (a heuristic, not a match)")
         return found(None, None, nearest_records(self.registry, key, result, nearest), note)
+
+
+def _scheme(name: str):
+    """The registry entry of ``name`` (None: a stored scheme this version lacks)."""
+    try:
+        return get_scheme(name)
+    except ProvmarkError:
+        return None
+
+
+def _capped(scheme) -> bool:
+    """Whether a scheme's verification reads a capped prefix of each text (``WorkLimits``)."""
+    return scheme.uses_proxy or scheme.reads_text
+
+
+def _token_prefix(tokenizer, text: str, need: int) -> list[int]:
+    """The token ids of ``text`` up to at least its first ``need`` tokens (all of them in a shorter
+    text), equal to the first ids of the whole text's tokenisation: the text is cut where a run of
+    whitespace starts after a non-space character (a pre-token boundary of byte-level BPE, and of
+    SentencePiece, whose next token starts with the space), and the cut doubles until it holds
+    ``need`` tokens."""
+    chars = 8 * (need + 1)
+    while chars < len(text):
+        found = [m.start() for m in _RUN_START.finditer(text, max(0, chars - 4096), chars)]
+        cut = found[-1] + 1 if found else 0
+        if cut > 0:
+            ids = tokenizer(text[:cut], add_special_tokens=False)["input_ids"]
+            if len(ids) >= need:
+                return ids
+        chars *= 2
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _strength(item: KeyVerification) -> float:

@@ -7,17 +7,18 @@ app that carries a ``Service`` and tested alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
-import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 import provmark
 from provmark.api import schemas
+from provmark.api.admission import Admission, Cancellation
 from provmark.api.auth import token_digest
 from provmark.api.errors import AuthError, InvalidInputError, NotFoundError, RateLimitedError
-from provmark.api.limits import TOKENS_PER_REQUEST, RateLimiter, WorkLimits
+from provmark.api.limits import HEAVY_WORK, TOKENS_PER_REQUEST, RateLimiter, WorkLimits, work_bound
 from provmark.api.provenance import AttributionRequest, KeyVerification, Provenance, TextVerification
 from provmark.api.registry import KeyInfo, KeyRef, Record, Registry, Tenant
 from provmark.detector.zero_shot import SamplingSettings
@@ -41,6 +42,9 @@ ERRORS = {
 }
 """The error responses every route documents (one JSON shape, ``schemas.ErrorBody``)."""
 _UNAVAILABLE = {503: {"model": schemas.ErrorBody, "description": "The model cannot be loaded."}}
+_BUSY = {503: {"model": schemas.ErrorBody, "description": (
+    "Heavy verifications queued past the limit (see Retry-After), the server is shutting down, or the "
+    "serving model cannot be loaded (attribution).")}}
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,13 @@ class Service:
     registry: Registry
     provenance: Provenance
     limiter: RateLimiter
-    verify_slots: anyio.CapacityLimiter
-    """Verifications run at once: detection is CPU work, run off the event loop in at most this many
-    threads, so queued requests wait their turn instead of 40 threadpool threads contending for the
-    GIL (on 2 cores at 50 clients that cut the p99 latency from 1.5 s to 0.6 s)."""
+    admission: Admission
+    """Where verifications run (``api.admission``): light ones in a few threads of the shared pool, so
+    queued requests wait their turn instead of 40 threadpool threads contending for the GIL (on 2
+    cores at 50 clients that cut the p99 latency from 1.5 s to 0.6 s); heavy ones in a low-priority
+    lane of their own, a bounded number per client."""
+    stopping: Cancellation = field(default_factory=Cancellation)
+    """Set when the server shuts down: every verification in flight stops (``app.create_app``)."""
     processes: int = 1
     """Server processes sharing the rate limit (``serve --workers``)."""
     work_limits: WorkLimits = WorkLimits()
@@ -259,27 +266,50 @@ def verify_keys(svc: Service, who: Caller, key_ids: list[str] | None) -> list[Ke
     return [by_id[k] for k in dict.fromkeys(key_ids)]
 
 
-async def run_verify(svc: Service, who: Caller, texts: list[str], options, fields: list[str] | None = None,
-                     client: str | None = None):
-    """``Provenance.verify`` in one of ``svc.verify_slots`` threads, under ``svc.work_limits``; the rate
-    limiter's ``client`` (None: not limited) is charged for the tokens scored."""
-    def charge(tokens: int) -> None:  # the middleware charged one request; the rest is work
+async def run_verify(request: Request, svc: Service, who: Caller, texts: list[str], options,
+                     fields: list[str] | None = None):
+    """``Provenance.verify`` under ``svc.work_limits``, in the lane ``svc.admission`` sorts it into by
+    its work bound; the rate limiter's client (when ``app.RateLimit`` identified one) is charged for
+    the work. Detection stops when the client disconnects or the server shuts down."""
+    client = _client(request)
+    keys = verify_keys(svc, who, options.key_ids)
+    limits = svc.work_limits
+
+    def charge(work: float) -> None:  # the middleware charged one request; the rest is work
         limiter = svc.limiter
-        wait = limiter.acquire(client, tokens / TOKENS_PER_REQUEST) if client is not None else 0.0
+        cost = work / TOKENS_PER_REQUEST
+        wait = limiter.acquire(client, cost, prepaid=1.0) if client is not None else 0.0
         if wait:
             raise RateLimitedError(
-                f"rate limit exceeded: this verification scores {tokens} tokens, charged as "
-                f"{tokens / TOKENS_PER_REQUEST:.3g} requests ({TOKENS_PER_REQUEST} tokens each) on top of the "
+                f"rate limit exceeded: this verification's work is {work:.0f} kgw tokens (tokens scored, "
+                f"weighted by scheme), charged as {cost:.3g} requests ({TOKENS_PER_REQUEST} each) on top of the "
                 f"request itself (limit {limiter.rate:g} requests/s, burst {limiter.burst})", retry_after=wait)
+
+    cancel = Cancellation(svc.stopping)
+    attribution = attribution_request(options.attribution, len(texts))
+    # A forward pass of the serving model weighs limits.ATTRIBUTION_WORK_WEIGHT kgw tokens a token: always heavy.
+    heavy = attribution is not None or work_bound([len(t) for t in texts], [k.scheme for k in keys], limits) > HEAVY_WORK
 
     def work():
         return svc.provenance.verify(
-            texts, verify_keys(svc, who, options.key_ids), tenant_id=who.tenant and who.tenant.id,
-            alpha=options.alpha, min_tokens=options.min_tokens, nearest=options.nearest, fields=fields,
-            limits=svc.work_limits, charge=charge, attribution=attribution_request(options.attribution, len(texts)),
+            texts, keys, tenant_id=who.tenant and who.tenant.id, alpha=options.alpha, min_tokens=options.min_tokens,
+            nearest=options.nearest, fields=fields, limits=limits, charge=charge, cancel=cancel,
+            detect=svc.admission.detector(heavy), attribution=attribution,
         )
 
-    return await anyio.to_thread.run_sync(work, limiter=svc.verify_slots)
+    watcher = asyncio.ensure_future(_watch_disconnect(request, cancel))  # not a task group: errors stay whole
+    try:
+        return await svc.admission.run(work, heavy=heavy, client=client, cancel=cancel)
+    finally:
+        watcher.cancel()
+
+
+async def _watch_disconnect(request: Request, cancel: Cancellation) -> None:
+    """Set ``cancel`` when the client goes away (the body is read: the next ASGI message is the
+    disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancel.cancel("the client disconnected")
 
 
 def _client(request: Request) -> str | None:
@@ -292,25 +322,24 @@ def _client(request: Request) -> str | None:
 _OPTIONAL_TOKEN = {"security": [{}]}  # appended to the bearer requirement FastAPI writes
 
 
-@router.post("/v1/verify", response_model=schemas.VerifyResponse, responses={**ERRORS, **_UNAVAILABLE},
-             tags=["provenance"],
+@router.post("/v1/verify", response_model=schemas.VerifyResponse, responses={**ERRORS, **_BUSY}, tags=["provenance"],
              openapi_extra=_OPTIONAL_TOKEN)
 async def verify(request: Request, body: schemas.VerifyRequest, who: Caller = Depends(caller),
                  svc: Service = Depends(service)) -> schemas.VerifyResponse:
     """Detect the text with every key the caller may use (its tenant's keys; without a token,
     the keys open to public verification) and return each result with the matching record; with
     ``attribution``, also test whether the serving model wrote it (zero-shot, no key)."""
-    (item,) = await run_verify(svc, who, [body.text], body, fields=["text"], client=_client(request))
+    (item,) = await run_verify(request, svc, who, [body.text], body, fields=["text"])
     return text_out(item)
 
 
-@router.post("/v1/verify/batch", response_model=schemas.VerifyBatchResponse, responses={**ERRORS, **_UNAVAILABLE},
+@router.post("/v1/verify/batch", response_model=schemas.VerifyBatchResponse, responses={**ERRORS, **_BUSY},
              tags=["provenance"],
              openapi_extra=_OPTIONAL_TOKEN)
 async def verify_batch(request: Request, body: schemas.VerifyBatchRequest, who: Caller = Depends(caller),
                        svc: Service = Depends(service)) -> schemas.VerifyBatchResponse:
     """``/v1/verify`` for up to 32 texts at once (each key decodes them in one batch)."""
-    items = await run_verify(svc, who, body.texts, body, client=_client(request))
+    items = await run_verify(request, svc, who, body.texts, body)
     return schemas.VerifyBatchResponse(items=[text_out(i) for i in items])
 
 

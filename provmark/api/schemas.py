@@ -376,7 +376,9 @@ AttributionOut = create_model(
 
 class VerifyResponse(BaseModel):
     text_sha256: str
-    num_tokens: int
+    num_tokens: int = Field(description=(
+        "Tokens of the text; when every key tested reads a capped prefix (balance, synonym), the text is "
+        "tokenised only that far and this counts the tokens read."))
     watermarked: bool
     results: list[KeyVerificationOut]
     attribution: AttributionOut | None = Field(None, description=(

@@ -159,7 +159,8 @@ def test_serve_runs_the_app_factory_on_the_given_address(runner, db_target, monk
     ((target, kwargs),) = calls
     assert target == "provmark.api.app:app_from_environment"
     assert kwargs == {"factory": True, "host": "127.0.0.1", "port": 8123, "workers": 1, "log_level": "info",
-                      "proxy_headers": False, "h11_max_incomplete_event_size": 256 * 1024}
+                      "proxy_headers": False, "h11_max_incomplete_event_size": 256 * 1024,
+                      "timeout_graceful_shutdown": 10.0}
     assert output == f"provmark API on http://127.0.0.1:8123 (registry {db_target}, 1 worker process)\n"
     app = app_from_environment()  # what uvicorn calls in each worker
     assert calls[1:] == [("threads", 1)] and app.title == "provmark"

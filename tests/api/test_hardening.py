@@ -255,7 +255,7 @@ def test_serve_passes_trusted_proxies_to_its_workers(runner, db_path, monkeypatc
 
 # -- 5. bounded work --------------------------------------------------------------------------
 
-from provmark.api.limits import TOKENS_PER_REQUEST, WorkLimits  # noqa: E402
+from provmark.api.limits import TOKENS_PER_REQUEST, RateLimiter, WorkLimits, work_bound, work_weight  # noqa: E402
 from tests.api.conftest import WordModels  # noqa: E402
 
 
@@ -303,16 +303,150 @@ def test_a_verification_over_the_token_budget_is_refused_before_detection(make_c
     assert "would score 600 tokens" in body["error"] and "limit is 500" in body["error"]
 
 
-def test_the_rate_limiter_charges_verifications_by_tokens_scored(make_client, acme):
-    client = make_client(rate=0.001, burst=6)
+def test_the_rate_limiter_charges_verifications_by_tokens_scored_weighted_by_scheme(make_client, acme):
+    client = make_client(rate=1e-9, burst=8)
     _key(client, acme, "kgw")
-    _key(client, acme, "mpac", bits=16)  # two keys: 2 x 3,000 tokens = 3 requests' worth of work, plus the request
-    assert TOKENS_PER_REQUEST == 2000
+    _key(client, acme, "mpac", bits=16)
+    assert (TOKENS_PER_REQUEST, work_weight("kgw"), work_weight("mpac")) == (2000, 1.0, 1.7)
     heavy = {"text": plain_text(tokens=3000)}
-    # two key creations took 2 of the 6; the verification takes 1 + 3 = 4; nothing is left for a second
-    assert client.post("/v1/verify", json=heavy, headers=acme.headers).status_code == 200
+    # two key creations took 2 of the 8; the verification takes 1 + (3,000 + 1.7 x 3,000) / 2,000 = 5.05
+    response = client.post("/v1/verify", json=heavy, headers=acme.headers)
+    assert response.status_code == 200, response.text
     refused = client.post("/v1/verify", json={"text": plain_text(tokens=20)}, headers=acme.headers)
     assert_error(refused, 429, None)
+
+
+def test_work_past_the_burst_passes_on_a_full_bucket_and_is_repaid_before_the_next_request():
+    clock = iter([0.0, 0.0, 0.0, 10.0, 20.0, 21.0]).__next__  # the first read is the limiter's creation
+    limiter = RateLimiter(rate=1, burst=10, clock=clock)
+    assert limiter.acquire("a", 30) == 0.0  # 30 requests' work on a full bucket of 10: it owes 20
+    assert limiter.acquire("b") == 0.0  # another client does not pay for it
+    assert limiter.acquire("a") == pytest.approx(11.0)  # at 10 s the bucket holds -10; one request needs 1
+    assert limiter.acquire("a") == pytest.approx(1.0)  # at 20 s: 0
+    assert limiter.acquire("a") == 0.0  # at 21 s
+
+
+def test_a_request_that_paid_its_entry_still_passes_its_heavy_work_on_an_otherwise_full_bucket():
+    clock = iter([0.0, 0.0, 0.0, 0.0]).__next__
+    limiter = RateLimiter(rate=1, burst=10, clock=clock)
+    assert limiter.acquire("a") == 0.0  # the middleware's one request
+    assert limiter.acquire("a", 30, prepaid=1) == 0.0  # 9 left, 9 + the 1 prepaid make the full bucket
+    assert limiter.acquire("a") == pytest.approx(22.0)  # -21 in the bucket
+
+
+def test_the_work_bound_reads_lengths_only_and_keeps_the_caps():
+    limits = WorkLimits(proxy_tokens=256, text_words=4000)
+    assert work_bound([1100], ["kgw"], limits) == 1100
+    assert work_bound([200_000], ["synonym"], limits) == 4000 * work_weight("synonym")
+    assert work_bound([100], ["synonym"], limits) == 50 * work_weight("synonym")  # two words take 3 characters
+    assert work_bound([10_000, 10], ["balance"], limits) == (256 + 10) * work_weight("balance")
+    assert work_bound([1100], ["no-such-scheme"], limits) == 0
+
+
+def test_serve_passes_the_shutdown_timeout_to_uvicorn_and_the_heavy_lane_limits_to_its_workers(
+        runner, db_path, monkeypatch, tokenizer, registries):
+    import uvicorn
+
+    from provmark.api.app import SERVE_SETTINGS_ENV, ServeSettings
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
+    monkeypatch.setenv(SERVE_SETTINGS_ENV, "")
+    result = runner.invoke(cli, ["serve", "--db", str(db_path), "--shutdown-timeout", "2.5",
+                                 "--max-heavy-per-client", "3", "--heavy-queue", "0"])
+    assert result.exit_code == 0, result.output
+    assert calls[0]["timeout_graceful_shutdown"] == 2.5
+    limits = WorkLimits(**ServeSettings.from_environment().work_limits)
+    assert (limits.heavy_per_client, limits.heavy_queue) == (3, 0)
+
+
+def _long_synonym_text(words=3000):
+    return " ".join(["the quick brown fox jumps over the lazy dog"] * (words // 9))
+
+
+def test_a_light_verification_runs_in_the_shared_threads_and_a_long_synonym_text_in_the_heavy_lane(
+        make_client, acme, monkeypatch):
+    from provmark.api import admission
+
+    client = make_client()
+    kgw, synonym = _key(client, acme, "kgw"), _key(client, acme, "synonym")
+    lanes = []
+    real = admission.Admission.run
+
+    async def spy(self, fn, *, heavy, client, cancel):
+        lanes.append(heavy)
+        return await real(self, fn, heavy=heavy, client=client, cancel=cancel)
+
+    monkeypatch.setattr(admission.Admission, "run", spy)
+    light = client.post("/v1/verify", json={"text": plain_text(tokens=200), "key_ids": [kgw["key_id"]]},
+                        headers=acme.headers)
+    heavy = client.post("/v1/verify", json={"text": _long_synonym_text(), "key_ids": [synonym["key_id"]],
+                                            "min_tokens": 1}, headers=acme.headers)
+    assert light.status_code == 200 and heavy.status_code == 200, (light.text, heavy.text)
+    assert lanes == [False, True]
+
+
+def test_a_client_past_its_heavy_verifications_in_flight_gets_a_429_and_a_full_queue_a_503(make_client, acme, globex):
+    import threading
+
+    from provmark.front import Watermark
+
+    client = make_client(work_limits=WorkLimits(heavy_per_client=1, heavy_queue=0))
+    acme_key, globex_key = _key(client, acme, "synonym"), _key(client, globex, "synonym")
+    started, release = threading.Event(), threading.Event()
+    real = Watermark.detect
+
+    def slow(self, *args, **kwargs):
+        started.set()
+        release.wait(30)
+        return real(self, *args, **kwargs)
+
+    body = {"text": _long_synonym_text(), "min_tokens": 1}
+    first = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Watermark, "detect", slow)
+        running = threading.Thread(target=lambda: first.setdefault("r", client.post(
+            "/v1/verify", json={**body, "key_ids": [acme_key["key_id"]]}, headers=acme.headers)))
+        running.start()
+        assert started.wait(30)
+        mine = client.post("/v1/verify", json={**body, "key_ids": [acme_key["key_id"]]}, headers=acme.headers)
+        other = client.post("/v1/verify", json={**body, "key_ids": [globex_key["key_id"]]}, headers=globex.headers)
+        light = client.post("/v1/verify", json={"text": "w1 " * 50, "key_ids": [acme_key["key_id"]], "min_tokens": 1},
+                            headers=acme.headers)
+        release.set()
+        running.join(30)
+    assert first["r"].status_code == 200, first["r"].text
+    assert "heavy verification(s) of this client in flight" in assert_error(mine, 429, None)["error"]
+    assert "heavy verifications running or queued" in assert_error(other, 503, None)["error"]
+    assert int(mine.headers["Retry-After"]) >= 1 and int(other.headers["Retry-After"]) >= 1
+    assert light.status_code == 200, light.text  # light work does not queue behind the heavy lane
+
+
+def test_a_prefix_is_tokenised_exactly_as_the_start_of_the_whole_text():
+    import random
+
+    from provmark.api.provenance import _token_prefix
+    from provmark.watermark.models import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    pieces = ["the", "  ", "\n", "\n\n", "word", "ing", ",", ".", " 12345", "é", "😀", "\t", "don't", " - ",
+              "http://x.y/z?q=1", "a" * 30, "   \n "]
+    generator = random.Random(0)
+    for _ in range(60):
+        text = " ".join(generator.choice(pieces) for _ in range(generator.randint(50, 600)))
+        whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for need in (5, 64, 257):
+            prefix = _token_prefix(tokenizer, text, need)
+            assert prefix == whole[: len(prefix)] and len(prefix) >= min(need, len(whole))
+
+
+def test_a_synonym_only_verification_tokenises_only_a_prefix_of_a_long_text(make_client, acme):
+    client = make_client()
+    _key(client, acme, "synonym")
+    text = _long_synonym_text(words=9000)
+    response = client.post("/v1/verify", json={"text": text, "min_tokens": 1}, headers=acme.headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["num_tokens"] < 100 < len(text.split())  # the min_tokens prefix, not 9,000 tokens
 
 
 # -- 6. the smaller items ---------------------------------------------------------------------
