@@ -10,6 +10,7 @@ import sys
 import click
 
 from provmark.api.limits import (
+    DEFAULT_ATTRIBUTION_TOKENS,
     DEFAULT_BURST,
     DEFAULT_HEAVY_PER_CLIENT,
     DEFAULT_HEAVY_QUEUE,
@@ -342,6 +343,9 @@ def records_show(db_path, record_id):
               help="Tokens of each text a balance key scores (each runs the proxy LM); results past it say capped_at.")
 @click.option("--max-text-words", type=click.IntRange(1), default=DEFAULT_TEXT_WORDS, show_default=True,
               help="Words of each text a synonym key scores; results past it say capped_at.")
+@click.option("--max-attribution-tokens", type=click.IntRange(1), default=DEFAULT_ATTRIBUTION_TOKENS, show_default=True,
+              help="Tokens of each text verify's zero-shot attribution may score (a forward pass of the serving "
+                   "model); a longer text asked with attribution is a 422.")
 @click.option("--max-heavy-per-client", type=click.IntRange(1), default=DEFAULT_HEAVY_PER_CLIENT, show_default=True,
               help="Heavy verifications (long texts, synonym and balance keys) one API token or address may have in "
                    "flight per process; one more is a 429. They run in a low-priority lane beside the light ones.")
@@ -352,8 +356,8 @@ def records_show(db_path, record_id):
                    "within one text under one key) and the server exits.")
 @model_option
 def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_body_bytes, torch_threads,
-          trusted_proxies, max_tokens_scored, max_proxy_tokens, max_text_words, max_heavy_per_client, heavy_queue,
-          shutdown_timeout, model_path):
+          trusted_proxies, max_tokens_scored, max_proxy_tokens, max_text_words, max_attribution_tokens,
+          max_heavy_per_client, heavy_queue, shutdown_timeout, model_path):
     """Serve the HTTP API over the registry (OpenAPI docs at /docs).
 
     Refuses to start without the master key ($PROVMARK_MASTER_KEY or --master-key-file). Each
@@ -379,7 +383,8 @@ def serve(db_path, master_key_file, host, port, workers, rate_limit, burst, max_
         db_path=db_path, master_key_file=master_key_file, rate=rate_limit, burst=burst, max_body_bytes=max_body_bytes,
         torch_threads=torch_threads, model_path=model_path, workers=workers, trusted_proxies=trusted_proxies,
         work_limits={"max_tokens_scored": max_tokens_scored, "proxy_tokens": max_proxy_tokens,
-                     "text_words": max_text_words, "heavy_per_client": max_heavy_per_client, "heavy_queue": heavy_queue},
+                     "text_words": max_text_words, "attribution_tokens": max_attribution_tokens,
+                     "heavy_per_client": max_heavy_per_client, "heavy_queue": heavy_queue},
     )
     os.environ.update(settings.to_environment())  # workers inherit the environment and the working directory
     plural = "es" if workers > 1 else ""

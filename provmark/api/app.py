@@ -226,7 +226,8 @@ class ServeSettings:
     torch_threads: int
     model_path: str | None
     work_limits: dict | None = None
-    """``serve --max-tokens-scored``, ``--max-proxy-tokens``, ``--max-text-words`` (``WorkLimits`` fields)."""
+    """``serve --max-tokens-scored``, ``--max-proxy-tokens``, ``--max-text-words``,
+    ``--max-attribution-tokens``, ``--max-heavy-per-client``, ``--heavy-queue`` (``WorkLimits`` fields)."""
     trusted_proxies: str | None = None
     """``serve --trusted-proxies``: the proxies whose X-Forwarded-For is read (None: no proxy header)."""
     workers: int

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from provmark.api.limits import WorkLimits
+from provmark.api.limits import ATTRIBUTION_WORK_WEIGHT, TOKENS_PER_REQUEST, WorkLimits
 from provmark.detector.zero_shot import SamplingSettings, ZeroShotScorer, load_human_texts
 from provmark.errors import ModelLoadError
 from provmark.watermark.hook import generate
@@ -118,19 +118,23 @@ def test_attribution_tokens_count_against_the_work_budget(tiny_client, acme, tok
 
 
 def test_the_rate_limiter_is_charged_for_the_attribution_pass(tiny_client, acme, tokenizer):
-    # One request per 2,000 tokens scored: with a 2-request burst, a 1,500-token text verified with one key
-    # costs 1 + 0.75 requests, and 1 + 1.5 (refused) once attribution doubles the tokens scored.
+    # Work is charged in kgw tokens, one request per TOKENS_PER_REQUEST: plain verifications of a
+    # 1,500-token text fit a burst of 10, while the attribution pass (ATTRIBUTION_WORK_WEIGHT a token)
+    # passes on the full bucket and leaves it in debt for its whole cost, which the rate repays.
     text = " ".join([TEXT] * 40)
     tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
     assert 1_000 < tokens <= 2_000
-    client = tiny_client(rate=0.001, burst=2)
-    _key(client, acme)  # the key's creation took one request from the bucket: refill it with a new client
-    fresh = tiny_client(rate=0.001, burst=2)
-    assert fresh.post("/v1/verify", json={"text": text}, headers=acme.headers).status_code == 200
-    fresh = tiny_client(rate=0.001, burst=2)
-    response = fresh.post("/v1/verify", json={"text": text, "attribution": True}, headers=acme.headers)
-    body = assert_error(response, 429, None)
-    assert f"scores {2 * tokens} tokens" in body["error"]
+    client = tiny_client(rate=1, burst=10)
+    _key(client, acme)  # the key's creation took one request from the bucket: a new client starts full
+    fresh = tiny_client(rate=1, burst=10)
+    assert [fresh.post("/v1/verify", json={"text": text}, headers=acme.headers).status_code
+            for _ in range(2)] == [200, 200]
+    fresh = tiny_client(rate=1, burst=10)
+    assert fresh.post("/v1/verify", json={"text": text, "attribution": True}, headers=acme.headers).status_code == 200
+    refused = fresh.post("/v1/verify", json={"text": text}, headers=acme.headers)
+    assert_error(refused, 429, None)
+    debt = ATTRIBUTION_WORK_WEIGHT * tokens / TOKENS_PER_REQUEST  # requests, repaid at 1 a second
+    assert 0.9 * debt <= float(refused.headers["Retry-After"]) <= 1.2 * debt
 
 
 def test_a_text_over_the_attribution_cap_is_refused_before_any_model_loads(make_client, acme):

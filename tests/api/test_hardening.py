@@ -353,11 +353,11 @@ def test_serve_passes_the_shutdown_timeout_to_uvicorn_and_the_heavy_lane_limits_
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
     monkeypatch.setenv(SERVE_SETTINGS_ENV, "")
     result = runner.invoke(cli, ["serve", "--db", str(db_path), "--shutdown-timeout", "2.5",
-                                 "--max-heavy-per-client", "3", "--heavy-queue", "0"])
+                                 "--max-heavy-per-client", "3", "--heavy-queue", "0", "--max-attribution-tokens", "512"])
     assert result.exit_code == 0, result.output
     assert calls[0]["timeout_graceful_shutdown"] == 2.5
     limits = WorkLimits(**ServeSettings.from_environment().work_limits)
-    assert (limits.heavy_per_client, limits.heavy_queue) == (3, 0)
+    assert (limits.heavy_per_client, limits.heavy_queue, limits.attribution_tokens) == (3, 0, 512)
 
 
 def _long_synonym_text(words=3000):
