@@ -337,6 +337,8 @@ class Provenance:
                 raise
             except Exception as exc:  # noqa: BLE001 - isolation is the point; the log keeps the traceback
                 columns.append([self._failed(info, exc, per_key_alpha, public)] * len(texts))
+        if attribution is not None and cancel is not None:
+            cancel.check()  # the forward pass is the costliest part: not for a client that has gone
         attributions = ([None] * len(texts) if attribution is None
                         else self._attribute(loaded, texts, attribution, alpha,
                                              [_generated_record(c[i] for c in columns) for i in range(len(texts))]))
