@@ -28,9 +28,11 @@ import httpx
 from benchmarks.api_server import ServerFixture, tiny_model_dir
 
 
-async def burst(server: ServerFixture, key_id: str, clients: int, kill_after: float) -> tuple[list[dict], int]:
-    """Registrations until the server dies; returns the acknowledged records and the number of
-    requests that got no answer (in flight at the kill, or refused after it)."""
+async def burst(nodes: list[ServerFixture], key_id: str, clients: int, kill_after: float,
+                kill) -> tuple[list[dict], int]:
+    """Registrations through every node (clients spread over them) until ``kill`` runs at
+    ``kill_after`` seconds; returns the acknowledged records and the requests that got no 201 (in
+    flight at the kill, or refused after it). ``api_crash_nodes`` uses it with two nodes."""
     acknowledged, unanswered = [], 0
     stop = asyncio.Event()
 
@@ -48,14 +50,21 @@ async def burst(server: ServerFixture, key_id: str, clients: int, kill_after: fl
                 return
             if response.status_code == 201:
                 acknowledged.append(response.json()["record"])
+            else:
+                unanswered += 1
+                return
 
     async def killer():
         await asyncio.sleep(kill_after)
-        server.kill()  # SIGKILL
+        await asyncio.to_thread(kill)
         stop.set()
 
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as client:
-        await asyncio.gather(killer(), *(worker(client, i) for i in range(clients)))
+    sessions = [httpx.AsyncClient(base_url=node.url, headers=node.headers, timeout=30) for node in nodes]
+    try:
+        await asyncio.gather(killer(), *(worker(sessions[i % len(nodes)], i) for i in range(clients)))
+    finally:
+        for session in sessions:
+            await session.aclose()
     return acknowledged, unanswered
 
 
@@ -80,7 +89,8 @@ def main(argv=None):
             server.start(log=folder / "server.log")
             kill_after = rng.uniform(args.min_delay, args.max_delay)
             began = time.perf_counter()
-            acknowledged, unanswered = asyncio.run(burst(server, server.key_ids[0], args.clients, kill_after))
+            acknowledged, unanswered = asyncio.run(burst([server], server.key_ids[0], args.clients, kill_after,
+                                                         server.kill))
             all_acknowledged += acknowledged
             # Restart on the same database and look every acknowledged record up through the API.
             server.start(log=folder / "server.log")

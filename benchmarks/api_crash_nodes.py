@@ -24,46 +24,9 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from benchmarks.api_crash import burst
 from benchmarks.api_server import ServerFixture, tiny_model_dir
 from tests.postgres import PostgresServer
-
-
-async def burst(nodes: list[ServerFixture], key_id: str, clients: int, kill_after: float, kill) -> tuple[list[dict], int]:
-    """Registrations through every node (clients spread over them) until ``kill`` runs at
-    ``kill_after`` seconds; returns the acknowledged records and the requests that got no 201."""
-    acknowledged, unanswered = [], 0
-    stop = asyncio.Event()
-
-    async def worker(client, index):
-        nonlocal unanswered
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                response = await client.post("/v1/generate", json={
-                    "key_id": key_id, "prompt": f"client {index} request {n}", "max_new_tokens": 2,
-                    "metadata": {"client": index, "n": n}})
-            except httpx.HTTPError:
-                unanswered += 1
-                return
-            if response.status_code == 201:
-                acknowledged.append(response.json()["record"])
-            else:
-                unanswered += 1
-                return
-
-    async def killer():
-        await asyncio.sleep(kill_after)
-        await asyncio.to_thread(kill)
-        stop.set()
-
-    sessions = [httpx.AsyncClient(base_url=node.url, headers=node.headers, timeout=30) for node in nodes]
-    try:
-        await asyncio.gather(killer(), *(worker(sessions[i % len(nodes)], i) for i in range(clients)))
-    finally:
-        for session in sessions:
-            await session.aclose()
-    return acknowledged, unanswered
 
 
 def main(argv=None):

@@ -8,32 +8,23 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet
 import pytest
-import torch
 from click.testing import CliRunner
 
 from provmark.cli import cli
 from provmark.errors import ParameterError
 from provmark.scan import SCAN_COLUMNS, ScanOptions, read_corpus, scan_corpus
-from provmark.watermark.hook import WatermarkLogitsProcessor
 from provmark.watermark.keys import create_key, save_key
+from tests.sampled import plain_ids, watermarked_ids
 
-VOCAB = 49152  # SmolLM2's
 
 
 def _watermarked(tokenizer, key, payload=None, *, tokens=120, seed=0) -> str:
     """Text decoded from ids sampled from uniform logits through the key's processor."""
-    processor = WatermarkLogitsProcessor(key, None if payload is None else [payload])
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(VOCAB, (1, key.config.context_width), generator=generator)
-    for _ in range(tokens):
-        scores = processor(ids, torch.zeros(1, VOCAB))
-        ids = torch.cat([ids, torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)], dim=1)
-    return tokenizer.decode(ids[0, key.config.context_width:].tolist())
+    return tokenizer.decode(watermarked_ids(key, payload, tokens=tokens, seed=seed))
 
 
 def _plain(tokenizer, *, tokens=120, seed=1) -> str:
-    generator = torch.Generator().manual_seed(seed)
-    return tokenizer.decode(torch.randint(VOCAB, (tokens,), generator=generator).tolist())
+    return tokenizer.decode(plain_ids(tokens=tokens, seed=seed))
 
 
 @pytest.fixture(scope="module")

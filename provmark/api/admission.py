@@ -38,7 +38,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import anyio
 
-from provmark.api.errors import APIError, RateLimitedError
+from provmark.api.errors import APIError, RateLimitedError, RetryLaterError
 
 __all__ = ["Admission", "Cancellation", "ServiceBusyError", "VerificationCancelled", "detect_key"]
 
@@ -47,15 +47,11 @@ _HEAVY_NICE = 19
 _PR_SET_PDEATHSIG = 1
 
 
-class ServiceBusyError(APIError):
+class ServiceBusyError(RetryLaterError):
     """The heavy lane's queue is full: 503 with Retry-After."""
 
     status = 503
     kind = "busy"
-
-    def __init__(self, message: str, *, retry_after: float):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class VerificationCancelled(APIError):

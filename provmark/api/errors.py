@@ -23,6 +23,7 @@ __all__ = [
     "KeyExhaustedError",
     "NotFoundError",
     "RateLimitedError",
+    "RetryLaterError",
     "error_body",
 ]
 
@@ -77,15 +78,19 @@ def error_body(status: int, errors: list[dict]) -> dict:
     return {"ok": False, "status": status, "error": line, "errors": errors}
 
 
-class RateLimitedError(APIError):
-    """Too many requests from one token (or address); ``retry_after`` seconds until the next one."""
-
-    status = 429
-    kind = "rate_limited"
+class RetryLaterError(APIError):
+    """A refusal that passes: ``retry_after`` seconds until a retry may succeed (the Retry-After header)."""
 
     def __init__(self, message: str, *, retry_after: float):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimitedError(RetryLaterError):
+    """Too many requests from one token (or address); ``retry_after`` seconds until the next one."""
+
+    status = 429
+    kind = "rate_limited"
 
 
 class InvalidInputError(APIError):

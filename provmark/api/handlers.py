@@ -14,7 +14,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provmark.api.crypto import MasterKeyError
-from provmark.api.errors import APIError, AuthError, error_body
+from provmark.api.errors import APIError, AuthError, RetryLaterError, error_body
 from provmark.api.limits import retry_after
 from provmark.api.stores import StoreUnavailableError
 from provmark.errors import ModelLoadError, ProvmarkError
@@ -34,8 +34,7 @@ def _field(loc) -> str:
 
 
 async def api_error(request: Request, exc: APIError) -> JSONResponse:
-    wait = getattr(exc, "retry_after", None)  # RateLimitedError, admission.ServiceBusyError
-    headers = {"Retry-After": retry_after(wait)} if wait is not None else None
+    headers = {"Retry-After": retry_after(exc.retry_after)} if isinstance(exc, RetryLaterError) else None
     if isinstance(exc, AuthError):
         headers = {"WWW-Authenticate": "Bearer"}
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)

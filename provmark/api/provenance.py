@@ -339,13 +339,11 @@ class Provenance:
                 columns.append([self._failed(info, exc, per_key_alpha, public)] * len(texts))
         if attribution is not None and cancel is not None:
             cancel.check()  # the forward pass is the costliest part: not for a client that has gone
+        per_text = [sorted((c[i] for c in columns), key=_strength) for i in range(len(texts))]
         attributions = ([None] * len(texts) if attribution is None
-                        else self._attribute(loaded, texts, attribution, alpha,
-                                             [_generated_record(c[i] for c in columns) for i in range(len(texts))]))
-        return [
-            TextVerification(digest, len(row), sorted((c[i] for c in columns), key=_strength), found)
-            for i, (digest, row, found) in enumerate(zip(hashes, ids, attributions))
-        ]
+                        else self._attribute(loaded, texts, attribution, alpha, [_generated_record(r) for r in per_text]))
+        return [TextVerification(digest, len(row), results, found)
+                for digest, row, results, found in zip(hashes, ids, per_text, attributions)]
 
     def _attribute(self, loaded, texts: list[str], request: AttributionRequest, alpha: float,
                    records: list[Record | None]) -> list[Attribution]:
@@ -509,9 +507,10 @@ def _strength(item: KeyVerification) -> float:
     return min(item.result.log10_p_value, record)
 
 
-def _generated_record(verifications) -> Record | None:
-    """The record a text matched that knows its generation context, from the strongest key first."""
-    for item in sorted(verifications, key=_strength):
+def _generated_record(verifications: list[KeyVerification]) -> Record | None:
+    """The record a text matched that knows its generation context, from the strongest key first
+    (``verifications`` are in ``_strength`` order)."""
+    for item in verifications:
         if item.record is not None and item.record.context is not None:
             return item.record
     return None

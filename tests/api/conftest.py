@@ -8,14 +8,13 @@ verification runs without loading a model."""
 from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from provmark.api.app import create_app
 from provmark.api.crypto import MasterKey
 from provmark.watermark.models import Models
 from provmark.api.registry import Registry
-from provmark.watermark.hook import WatermarkLogitsProcessor
+from tests.sampled import plain_ids, watermarked_ids
 
 MASTER_KEY = MasterKey(bytes(range(32)))
 VOCAB = 4096
@@ -43,18 +42,11 @@ class WordModels(Models):
 
 def watermarked_text(key, payload=None, *, tokens=300, seed=0) -> str:
     """Text sampled from uniform logits through the key's processor (so strongly watermarked)."""
-    processor = WatermarkLogitsProcessor(key, None if payload is None else [payload])
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(VOCAB, (1, key.config.context_width), generator=generator)
-    for _ in range(tokens):
-        scores = processor(ids, torch.zeros(1, VOCAB))
-        ids = torch.cat([ids, torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)], dim=1)
-    return " ".join(f"w{i}" for i in ids[0, key.config.context_width:].tolist())
+    return " ".join(f"w{i}" for i in watermarked_ids(key, payload, tokens=tokens, seed=seed, vocab=VOCAB))
 
 
 def plain_text(*, tokens=300, seed=1) -> str:
-    generator = torch.Generator().manual_seed(seed)
-    return " ".join(f"w{i}" for i in torch.randint(VOCAB, (tokens,), generator=generator).tolist())
+    return " ".join(f"w{i}" for i in plain_ids(tokens=tokens, seed=seed, vocab=VOCAB))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
