@@ -64,6 +64,19 @@ def postgres_server():
     server.remove()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Deselect the PostgreSQL run of the tests marked ``one_backend``: their behaviour (admission,
+    scoring, the generation queue) is the same on both backends, and the real-model ones cost tens
+    of seconds a run."""
+    kept, dropped = [], []
+    for item in items:
+        on_postgres = getattr(item, "callspec", None) is not None and item.callspec.params.get("backend") == "postgresql"
+        (dropped if on_postgres and item.get_closest_marker("one_backend") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 def pytest_terminal_summary(terminalreporter):
     for line in _POSTGRES_SETUP:
         terminalreporter.write_line(line)

@@ -328,6 +328,7 @@ def test_generate_issues_a_record_that_verify_finds_again(make_client, fresh_db,
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_an_edited_copy_of_generated_text_is_attributed_to_its_record(make_client, acme, real_model):
     client = make_client(models=PreloadedModels(real_model))
     key = _key(client, acme, "mpac", bits=8, radix=4, delta=3.0)

@@ -117,6 +117,7 @@ def test_attribution_tokens_count_against_the_work_budget(tiny_client, acme, tok
     assert f"would score {2 * tokens} tokens (1 text(s) x 1 key(s) and the attribution pass)" in body["error"]
 
 
+@pytest.mark.one_backend
 def test_the_rate_limiter_is_charged_for_the_attribution_pass(tiny_client, acme, tokenizer):
     # Work is charged in kgw tokens, one request per TOKENS_PER_REQUEST: plain verifications of a
     # 1,500-token text fit a burst of 10, while the attribution pass (ATTRIBUTION_WORK_WEIGHT a token)
@@ -189,6 +190,7 @@ def test_the_openapi_schema_documents_the_attribution_request_and_block(client):
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_an_unwatermarked_answer_is_consistent_with_the_serving_model_and_handbook_prose_is_not(make_client, acme,
                                                                                                 real_model):
     # Unwatermarked: a key's bias moves its text away from the model's own distribution (by design).

@@ -303,6 +303,7 @@ def test_a_verification_over_the_token_budget_is_refused_before_detection(make_c
     assert "would score 600 tokens" in body["error"] and "limit is 500" in body["error"]
 
 
+@pytest.mark.one_backend
 def test_the_rate_limiter_charges_verifications_by_tokens_scored_weighted_by_scheme(make_client, acme):
     client = make_client(rate=1e-9, burst=8)
     _key(client, acme, "kgw")
@@ -386,6 +387,7 @@ def test_a_light_verification_runs_in_the_shared_threads_and_a_long_synonym_text
     assert lanes == [False, True]
 
 
+@pytest.mark.one_backend
 def test_a_client_past_its_heavy_verifications_in_flight_gets_a_429_and_a_full_queue_a_503(make_client, acme, globex):
     import threading
 

@@ -146,6 +146,7 @@ def test_a_client_that_leaves_mid_stream_leaves_an_incomplete_record(server, cli
     assert record["status"] == "incomplete" and record["text_sha256"] is None
 
 
+@pytest.mark.one_backend
 def test_a_full_generation_queue_answers_503_with_retry_after(fresh_db, acme, tiny_dir):
     models = Models(str(tiny_dir))
     queue = GenerationQueue(models, fresh_db, max_batch_rows=1, max_queued_rows=1, gather_s=0)
@@ -179,6 +180,7 @@ def test_a_full_generation_queue_answers_503_with_retry_after(fresh_db, acme, ti
     assert len(fresh_db.records(tenant_id=acme.id)) == 2  # the refused request issued no record
 
 
+@pytest.mark.one_backend
 def test_requests_that_arrive_while_a_batch_runs_join_it(fresh_db, acme, tiny_dir, monkeypatch):
     models = Models(str(tiny_dir))
     queue = GenerationQueue(models, fresh_db, gather_s=0)
