@@ -243,12 +243,13 @@ def print_end_to_end(device: torch.device, model_dir: str | None, batch: int, ne
             print(f"{name:<44} {loop:<22} {plain:12.1f} {marked:18.1f} {1 - marked / plain:9.1%}", flush=True)
 
 
-HOST_SCHEMES = (  # (scheme, params, payload of each row)
-    ("kgw", {}, None),
-    ("mpac", {"bits": 16, "radix": 4}, [0xBEEF, 0x1234, 7, 0]),
-    ("majormark", {"bits": 12}, [5, 1000, 77, 4000]),
-    ("majormark+", {"bits": 16}, [3, 2000, 30000, 38415]),
-    ("vanilla", {"bits": 8, "segment_bits": 8}, [1, 2, 255, 0]),
+HOST_SCHEMES = (  # (row label, scheme, params, payload of each row)
+    ("kgw", "kgw", {}, None),
+    ("mpac", "mpac", {"bits": 16, "radix": 4}, [0xBEEF, 0x1234, 7, 0]),
+    ("majormark", "majormark", {"bits": 12}, [5, 1000, 77, 4000]),
+    ("majormark+", "majormark+", {"bits": 16}, [3, 2000, 30000, 38415]),
+    ("vanilla", "vanilla", {"bits": 8, "segment_bits": 8}, [1, 2, 255, 0]),
+    ("vanilla 2seg", "vanilla", {"bits": 16, "segment_bits": 8}, [1, 0x0102, 0xFFFF, 0]),  # segment picked per step
 )
 
 
@@ -352,10 +353,10 @@ def print_host_ops() -> None:
         return
     print("\nhost operations on the GPU path (Triton launchers stubbed), batch 4, vocabulary 49152; "
           "top-level aten ops of the torch profiler")
-    print(f"{'scheme':<11} {'ops/processor call':>19} {'ops/fused step':>15} {'launches/call':>14} {'launches/step':>14}")
-    for scheme, params, payloads in HOST_SCHEMES:
+    print(f"{'scheme':<12} {'ops/processor call':>19} {'ops/fused step':>15} {'launches/call':>14} {'launches/step':>14}")
+    for label, scheme, params, payloads in HOST_SCHEMES:
         call, step, call_launches, step_launches = host_ops(scheme, params, payloads)
-        print(f"{scheme:<11} {call:>19} {step:>15.1f} {call_launches:>14} {step_launches:>14.1f}", flush=True)
+        print(f"{label:<12} {call:>19} {step:>15.1f} {call_launches:>14} {step_launches:>14.1f}", flush=True)
 
 
 def _ints(text: str) -> list[int]:
