@@ -30,7 +30,7 @@ outside the launches themselves (``--host-ops-only`` prints this table alone). A
 one top-level ``aten::`` event of the torch profiler; kernel launches are counted separately.
 
 **End-to-end.** Tokens per second of batched generation with the embedded model (or
-``--model DIR``), plain and KGW-watermarked, through ``model.generate`` with the processor and
+``--model DIR``), plain and watermarked (KGW, or ``--e2e-scheme vanilla``), through ``model.generate`` with the processor and
 through provmark's fused-sampling loop; every row generates exactly ``--new-tokens`` tokens. A
 random-weight model of SmolLM2-1.7B's shape (``--random-layers`` of its 24 layers) runs beside
 the embedded one. Each run is warmed up once untimed; the figures are medians of
@@ -201,12 +201,18 @@ def random_model(layers: int, dtype: torch.dtype = torch.float32):
     return LlamaForCausalLM(LlamaConfig(**SMOLLM2_1_7B, num_hidden_layers=layers)).to(dtype).eval()
 
 
+E2E_KEYS = {  # (key, payload of row i) of the end-to-end rows
+    "kgw": (KEY, None),
+    "vanilla": (create_key("vanilla", {"bits": 16, "segment_bits": 8}, secret=bytes(32)), lambda i: (37 * i + 5) % (1 << 16)),
+}
+
+
 def print_end_to_end(device: torch.device, model_dir: str | None, batch: int, new_tokens: int, repeats: int,
-                     random_layers: int) -> None:
-    """Tokens per second of both loops, plain and KGW-watermarked, for the embedded model and a
-    random-weight model of SmolLM2-1.7B's shape: one warm-up generation per (model, loop, key)
-    that is not timed, then ``repeats`` rounds in which the four runs are interleaved; the
-    median of each."""
+                     random_layers: int, scheme: str = "kgw") -> None:
+    """Tokens per second of both loops, plain and watermarked (``E2E_KEYS[scheme]``), for the
+    embedded model and a random-weight model of SmolLM2-1.7B's shape: one warm-up generation per
+    (model, loop, key) that is not timed, then ``repeats`` rounds in which the four runs are
+    interleaved; the median of each."""
     from provmark.watermark.hook import generate
     from provmark.watermark.models import load_model
 
@@ -216,18 +222,21 @@ def print_end_to_end(device: torch.device, model_dir: str | None, batch: int, ne
         models.append((f"random SmolLM2-1.7B shape, {random_layers} of 24 layers", random_model(random_layers).to(device)))
     prompts = load_prompts()[:batch]
     settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    print(f"\nend to end: batch {len(prompts)}, {new_tokens} new tokens per row, median of {repeats} interleaved "
-          f"rounds after one warm-up run each, {device}")
+    marked_key, payload_of = E2E_KEYS[scheme]
+    payloads = [payload_of(i) for i in range(len(prompts))] if payload_of else None
+    print(f"\nend to end: batch {len(prompts)}, {new_tokens} new tokens per row, {scheme}, median of {repeats} "
+          f"interleaved rounds after one warm-up run each, {device}")
     print(f"{'model':<44} {'loop':<22} {'plain tok/s':>12} {'watermarked tok/s':>18} {'slowdown':>9}")
     for name, model in models:
         runs = [(loop, fused, label, key) for loop, fused in (("transformers generate", False), ("fused sampling", True))
-                for label, key in (("plain", None), ("watermarked", KEY))]
+                for label, key in (("plain", None), ("watermarked", marked_key))]
 
         def run(fused, key, model=model):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            outs = generate(model, loaded.tokenizer, prompts, key, seed=1, fused_sampling=fused, **settings)
+            outs = generate(model, loaded.tokenizer, prompts, key, payloads if key is not None else None, seed=1,
+                            fused_sampling=fused, **settings)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             return sum(len(g.token_ids) for g in outs) / (time.perf_counter() - start)
@@ -243,12 +252,13 @@ def print_end_to_end(device: torch.device, model_dir: str | None, batch: int, ne
             print(f"{name:<44} {loop:<22} {plain:12.1f} {marked:18.1f} {1 - marked / plain:9.1%}", flush=True)
 
 
-HOST_SCHEMES = (  # (scheme, params, payload of each row)
-    ("kgw", {}, None),
-    ("mpac", {"bits": 16, "radix": 4}, [0xBEEF, 0x1234, 7, 0]),
-    ("majormark", {"bits": 12}, [5, 1000, 77, 4000]),
-    ("majormark+", {"bits": 16}, [3, 2000, 30000, 38415]),
-    ("vanilla", {"bits": 8, "segment_bits": 8}, [1, 2, 255, 0]),
+HOST_SCHEMES = (  # (row label, scheme, params, payload of each row)
+    ("kgw", "kgw", {}, None),
+    ("mpac", "mpac", {"bits": 16, "radix": 4}, [0xBEEF, 0x1234, 7, 0]),
+    ("majormark", "majormark", {"bits": 12}, [5, 1000, 77, 4000]),
+    ("majormark+", "majormark+", {"bits": 16}, [3, 2000, 30000, 38415]),
+    ("vanilla", "vanilla", {"bits": 8, "segment_bits": 8}, [1, 2, 255, 0]),
+    ("vanilla 2seg", "vanilla", {"bits": 16, "segment_bits": 8}, [1, 0x0102, 0xFFFF, 0]),  # segment picked per step
 )
 
 
@@ -352,10 +362,10 @@ def print_host_ops() -> None:
         return
     print("\nhost operations on the GPU path (Triton launchers stubbed), batch 4, vocabulary 49152; "
           "top-level aten ops of the torch profiler")
-    print(f"{'scheme':<11} {'ops/processor call':>19} {'ops/fused step':>15} {'launches/call':>14} {'launches/step':>14}")
-    for scheme, params, payloads in HOST_SCHEMES:
+    print(f"{'scheme':<12} {'ops/processor call':>19} {'ops/fused step':>15} {'launches/call':>14} {'launches/step':>14}")
+    for label, scheme, params, payloads in HOST_SCHEMES:
         call, step, call_launches, step_launches = host_ops(scheme, params, payloads)
-        print(f"{scheme:<11} {call:>19} {step:>15.1f} {call_launches:>14} {step_launches:>14.1f}", flush=True)
+        print(f"{label:<12} {call:>19} {step:>15.1f} {call_launches:>14} {step_launches:>14.1f}", flush=True)
 
 
 def _ints(text: str) -> list[int]:
@@ -377,6 +387,7 @@ def main(argv=None) -> int:
     parser.add_argument("--e2e-repeats", type=int, default=5, help="interleaved rounds of the end-to-end runs")
     parser.add_argument("--random-layers", type=int, default=24,
                         help="layers of the random SmolLM2-1.7B-shaped model (24: the real depth; 0: leave it out)")
+    parser.add_argument("--e2e-scheme", choices=sorted(E2E_KEYS), default="kgw", help="the end-to-end rows' watermark")
     parser.add_argument("--model", default=None, help="a local Hugging Face causal LM folder (default: embedded)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -392,7 +403,8 @@ def main(argv=None) -> int:
         print_host_ops()
         if not args.skip_e2e:
             batch = args.e2e_batch or (32 if device.type == "cuda" else 8)
-            print_end_to_end(device, args.model, batch, args.new_tokens, args.e2e_repeats, args.random_layers)
+            print_end_to_end(device, args.model, batch, args.new_tokens, args.e2e_repeats, args.random_layers,
+                             args.e2e_scheme)
     return 0
 
 

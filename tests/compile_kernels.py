@@ -45,15 +45,16 @@ def specialisations():
     """Every kernel in the variants the launchers produce."""
     row_params = {"keys_ptr": "*i64", "salts_ptr": "*i64", "contexts_ptr": "*i64", "shard_counts_ptr": "*i64",
                   "preferred_ptr": "*i64", "deltas_ptr": "*fp32", "skip_ptr": "*i1", "position_keys_ptr": "*i64",
-                  "num_positions": "i32", "contexts_row_stride": "i32"}
-    for dtype, positions, inplace in (("fp32", True, False), ("bf16", False, True), ("fp16", True, True)):
+                  "pool_keys_ptr": "*i64", "num_positions": "i32", "contexts_row_stride": "i32"}
+    # (dtype, positions, inplace, pool bits): Vanilla-Marking's pool index with positions in fp32
+    for dtype, positions, inplace, pool in (("fp32", True, False, 6), ("bf16", False, True, 0), ("fp16", True, True, 0)):
         types = {"logits_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", **row_params, "vocab_size": "i32",
                  "logits_row_stride": "i32", "logits_col_stride": "i32", "out_row_stride": "i32", "out_col_stride": "i32"}
-        constants = {"CONTEXT_WIDTH": 2, "HAS_POSITIONS": positions, "HAS_SKIP": True, "INPLACE": inplace,
+        constants = {"CONTEXT_WIDTH": 2, "HAS_POSITIONS": positions, "POOL_BITS": pool, "HAS_SKIP": True, "INPLACE": inplace,
                      "BLOCK_V": shard_bias.BLOCK_V, "logits_col_stride": 1, "out_col_stride": 1}
         if dtype == "fp16":
             constants["num_positions"] = 1  # an int argument equal to 1 arrives as a constexpr
-        yield f"shard_bias {dtype} positions={positions} inplace={inplace}", _spec(
+        yield f"shard_bias {dtype} positions={positions} inplace={inplace} pool_bits={pool}", _spec(
             shard_bias._shard_bias_kernel, types, constants, ("vocab_size", "logits_row_stride", "out_row_stride"))
     yield "coin", _spec(balanced_split._coin_kernel,
                         {"out_ptr": "*i1", "coin_seeds_ptr": "*i64", "vocab_size": "i32", "out_row_stride": "i32"},
@@ -66,20 +67,23 @@ def specialisations():
             {"BLOCK_HEAD": 256, "ONE_CHUNK": one_chunk}, ("head", "out_row_stride"))
     sample_types = {"logits_row_stride": "i32", "logits_col_stride": "i32", "vocab_size": "i32",
                     "keys_ptr": "*i64", "salts_ptr": "*i64", "shard_counts_ptr": "*i64", "preferred_ptr": "*i64",
-                    "deltas_ptr": "*fp32", "position_keys_ptr": "*i64", "num_positions": "i32",
+                    "deltas_ptr": "*fp32", "position_keys_ptr": "*i64", "pool_keys_ptr": "*i64", "num_positions": "i32",
                     "sequence_ptr": "*i64", "sequence_row_stride": "i32", "first_column": "i32", "step_ptr": "*i64",
                     "skip_ptr": "*i1", "table_ptr": "*i32", "table_capacity": "i32", "inv_temperatures_ptr": "*fp32",
                     "noise_seeds_ptr": "*i64", "noise_step_stride": "i32", "stop_ids_ptr": "*i64", "min_new": "i32",
                     "pad_id": "i32", "done_ptr": "*i1", "partial_scores_ptr": "*fp32", "partial_ids_ptr": "*i64",
                     "counters_ptr": "*i32", "out_ptr": "*i64", "num_blocks": "i32", "row_slots": "i32"}
-    # (dtype, bias, positions, skip, stateful, stop ids): a stateless call with a skip flag, a
-    # generation step with the repeated-context table and stop ids, and a plain generation step
-    for dtype, bias, positions, skip, stateful, stops in (("fp32", True, True, 1, False, 0), ("bf16", True, False, 2, True, 2),
-                                                          ("fp16", False, False, 0, True, 1)):
-        constants = {"CONTEXT_WIDTH": 2 if bias else 0, "HAS_BIAS": bias, "HAS_POSITIONS": positions, "SKIP": skip,
+    # (dtype, bias, positions, pool bits, skip, stateful, stop ids): a stateless call with a skip
+    # flag, a generation step with the repeated-context table and stop ids, a plain generation
+    # step, and a Vanilla-Marking generation step (segments and pool index, no skip)
+    for dtype, bias, positions, pool, skip, stateful, stops in (
+            ("fp32", True, True, 0, 1, False, 0), ("bf16", True, False, 0, 2, True, 2), ("fp16", False, False, 0, 0, True, 1),
+            ("bf16", True, True, 12, 0, True, 1)):
+        constants = {"CONTEXT_WIDTH": 2 if bias else 0, "HAS_BIAS": bias, "HAS_POSITIONS": positions, "POOL_BITS": pool,
+                     "SKIP": skip,
                      "STATEFUL": stateful, "NUM_STOPS": stops, "BLOCK_V": fused_sampling.BLOCK_V,
                      "BLOCK_BLOCKS": 64, "logits_col_stride": 1}
-        yield f"fused_sample {dtype} bias={bias} skip={skip} stateful={stateful}", _spec(
+        yield f"fused_sample {dtype} bias={bias} skip={skip} stateful={stateful} pool_bits={pool}", _spec(
             fused_sampling._fused_sample_kernel, {"logits_ptr": f"*{dtype}", **sample_types}, constants,
             ("vocab_size", "logits_row_stride", "table_capacity"))
     yield "repeated_context", _spec(repeated_context._repeated_context_kernel,

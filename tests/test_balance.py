@@ -11,9 +11,9 @@ from provmark.detector import create_detector
 from provmark.detector.balance import walsh_hadamard
 from provmark.errors import ParameterError
 from provmark.kernels.balanced_split import available_ids, available_in_pool, head_of, partition_starts
-from provmark.kernels.prf import MASK32, context_seeds, split_key, token_words
-from provmark.kernels.shard_bias import preferred_mask
-from provmark.watermark.balance import BalanceConfig, VanillaConfig, parity, pool_indices, pool_words
+from provmark.kernels.prf import MASK32, TOKEN_TAG, context_seed_int, context_seeds, mix32_int, split_key, token_words
+from provmark.kernels.shard_bias import pool_salts, preferred_mask
+from provmark.watermark.balance import BalanceConfig, VanillaConfig, parity, pool_indices, pool_words, segments_of
 from provmark.watermark.base import positions
 from provmark.watermark.hook import WatermarkLogitsProcessor, generate
 from provmark.watermark.keys import create_key
@@ -62,6 +62,51 @@ def test_parity_and_pool_indices_match_plain_integers():
         for o, row, m in zip(offsets.tolist(), rows.tolist(), messages.tolist())
     ]
     assert pool_indices(offsets, rows, messages).tolist() == expected
+
+
+def test_the_shard_ops_pool_salt_is_c_xor_a_m_in_plain_integers():
+    # kernels.shard_bias.pool_salts, which the kernels apply at every generation step, against
+    # the definition written out with PRF v1's integer functions: seed = context_seed(pool key,
+    # column, context), word r = token_word(seed, r), c = word 0 mod 2**k, bit r of A m =
+    # parity(word r + 1 & m). Keys at 2**32 and above 2**63, messages up to 2**32 - 1.
+    gen = torch.Generator().manual_seed(3)
+    n, k = 40, 6
+    keys = torch.tensor([split_key([0, 2**32, 2**63 + 5, 2**64 - 1][i % 4]) for i in range(n)])
+    columns = torch.randint(0, 5, (n,), generator=gen)
+    contexts = torch.randint(0, 2**17, (n, 2), generator=gen)
+    messages = torch.randint(0, 2**32, (n,), generator=gen)
+    messages[-1] = 2**32 - 1
+
+    def word(seed, r):
+        return mix32_int(seed ^ mix32_int(r ^ TOKEN_TAG))
+
+    expected = []
+    for (lo, hi), column, context, m in zip(keys.tolist(), columns.tolist(), contexts.tolist(), messages.tolist()):
+        seed = context_seed_int(lo, hi, column, context)
+        expected.append((word(seed, 0) % 2**k) ^ sum((bin(word(seed, r + 1) & m).count("1") % 2) << r for r in range(k)))
+    assert pool_salts(keys, columns, contexts, messages, k).tolist() == expected
+
+
+@pytest.mark.parametrize("params", [{"bits": 16, "segment_bits": 8}, {"bits": 12, "segment_bits": 6, "pool_size": 8, "context_width": 2},
+                                    {"bits": 20, "pool_size": 4096}])
+def test_vanillas_constant_step_params_resolve_to_the_detectors_pool_index(params):
+    # The embedder hands the op a table of messages with position and pool keys, built once; at
+    # each context the op's pick must be the segment and pool index the detector recomputes.
+    key = create_key("vanilla", params, secret=SECRET)
+    config = key.config
+    gen = torch.Generator().manual_seed(4)
+    contexts = torch.randint(0, 49152, (300, config.context_width), generator=gen)
+    payloads = torch.randint(0, config.capacity, (300,), generator=gen).tolist()
+    marker = WatermarkLogitsProcessor(key, payloads).watermarker
+    step = marker.step_params(torch.zeros_like(contexts), payloads)
+    assert step is marker.step_params(contexts, payloads)  # built once per payload list, whatever the contexts
+    segment = segments_of(split_key(key.subkey("position")), contexts, config)
+    offsets, rows = pool_words(split_key(key.subkey("pool")), contexts, segment, config)
+    messages = torch.tensor([config.segments(p) for p in payloads]).gather(1, segment[:, None]).squeeze(1)
+    resolved = step.resolved(contexts)
+    assert torch.equal(resolved.salts, pool_indices(offsets, rows, messages))
+    assert resolved.position_keys is None and resolved.pool_keys is None and bool((resolved.preferred == 0b10).all())
+    assert len(set(segment.tolist())) == config.num_segments
 
 
 def test_pool_indices_of_two_messages_collide_at_rate_one_over_k():

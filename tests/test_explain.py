@@ -50,7 +50,7 @@ def test_hits_are_exactly_the_ids_the_embedder_preferred(tiny_model, tokenizer, 
         context = torch.tensor([ids[token.index - h : token.index]])
         step = watermarker.step_params(context, None if payload is None else [payload])
         mask = preferred_mask(step.keys, step.salts, context, step.shard_counts, step.preferred, tokenizer.vocab_size + 17,
-                              position_keys=step.position_keys)
+                              position_keys=step.position_keys, pool_keys=step.pool_keys, pool_bits=step.pool_bits)
         assert token.hit == bool(mask[0, ids[token.index]]), token
     # the watermark shows: far more hits than text without the key would have
     assert explanation.num_hits > explanation.expected_hits + 0.2 * len(scored)

@@ -129,7 +129,8 @@ def _step_by_step(model, input_ids, mask, key, payloads, max_new, min_new, tempe
             skip = repeated_context_mask(ids, start=start, context_width=width) if watermarker.skips_repeated_contexts else None
             drawn = fused_sample(scores, **sampling, keys=params.keys, salts=params.salts, contexts=contexts,
                                  shard_counts=params.shard_counts, preferred=params.preferred, deltas=params.deltas,
-                                 skip=skip, position_keys=params.position_keys)
+                                 skip=skip, position_keys=params.position_keys, pool_keys=params.pool_keys,
+                                 pool_bits=params.pool_bits)
         drawn = torch.where(done, 2, drawn)
         done |= drawn == 2
         ids = torch.cat([ids, drawn[:, None]], dim=1)

@@ -54,10 +54,11 @@ def _block(device):
     return 256 if device == "cpu" else shard_bias_module.BLOCK_V
 
 
-def _rows(device, batch=4, width=2, positions=0, seed=0):
+def _rows(device, batch=4, width=2, positions=0, seed=0, pool=0):
     """Row parameters exercising every case at once: keys across 64 bits, salts up to 2**32 - 1,
     shard counts 1..64, preferred sets that are runs, scattered bits and bit 63, contexts that
-    are a slice of a longer sequence."""
+    are a slice of a longer sequence. ``pool`` > 0 adds pool keys and ``pool_bits`` (the salts
+    are then messages, up to 2**32 - 1 too)."""
     gen = torch.Generator().manual_seed(seed)
     table = (batch, positions) if positions else (batch,)
     preferred = torch.randint(-(2**63), 2**63 - 1, table, generator=gen)
@@ -73,30 +74,43 @@ def _rows(device, batch=4, width=2, positions=0, seed=0):
         "position_keys": torch.tensor([split_key(KEYS[(i + 1) % 4]) for i in range(batch)]) if positions else None,
     }
     rows["salts"].view(-1)[-1] = 2**32 - 1
-    return {k: v.to(device) if v is not None else None for k, v in rows.items()}
+    if pool:
+        rows["pool_keys"] = torch.tensor([split_key(KEYS[(i + 2) % 4]) for i in range(batch)])
+    rows = {k: v.to(device) if v is not None else None for k, v in rows.items()}
+    if pool:
+        rows["pool_bits"] = pool
+    return rows
+
+
+def _pool(rows):
+    """The pool arguments of ``rows`` as keywords (none without a pool)."""
+    return {"pool_keys": rows["pool_keys"], "pool_bits": rows["pool_bits"]} if "pool_keys" in rows else {}
 
 
 def _kernel(logits, rows, skip=None, inplace=False, device="cpu"):
     out = logits if inplace else torch.empty_like(logits, memory_format=torch.contiguous_format)
     return _shard_bias_triton(logits, rows["keys"], rows["salts"], rows["contexts"], rows["shard_counts"],
-                              rows["preferred"], rows["deltas"], skip, rows["position_keys"], out, block_v=_block(device))
+                              rows["preferred"], rows["deltas"], skip, rows["position_keys"], out, **_pool(rows),
+                              block_v=_block(device))
 
 
 def _reference(logits, rows, skip=None):
     return _shard_bias_reference(logits, rows["keys"], rows["salts"], rows["contexts"], rows["shard_counts"],
-                                 rows["preferred"], rows["deltas"], skip, rows["position_keys"], logits.clone())
+                                 rows["preferred"], rows["deltas"], skip, rows["position_keys"], logits.clone(),
+                                 **_pool(rows))
 
 
 def _mask(rows, vocab):
     return preferred_mask(rows["keys"], rows["salts"], rows["contexts"], rows["shard_counts"], rows["preferred"], vocab,
-                          position_keys=rows["position_keys"])
+                          position_keys=rows["position_keys"], **_pool(rows))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("vocab", [1, 257, 2049, 4095])
-@pytest.mark.parametrize("width,positions", [(1, 0), (2, 0), (5, 0), (2, 3), (1, 32), (3, 1)])
-def test_shard_bias_kernel_prefers_exactly_the_reference_ids(device, vocab, width, positions):
-    rows = _rows(device, width=width, positions=positions, seed=vocab + width)
+@pytest.mark.parametrize("width,positions,pool", [(1, 0, 0), (2, 0, 0), (5, 0, 0), (2, 3, 0), (1, 32, 0), (3, 1, 0),
+                                                  (1, 0, 6), (2, 3, 1), (3, 1, 16)])
+def test_shard_bias_kernel_prefers_exactly_the_reference_ids(device, vocab, width, positions, pool):
+    rows = _rows(device, width=width, positions=positions, seed=vocab + width, pool=pool)
     rows["deltas"] = torch.ones(4, device=device)
     biased = _kernel(torch.zeros(4, vocab, device=device), rows, device=device)
     assert torch.equal(biased != 0, _mask(rows, vocab))
@@ -275,8 +289,8 @@ def test_the_samplers_log_is_bit_identical_in_the_kernel_and_the_reference(devic
     assert torch.allclose(out.double(), torch.log(x.double()), rtol=2e-7, atol=0)
 
 
-def _sample_rows(device, batch, vocab, dtype, seed, positions=0):
-    rows = _rows(device, batch=batch, positions=positions, seed=seed)
+def _sample_rows(device, batch, vocab, dtype, seed, positions=0, pool=0):
+    rows = _rows(device, batch=batch, positions=positions, seed=seed, pool=pool)
     gen = torch.Generator().manual_seed(seed)
     logits = (torch.randn(batch, vocab, generator=gen) * 3).to(dtype)
     logits[:, 1::5] = float("-inf")
@@ -296,14 +310,14 @@ def _sample_args(rows, skip=None, bias=True):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("vocab", [1, 257, 2049, 4095])
 def test_fused_sampling_kernel_draws_exactly_the_reference_ids(device, dtype, vocab):
-    for step, (bias, positions) in enumerate([(True, 0), (True, 3), (False, 0)]):
-        rows, logits, temperatures = _sample_rows(device, 4, vocab, dtype, seed=vocab + step, positions=positions)
+    for step, (bias, positions, pool) in enumerate([(True, 0, 0), (True, 3, 0), (False, 0, 0), (True, 2, 5)]):
+        rows, logits, temperatures = _sample_rows(device, 4, vocab, dtype, seed=vocab + step, positions=positions, pool=pool)
         skip = torch.tensor([False, True, False, False], device=device)
         args = _sample_args(rows, skip, bias)[:8]
         seeds = sampling_seeds(vocab, step, 4).to(device)
         inverse = 1.0 / temperatures
-        sampled = _fused_sample_triton(logits, *args, inverse, seeds, block_v=_block(device))
-        assert torch.equal(sampled, _fused_sample_reference(logits, *args, inverse, seeds))
+        sampled = _fused_sample_triton(logits, *args, inverse, seeds, **_pool(rows), block_v=_block(device))
+        assert torch.equal(sampled, _fused_sample_reference(logits, *args, inverse, seeds, **_pool(rows)))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -352,7 +366,7 @@ def test_every_kernel_compiles_for_an_h100_without_a_gpu():
     done = subprocess.run([sys.executable, "-m", "tests.compile_kernels", "--arch", "90"], env=env, capture_output=True,
                           text=True, cwd=Path(__file__).parent.parent, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count(": ok") == 10
+    assert done.stdout.count(": ok") == 11
 
 
 HOOK_CASES = [
@@ -398,14 +412,16 @@ def test_the_hook_on_a_gpu_biases_exactly_like_the_hook_on_a_cpu(monkeypatch, de
 
 
 def _sampler_cases(device):
-    """(name, watermarker or None, payloads): no watermark, KGW at h=1 (repeats are common) and
-    MPAC's position tables at h=2."""
+    """(name, watermarker or None, payloads): no watermark, KGW at h=1 (repeats are common),
+    MPAC's position tables at h=2 and Vanilla-Marking's segments and pool index at h=2."""
     from provmark.watermark.keys import create_key
     from provmark.watermark.schemes import watermarker_class
 
     cases = [("plain", None, None)]
     for scheme, params, payloads in (("kgw", {"context_width": 1, "gamma": 0.5}, None),
-                                     ("mpac", {"bits": 8, "radix": 4, "context_width": 2}, [0xA5, 0x3C, 7])):
+                                     ("mpac", {"bits": 8, "radix": 4, "context_width": 2}, [0xA5, 0x3C, 7]),
+                                     ("vanilla", {"bits": 12, "segment_bits": 6, "pool_size": 8, "context_width": 2},
+                                      [0xA5C, 0x3C1, 7])):
         key = create_key(scheme, params, secret=bytes(range(32)))
         cases.append((scheme, watermarker_class(scheme)(key), payloads))
     return cases
@@ -421,7 +437,7 @@ def _run_sampler(device, watermarker, payloads, prompt, logits, block_v, min_new
     sampler = FusedSampler(prompt.to(device), steps=logits.shape[0], temperature=0.8, noise_key=5, stop_ids=[5, 7],
                            pad_id=2, min_new=min_new, block_v=block_v, params=params,
                            context_width=watermarker.context_width if watermarker else None,
-                           skips_repeated_contexts=watermarker is not None)
+                           skips_repeated_contexts=watermarker is not None and watermarker.skips_repeated_contexts)
     for step_logits in logits:
         sampler.step(step_logits.to(device))
     return sampler
@@ -447,7 +463,8 @@ def test_the_samplers_kernel_steps_draw_exactly_the_reference_steps_ids(monkeypa
             with monkeypatch.context() as patch:
                 _kernel_path(patch, device)
                 kernel = _run_sampler(device, watermarker, payloads, prompt, typed, _block(device) // 2, min_new)
-            assert kernel.fused and (watermarker is None or kernel.repeated.on_device)
+            assert kernel.fused and (watermarker is None or not watermarker.skips_repeated_contexts
+                                     or kernel.repeated.on_device)
             assert torch.equal(kernel.sequence.cpu(), reference.sequence), (name, min_new, dtype)
             assert torch.equal(kernel.done.cpu(), reference.done)
             generated = reference.sequence[:, 3:]

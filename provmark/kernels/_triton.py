@@ -100,16 +100,36 @@ if HAS_TRITON:
         return mix32(seed ^ mix32(ids.to(tl.uint32) ^ _TOKEN_TAG))
 
     @triton.jit
+    def pool_salt(pool_keys_ptr, column, context_ptr, message, CONTEXT_WIDTH: tl.constexpr, POOL_BITS: tl.constexpr):
+        """``shard_bias.pool_salts`` of one row: the pool index ``c XOR (A m)`` of the row's
+        message under the (low, high) int64 key words at ``pool_keys_ptr``, with ``c`` and the
+        rows of A the words ``token_word(context_seed(pool key, column, context), r)``, r = 0..k."""
+        seed = context_seed(pool_keys_ptr, tl.cast(column, tl.uint32), context_ptr, CONTEXT_WIDTH)
+        salt = token_words(seed, tl.zeros([], dtype=tl.uint32)) & ((1 << POOL_BITS) - 1)
+        message = message.to(tl.uint32)
+        for r in tl.static_range(POOL_BITS):
+            bits = token_words(seed, tl.full([], r + 1, dtype=tl.uint32)) & message
+            bits ^= bits >> 16  # the parity of the 32 bits, folded down to bit 0
+            bits ^= bits >> 8
+            bits ^= bits >> 4
+            bits ^= bits >> 2
+            bits ^= bits >> 1
+            salt ^= (bits & 1) << r
+        return salt
+
+    @triton.jit
     def row_shard_params(
-        keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, position_keys_ptr, row, num_positions,
-        contexts_row_stride, CONTEXT_WIDTH: tl.constexpr, HAS_POSITIONS: tl.constexpr,
+        keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, position_keys_ptr, pool_keys_ptr, row,
+        num_positions, contexts_row_stride, CONTEXT_WIDTH: tl.constexpr, HAS_POSITIONS: tl.constexpr,
+        POOL_BITS: tl.constexpr,
     ):
         """(seed uint32, shard count uint32, preferred int64) of one row of ``shard_bias``'s inputs.
 
         Contexts may be a slice of the whole sequence (row stride ``contexts_row_stride``, ids
         adjacent). With HAS_POSITIONS, salts and preferred are (B, num_positions) tables and the
         row reads column ``fastrange(context_seed(position key, 0, context), num_positions)``;
-        without, they are (B,) and ``num_positions`` is 1."""
+        without, they are (B,) and ``num_positions`` is 1. With POOL_BITS > 0 the salt read is a
+        message and the row's salt is its pool index (``pool_salt``, keys at ``pool_keys_ptr``)."""
         context_ptr = contexts_ptr + row * contexts_row_stride
         column = 0
         if HAS_POSITIONS:
@@ -117,6 +137,8 @@ if HAS_TRITON:
             # tl.cast, not .to: an int argument equal to 1 arrives as a constexpr
             column = tl.umulhi(position_seed, tl.cast(num_positions, tl.uint32)).to(tl.int64)
         salt = tl.load(salts_ptr + row * num_positions + column).to(tl.uint32)
+        if POOL_BITS > 0:
+            salt = pool_salt(pool_keys_ptr + 2 * row, column, context_ptr, salt, CONTEXT_WIDTH, POOL_BITS)
         preferred = tl.load(preferred_ptr + row * num_positions + column)
         seed = context_seed(keys_ptr + 2 * row, salt, context_ptr, CONTEXT_WIDTH)
         shard_count = tl.load(shard_counts_ptr + row).to(tl.uint32)

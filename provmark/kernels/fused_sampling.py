@@ -117,10 +117,11 @@ def _gumbel_noise(noise_seeds: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 
 def _fused_sample_reference(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys,
-                            inv_temperatures, noise_seeds):
+                            inv_temperatures, noise_seeds, pool_keys=None, pool_bits=0):
     scores = logits.to(torch.float32)
     if keys is not None:
-        mask = preferred_mask(keys, salts, contexts, shard_counts, preferred, logits.shape[1], position_keys=position_keys)
+        mask = preferred_mask(keys, salts, contexts, shard_counts, preferred, logits.shape[1], position_keys=position_keys,
+                              pool_keys=pool_keys, pool_bits=pool_bits)
         if skip is not None:
             mask &= ~skip[:, None]
         scores = torch.where(mask, scores + deltas.to(torch.float32)[:, None], scores)
@@ -156,11 +157,12 @@ if HAS_TRITON:
     @triton.jit
     def _fused_sample_kernel(
         logits_ptr, logits_row_stride, logits_col_stride, vocab_size,
-        keys_ptr, salts_ptr, shard_counts_ptr, preferred_ptr, deltas_ptr, position_keys_ptr, num_positions,
+        keys_ptr, salts_ptr, shard_counts_ptr, preferred_ptr, deltas_ptr, position_keys_ptr, pool_keys_ptr, num_positions,
         sequence_ptr, sequence_row_stride, first_column, step_ptr, skip_ptr, table_ptr, table_capacity,
         inv_temperatures_ptr, noise_seeds_ptr, noise_step_stride, stop_ids_ptr, min_new, pad_id, done_ptr,
         partial_scores_ptr, partial_ids_ptr, counters_ptr, out_ptr, num_blocks, row_slots,
-        CONTEXT_WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_POSITIONS: tl.constexpr, SKIP: tl.constexpr,
+        CONTEXT_WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_POSITIONS: tl.constexpr, POOL_BITS: tl.constexpr,
+        SKIP: tl.constexpr,
         STATEFUL: tl.constexpr, NUM_STOPS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_BLOCKS: tl.constexpr,
     ):
         """Program (row, block): the best score of the block's ids (and, with SKIP == 2, the best
@@ -199,8 +201,8 @@ if HAS_TRITON:
             # a context that would start before the sequence is never read: the step is plain
             context_ptr = sequence_ptr + tl.maximum(column - CONTEXT_WIDTH, 0)
             seed, shard_count, preferred = row_shard_params(
-                keys_ptr, salts_ptr, context_ptr, shard_counts_ptr, preferred_ptr, position_keys_ptr, row,
-                num_positions, sequence_row_stride, CONTEXT_WIDTH, HAS_POSITIONS,
+                keys_ptr, salts_ptr, context_ptr, shard_counts_ptr, preferred_ptr, position_keys_ptr, pool_keys_ptr, row,
+                num_positions, sequence_row_stride, CONTEXT_WIDTH, HAS_POSITIONS, POOL_BITS,
             )
             hit = preferred_flags(seed, shard_count, preferred, ids) & has_context
             if SKIP == 1:
@@ -246,7 +248,7 @@ if HAS_TRITON:
 
 def _launch(logits, keys, salts, shard_counts, preferred, deltas, position_keys, inv_temperatures, sequence,
             first_column, context_width, out, scratch, *, skip=None, table=None, step=None, noise_seeds,
-            stop_ids=None, min_new=0, pad_id=0, done=None, block_v):
+            stop_ids=None, min_new=0, pad_id=0, done=None, pool_keys=None, pool_bits=0, block_v):
     """Launch ``_fused_sample_kernel``; ``scratch`` is (partial scores, partial ids, counters)."""
     batch, vocab_size = logits.shape
     num_blocks = triton.cdiv(vocab_size, block_v)
@@ -264,6 +266,7 @@ def _launch(logits, keys, salts, shard_counts, preferred, deltas, position_keys,
         preferred_ptr=int64_rows(preferred) if has_bias else placeholder,
         deltas_ptr=deltas if has_bias else placeholder,
         position_keys_ptr=int64_rows(position_keys) if position_keys is not None else placeholder,
+        pool_keys_ptr=int64_rows(pool_keys) if pool_keys is not None else placeholder,
         num_positions=salts.shape[1] if position_keys is not None else 1,
         sequence_ptr=sequence,
         sequence_row_stride=sequence.stride(0),
@@ -288,6 +291,7 @@ def _launch(logits, keys, salts, shard_counts, preferred, deltas, position_keys,
         CONTEXT_WIDTH=context_width,
         HAS_BIAS=has_bias,
         HAS_POSITIONS=position_keys is not None,
+        POOL_BITS=pool_bits if pool_keys is not None else 0,
         SKIP=2 if table is not None else 1 if skip is not None else 0,
         STATEFUL=step is not None,
         NUM_STOPS=stop_ids.numel() if stop_ids is not None else 0,
@@ -309,7 +313,7 @@ def _scratch(batch, vocab_size, block_v, device, two_candidates=False):
 
 
 def _fused_sample_triton(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys,
-                         inv_temperatures, noise_seeds, block_v=BLOCK_V):
+                         inv_temperatures, noise_seeds, pool_keys=None, pool_bits=0, block_v=BLOCK_V):
     """One launch of the kernel for a stateless step: contexts are the (B, h) sequence."""
     batch, vocab_size = logits.shape
     device = logits.device
@@ -325,7 +329,7 @@ def _fused_sample_triton(logits, keys, salts, contexts, shard_counts, preferred,
                    inv_temperatures.contiguous(),
                    contexts, contexts.shape[1], contexts.shape[1], sampled,
                    _scratch(batch, vocab_size, block_v, device), skip=skip.contiguous() if skip is not None else None,
-                   noise_seeds=int64_rows(noise_seeds), block_v=block_v)
+                   noise_seeds=int64_rows(noise_seeds), pool_keys=pool_keys, pool_bits=pool_bits, block_v=block_v)
 
 
 def fused_sample(
@@ -341,6 +345,8 @@ def fused_sample(
     deltas: torch.Tensor | None = None,
     skip: torch.Tensor | None = None,
     position_keys: torch.Tensor | None = None,
+    pool_keys: torch.Tensor | None = None,
+    pool_bits: int = 0,
 ) -> torch.Tensor:
     """Sample one id per row from ``softmax((logits + bias) / T)`` by keyed Gumbel-max.
 
@@ -352,8 +358,9 @@ def fused_sample(
             are never sampled.
         temperatures: float (B,) sampling temperature of each row, > 0.
         noise_seeds: int64 (B,) 32-bit noise seeds of this step (``sampling_seeds``).
-        keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys: the
-            watermark's row parameters, as in ``shard_bias``; ``keys`` None samples without bias.
+        keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, pool_keys,
+            pool_bits: the watermark's row parameters, as in ``shard_bias``; ``keys`` None samples
+            without bias.
 
     Returns:
         int64 (B,) sampled ids.
@@ -370,16 +377,17 @@ def fused_sample(
     if keys is not None:
         if any(t is None for t in (salts, contexts, shard_counts, preferred, deltas)):
             raise ValueError("with keys, give salts, contexts, shard_counts, preferred and deltas too")
-        _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, values=not fused)
+        _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, values=not fused,
+                          pool_keys=pool_keys, pool_bits=pool_bits)
     check_devices(logits.device, temperatures=temperatures, noise_seeds=noise_seeds, keys=keys, salts=salts,
                   contexts=contexts, shard_counts=shard_counts, preferred=preferred, deltas=deltas, skip=skip,
-                  position_keys=position_keys)
+                  position_keys=position_keys, pool_keys=pool_keys)
     if not fused and bool((temperatures <= 0).any()):
         raise ValueError(f"temperatures must be > 0, got {temperatures.tolist()}")
     inv_temperatures = 1.0 / temperatures.to(torch.float32)
     sample = _fused_sample_triton if fused else _fused_sample_reference
     return sample(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys,
-                  inv_temperatures, noise_seeds)
+                  inv_temperatures, noise_seeds, pool_keys, pool_bits)
 
 
 class FusedSampler:
@@ -466,7 +474,9 @@ class FusedSampler:
                 self.prompt_length, self.context_width or 0, self.out, self._scratch,
                 table=self.repeated if params is not None else None, step=self.step_number,
                 noise_seeds=self.noise_seeds, stop_ids=self.stop_ids if self.stop_ids.numel() else None,
-                min_new=self.min_new, pad_id=self.pad_id, done=self.done, block_v=self.block_v)
+                min_new=self.min_new, pad_id=self.pad_id, done=self.done,
+                pool_keys=params.pool_keys if params is not None else None,
+                pool_bits=params.pool_bits if params is not None else 0, block_v=self.block_v)
         self.step_number += 1
 
     def _reference_step(self, logits, params):
@@ -474,12 +484,13 @@ class FusedSampler:
         scores = logits
         if self.taken < self.min_new and self.stop_ids.numel():
             scores = logits.to(torch.float32).index_fill(1, self.stop_ids, float("-inf"))
-        rows = (None,) * 8
+        rows, pool = (None,) * 8, (None, 0)
         if params is not None and column >= width:
             skip = self.repeated.step(self.sequence, column) if self.repeated is not None else None
             rows = (params.keys, params.salts, self.contexts(), params.shard_counts, params.preferred, params.deltas,
                     skip, params.position_keys)
-        sampled = _fused_sample_reference(scores, *rows, self.inv_temperatures, self.noise_seeds[self.taken])
+            pool = (params.pool_keys, params.pool_bits)
+        sampled = _fused_sample_reference(scores, *rows, self.inv_temperatures, self.noise_seeds[self.taken], *pool)
         sampled = torch.where(self.done, self.pad_id, sampled)
         self.done |= torch.isin(sampled, self.stop_ids)
         self.sequence[:, column] = sampled

@@ -12,7 +12,12 @@ KGW uses S = 1/gamma with shard 0 preferred; the multi-bit schemes choose salt a
 payload. MPAC and MajorMark+ also let the context choose which payload position (digit, block)
 a step carries: given ``position_keys``, salts and masks are (B, L) tables and each row uses
 column ``fastrange(context_seed(position key, 0, context), L)`` (``select_positions``), so the
-whole step, position choice included, is one kernel launch on a GPU.
+whole step, position choice included, is one kernel launch on a GPU. Vanilla-Marking also lets
+the context pick the salt: given ``pool_keys``, the salt read from the table is the row's message
+m, and the row's salt is its partition's pool index ``c XOR (A m)``, with the offset c and the k
+rows of the binary matrix A drawn from the context (``pool_salts``; Wang et al.'s partition pool,
+see ``watermark.balance``). So Vanilla's parameters, too, stay constant for a whole generation
+and its step is one launch.
 
 ``_shard_bias_reference`` is the specification and the CPU path. ``_shard_bias_kernel`` is the
 fused Triton kernel: one pass over the logits that hashes each row's context inside the kernel,
@@ -26,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from provmark.kernels._triton import HAS_TRITON, check_devices, int64_rows, triton_ready
-from provmark.kernels.prf import context_seeds, fastrange, fold16, folded_token_hash_table, mix32_unfolded_
+from provmark.kernels.prf import context_seeds, fastrange, fold16, folded_token_hash_table, mix32_unfolded_, token_words
 
 if HAS_TRITON:
     import triton
@@ -34,9 +39,11 @@ if HAS_TRITON:
 
     from provmark.kernels._triton import preferred_flags, row_shard_params
 
-__all__ = ["MAX_SHARDS", "preferred_mask", "select_positions", "shard_bias"]
+__all__ = ["MAX_POOL_BITS", "MAX_SHARDS", "parity", "pool_indices", "pool_salts", "pool_words", "preferred_mask",
+           "select_positions", "shard_bias"]
 
 MAX_SHARDS = 64  # the preferred-shard set is one 64-bit word per row
+MAX_POOL_BITS = 16  # pool indices of up to 2**16 partitions
 _CHUNK_ELEMENTS = 1 << 16  # int64 scratch per vocabulary chunk: stays in cache on CPU
 BLOCK_V = 2048  # vocabulary ids per Triton program; 16 per thread at 4 warps
 
@@ -78,7 +85,43 @@ def _preferred_chunk(folded_seeds, shard_counts, preferred, ranges, table_chunk,
     return ((preferred[:, None] >> words) & 1).to(dtype)
 
 
-def _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, *, values=True):
+def parity(x: torch.Tensor) -> torch.Tensor:
+    """Parity of the set bits of each non-negative int64 below 2**32."""
+    for shift in (16, 8, 4, 2, 1):
+        x = x ^ (x >> shift)
+    return x & 1
+
+
+def pool_words(pool_keys: torch.Tensor, columns: torch.Tensor, contexts: torch.Tensor, pool_bits: int):
+    """The affine map of each context from messages to pool indices: (offset c int64 (N,) in
+    [0, 2**k), rows int64 (N, k) of 32-bit words). Word r = ``token_word(seed, r)``, r = 0..k, with
+    ``seed = context_seed(pool key, column, context)``; c is word 0 mod 2**k, row r of A is word r + 1.
+
+    Args:
+        pool_keys: int64 (N, 2) key words; columns: int64 (N,) the payload position (segment)
+            each context carries, the seed's salt; contexts: int64 (N, h); pool_bits: k.
+    """
+    seeds = context_seeds(pool_keys, columns, contexts)
+    words = token_words(seeds[:, None], torch.arange(pool_bits + 1, device=contexts.device)[None, :])
+    return words[:, 0] & ((1 << pool_bits) - 1), words[:, 1:]
+
+
+def pool_indices(offsets: torch.Tensor, rows: torch.Tensor, messages: torch.Tensor) -> torch.Tensor:
+    """``c XOR (A m)``: the partition of each (context, message); bit r of A m is the parity of
+    ``rows[:, r] & m``. Shapes broadcast: offsets (N,), rows (N, k), messages (N,) below 2**32."""
+    bits = parity(rows & messages[:, None])
+    weights = 1 << torch.arange(rows.shape[1], device=rows.device)
+    return offsets ^ (bits * weights).sum(dim=1)
+
+
+def pool_salts(pool_keys, columns, contexts, messages, pool_bits):
+    """int64 (N,): the pool index of each row's message at its context (``pool_words`` then
+    ``pool_indices``): the salt of the row's shard seed."""
+    return pool_indices(*pool_words(pool_keys, columns, contexts, pool_bits), messages)
+
+
+def _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, *, values=True,
+                      pool_keys=None, pool_bits=0):
     """Raise ``ValueError`` on a malformed row parameter. ``values=False`` checks shapes only:
     reading a CUDA tensor's values would synchronise the device at every generation step."""
     table = (batch,) if position_keys is None else (batch, salts.shape[-1] if salts.dim() == 2 else -1)
@@ -90,6 +133,10 @@ def _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, del
     }
     if position_keys is not None:
         shapes["position_keys"] = (position_keys, (batch, 2))
+    if pool_keys is not None:
+        shapes["pool_keys"] = (pool_keys, (batch, 2))
+        if not isinstance(pool_bits, int) or not 1 <= pool_bits <= MAX_POOL_BITS:
+            raise ValueError(f"pool_bits must be an integer in [1, {MAX_POOL_BITS}] with pool_keys, got {pool_bits!r}")
     for name, (tensor, shape) in shapes.items():
         if tuple(tensor.shape) != shape:
             tables = "" if position_keys is None else " (a table of L >= 1 columns, since position_keys is given)"
@@ -106,15 +153,21 @@ def _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, del
         raise ValueError(f"shard_counts must lie in [1, {MAX_SHARDS}], got {shard_counts.tolist()}")
 
 
-def select_positions(position_keys, contexts, salts, preferred):
+def select_positions(position_keys, contexts, salts, preferred, pool_keys=None, pool_bits=0):
     """(salts (B,), preferred (B,)): each row's column of its (B, L) tables, the column being
     ``fastrange(context_seed(position key, 0, context), L)``; tables pass through when
-    ``position_keys`` is None."""
-    if position_keys is None:
-        return salts, preferred
-    seeds = context_seeds(position_keys, torch.zeros_like(salts[:, 0]), contexts)
-    column = fastrange(seeds, salts.shape[1])[:, None]
-    return salts.gather(1, column).squeeze(1), preferred.gather(1, column).squeeze(1)
+    ``position_keys`` is None (the column is then 0). With ``pool_keys``, the salt read is a
+    message and each row's salt is its pool index at that column (``pool_salts``)."""
+    column = None
+    if position_keys is not None:
+        seeds = context_seeds(position_keys, torch.zeros_like(salts[:, 0]), contexts)
+        column = fastrange(seeds, salts.shape[1])
+        salts = salts.gather(1, column[:, None]).squeeze(1)
+        preferred = preferred.gather(1, column[:, None]).squeeze(1)
+    if pool_keys is not None:
+        column = torch.zeros_like(salts) if column is None else column
+        salts = pool_salts(pool_keys, column, contexts, salts, pool_bits)
+    return salts, preferred
 
 
 def preferred_mask(
@@ -126,6 +179,8 @@ def preferred_mask(
     vocab_size: int,
     *,
     position_keys: torch.Tensor | None = None,
+    pool_keys: torch.Tensor | None = None,
+    pool_bits: int = 0,
 ) -> torch.Tensor:
     """Boolean (B, vocab_size) mask of the preferred ids of each row (reference, any device).
 
@@ -138,19 +193,25 @@ def preferred_mask(
         vocab_size: number of ids to colour.
         position_keys: int64 (B, 2) key words of the PRF that picks each row's column of the
             salt and preferred tables (MPAC's digit, MajorMark+'s block), or None.
+        pool_keys: int64 (B, 2) key words of the partition pool, or None: with them, salts hold
+            messages (below 2**32) and each row's salt is its message's pool index among
+            ``2**pool_bits`` partitions (Vanilla-Marking; ``pool_salts``).
+        pool_bits: k, in [1, MAX_POOL_BITS] with ``pool_keys``.
     """
     batch = keys.shape[0]
-    _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, None, None, position_keys)
-    salts, preferred = select_positions(position_keys, contexts, salts, preferred)
+    _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, None, None, position_keys,
+                      pool_keys=pool_keys, pool_bits=pool_bits)
+    salts, preferred = select_positions(position_keys, contexts, salts, preferred, pool_keys, pool_bits)
     seeds = fold16(context_seeds(keys, salts, contexts))
     table = folded_token_hash_table(vocab_size, keys.device)
     return _preferred_chunk(seeds, shard_counts, preferred, _word_ranges(shard_counts, preferred), table)
 
 
-def _shard_bias_reference(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, out):
+def _shard_bias_reference(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, out,
+                          pool_keys=None, pool_bits=0):
     if skip is not None and bool(skip.all()):
         return out
-    salts, preferred = select_positions(position_keys, contexts, salts, preferred)
+    salts, preferred = select_positions(position_keys, contexts, salts, preferred, pool_keys, pool_bits)
     seeds = fold16(context_seeds(keys, salts, contexts))
     table = folded_token_hash_table(logits.shape[1], logits.device)
     rows = torch.nonzero(~skip).flatten() if skip is not None and bool(skip.any()) else None
@@ -180,10 +241,10 @@ if HAS_TRITON:
     @triton.jit
     def _shard_bias_kernel(
         logits_ptr, out_ptr, keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, deltas_ptr,
-        skip_ptr, position_keys_ptr, vocab_size, num_positions, contexts_row_stride,
+        skip_ptr, position_keys_ptr, pool_keys_ptr, vocab_size, num_positions, contexts_row_stride,
         logits_row_stride, logits_col_stride, out_row_stride, out_col_stride,
-        CONTEXT_WIDTH: tl.constexpr, HAS_POSITIONS: tl.constexpr, HAS_SKIP: tl.constexpr, INPLACE: tl.constexpr,
-        BLOCK_V: tl.constexpr,
+        CONTEXT_WIDTH: tl.constexpr, HAS_POSITIONS: tl.constexpr, POOL_BITS: tl.constexpr, HAS_SKIP: tl.constexpr,
+        INPLACE: tl.constexpr, BLOCK_V: tl.constexpr,
     ):
         """Program (row, block): bias ids [block * BLOCK_V, (block + 1) * BLOCK_V) of one row.
 
@@ -193,8 +254,8 @@ if HAS_TRITON:
         ids = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
         in_vocab = ids < vocab_size
         seed, shard_count, preferred = row_shard_params(
-            keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, position_keys_ptr, row, num_positions,
-            contexts_row_stride, CONTEXT_WIDTH, HAS_POSITIONS,
+            keys_ptr, salts_ptr, contexts_ptr, shard_counts_ptr, preferred_ptr, position_keys_ptr, pool_keys_ptr, row,
+            num_positions, contexts_row_stride, CONTEXT_WIDTH, HAS_POSITIONS, POOL_BITS,
         )
         hit = preferred_flags(seed, shard_count, preferred, ids)
         if HAS_SKIP:
@@ -220,7 +281,7 @@ def _adjacent_ids(contexts: torch.Tensor) -> torch.Tensor:
 
 
 def _shard_bias_triton(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, out,
-                       block_v=BLOCK_V):
+                       pool_keys=None, pool_bits=0, block_v=BLOCK_V):
     """Launch ``_shard_bias_kernel`` writing into ``out`` (``logits`` itself when in place)."""
     batch, vocab_size = logits.shape
     if batch == 0 or vocab_size == 0:
@@ -237,6 +298,7 @@ def _shard_bias_triton(logits, keys, salts, contexts, shard_counts, preferred, d
         deltas_ptr=deltas if deltas.dtype == torch.float32 and deltas.is_contiguous() else deltas.float().contiguous(),
         skip_ptr=skip.contiguous() if skip is not None else keys,  # unread without HAS_SKIP
         position_keys_ptr=int64_rows(position_keys) if position_keys is not None else keys,
+        pool_keys_ptr=int64_rows(pool_keys) if pool_keys is not None else keys,
         vocab_size=vocab_size,
         num_positions=salts.shape[1] if position_keys is not None else 1,
         contexts_row_stride=contexts.stride(0),
@@ -246,6 +308,7 @@ def _shard_bias_triton(logits, keys, salts, contexts, shard_counts, preferred, d
         out_col_stride=out.stride(1),
         CONTEXT_WIDTH=contexts.shape[1],
         HAS_POSITIONS=position_keys is not None,
+        POOL_BITS=pool_bits if pool_keys is not None else 0,
         HAS_SKIP=skip is not None,
         INPLACE=out.data_ptr() == logits.data_ptr(),
         BLOCK_V=block_v,
@@ -266,6 +329,8 @@ def shard_bias(
     deltas: torch.Tensor,
     skip: torch.Tensor | None = None,
     position_keys: torch.Tensor | None = None,
+    pool_keys: torch.Tensor | None = None,
+    pool_bits: int = 0,
     inplace: bool = False,
 ) -> torch.Tensor:
     """Add each row's delta to the logits of its preferred ids.
@@ -278,7 +343,8 @@ def shard_bias(
     Args:
         logits: float (B, V) next-token logits (fp32, fp16 or bf16), any strides. -inf stays
             -inf and NaN stays NaN.
-        keys, salts, contexts, shard_counts, preferred, position_keys: as in ``preferred_mask``.
+        keys, salts, contexts, shard_counts, preferred, position_keys, pool_keys, pool_bits: as in
+            ``preferred_mask``.
         deltas: float (B,) bias added to preferred logits.
         skip: bool (B,) rows left unchanged (for example a repeated context), or None.
         inplace: write into ``logits`` instead of a copy.
@@ -292,11 +358,14 @@ def shard_bias(
         raise ValueError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
     batch = logits.shape[0]
     fused = triton_ready(logits)
-    _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, values=not fused)
+    _check_row_params(batch, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, values=not fused,
+                      pool_keys=pool_keys, pool_bits=pool_bits)
     check_devices(logits.device, keys=keys, salts=salts, contexts=contexts, shard_counts=shard_counts,
-                  preferred=preferred, deltas=deltas, skip=skip, position_keys=position_keys)
+                  preferred=preferred, deltas=deltas, skip=skip, position_keys=position_keys, pool_keys=pool_keys)
     if fused:
         out = logits if inplace else torch.empty_like(logits, memory_format=torch.contiguous_format)
-        return _shard_bias_triton(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, out)
+        return _shard_bias_triton(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, out,
+                                  pool_keys, pool_bits)
     out = logits if inplace else logits.clone()
-    return _shard_bias_reference(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, out)
+    return _shard_bias_reference(logits, keys, salts, contexts, shard_counts, preferred, deltas, skip, position_keys, out,
+                                 pool_keys, pool_bits)

@@ -39,13 +39,16 @@ import torch
 
 from provmark.errors import ParameterError
 from provmark.kernels.balanced_split import available_ids, partition_starts
-from provmark.kernels.prf import context_seeds, split_key, token_words
+from provmark.kernels.prf import context_seeds, split_key
+from provmark.kernels.shard_bias import parity, pool_indices
+from provmark.kernels.shard_bias import pool_words as _pool_words
 from provmark.watermark import subkeys
 from provmark.watermark.base import SchemeConfig, StepParams, Watermarker, positions
 from provmark.watermark.kgw import validate_context_width, validate_delta
 from provmark.watermark.payload import parse_payload, to_bits, to_digits
 
-__all__ = ["PROXY_WINDOW", "VanillaConfig", "BalanceConfig", "VanillaWatermarker", "BalanceWatermarker", "pool_words", "pool_indices", "order_seeds_of", "segments_of"]
+__all__ = ["PROXY_WINDOW", "VanillaConfig", "BalanceConfig", "VanillaWatermarker", "BalanceWatermarker", "parity", "pool_words",
+           "pool_indices", "order_seeds_of", "segments_of"]
 
 MAX_SEGMENT_BITS = 24  # exhaustive decoding holds 2**b counts per segment
 MAX_POOL_SIZE = 1 << 12
@@ -148,14 +151,12 @@ class BalanceConfig(VanillaConfig):
 def pool_words(pool_key: tuple[int, int], contexts: torch.Tensor, segments: torch.Tensor, config: VanillaConfig):
     """The affine map of each context from messages to pool indices: (offset c int64 (N,) in
     [0, K), rows int64 (N, k) b-bit masks). Words come from ``token_word(seed, r)`` for r = 0..k
-    under the "pool" sub-key with the segment as salt."""
+    under the "pool" sub-key with the segment as salt (``kernels.shard_bias.pool_words``, which
+    the kernels apply in generation; the masks drop bits that no b-bit message reads)."""
     n = contexts.shape[0]
     keys = torch.tensor([pool_key], dtype=torch.int64, device=contexts.device).expand(n, 2)
-    seeds = context_seeds(keys, segments, contexts)
-    words = token_words(seeds[:, None], torch.arange(config.pool_bits + 1, device=contexts.device)[None, :])
-    offsets = words[:, 0] & (config.pool_size - 1)
-    rows = words[:, 1:] & ((1 << config.segment_bits) - 1)
-    return offsets, rows
+    offsets, rows = _pool_words(keys, segments, contexts, config.pool_bits)
+    return offsets, rows & ((1 << config.segment_bits) - 1)
 
 
 def segments_of(position_key: tuple[int, int], contexts: torch.Tensor, config: VanillaConfig) -> torch.Tensor:
@@ -165,27 +166,15 @@ def segments_of(position_key: tuple[int, int], contexts: torch.Tensor, config: V
     return positions(position_key, contexts, config.num_segments)
 
 
-def parity(x: torch.Tensor) -> torch.Tensor:
-    """Parity of the set bits of each non-negative int64 below 2**32."""
-    for shift in (16, 8, 4, 2, 1):
-        x = x ^ (x >> shift)
-    return x & 1
-
-
-def pool_indices(offsets: torch.Tensor, rows: torch.Tensor, messages: torch.Tensor) -> torch.Tensor:
-    """``c XOR (A m)``: the partition of each (context, message); bit r of A m is the parity of
-    ``rows[:, r] & m``. Shapes broadcast: offsets (N,), rows (N, k), messages (N,)."""
-    bits = parity(rows & messages[:, None])
-    weights = 1 << torch.arange(rows.shape[1], device=rows.device)
-    return offsets ^ (bits * weights).sum(dim=1)
-
-
 class VanillaWatermarker(Watermarker):
     """Each row: the context picks a segment, the segment's message a partition j; the partition
-    is shard 1 of S = 2 under salt j."""
+    is shard 1 of S = 2 under salt j.
+
+    The step parameters are the (B, segments) table of messages with the position and pool keys:
+    ``kernels.shard_bias`` picks the segment and hashes the message to its pool index at each
+    context itself (inside the kernel on a GPU), so they are built once per generation."""
 
     skips_repeated_contexts = False
-    constant_rows = False
 
     def __init__(self, key):
         super().__init__(key)
@@ -198,21 +187,24 @@ class VanillaWatermarker(Watermarker):
 
     def partition_salts(self, contexts: torch.Tensor, payloads) -> torch.Tensor:
         """int64 (B,) the pool index j of each row at this step (the salt of its partition seed)."""
-        config: VanillaConfig = self.config
-        messages = self.messages(payloads).to(contexts.device)
-        segment = segments_of(self.position_key, contexts, config)
-        offsets, rows = pool_words(self.pool_key, contexts, segment, config)
-        return pool_indices(offsets, rows, messages.gather(1, segment[:, None]).squeeze(1))
+        return self.step_params(contexts, payloads).resolved(contexts).salts
 
     def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
+        config: VanillaConfig = self.config
         batch, device = contexts.shape[0], contexts.device
-        return StepParams(
+        messages = self.messages(payloads)
+        segments = config.num_segments
+        return self.constant_params((tuple(payloads), device), lambda: StepParams(
             keys=self.key_words(batch, device),
-            salts=self.partition_salts(contexts, payloads),
+            salts=messages.to(device) if segments > 1 else messages[:, 0].to(device),
             shard_counts=torch.full((batch,), 2, dtype=torch.int64, device=device),
-            preferred=torch.full((batch,), 0b10, dtype=torch.int64, device=device),
-            deltas=torch.full((batch,), float(self.config.delta), device=device),
-        )
+            preferred=torch.full(messages.shape if segments > 1 else (batch,), 0b10, dtype=torch.int64, device=device),
+            deltas=torch.full((batch,), float(config.delta), device=device),
+            # one segment needs no pick: segments_of gives 0 without hashing, as the op does without keys
+            position_keys=torch.tensor([self.position_key] * batch, dtype=torch.int64, device=device) if segments > 1 else None,
+            pool_keys=torch.tensor([self.pool_key] * batch, dtype=torch.int64, device=device),
+            pool_bits=config.pool_bits,
+        ))
 
 
 class BalanceWatermarker(VanillaWatermarker):

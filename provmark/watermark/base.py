@@ -51,8 +51,10 @@ class StepParams(NamedTuple):
     """Per-row inputs of ``kernels.shard_bias`` for one generation step (all (B,) but keys (B, 2)).
 
     With ``position_keys`` (B, 2), salts and preferred are (B, L) tables over the payload
-    positions and the op picks each row's column from its context (MPAC, MajorMark+): the
-    parameters then stay constant for a whole generation."""
+    positions and the op picks each row's column from its context (MPAC, MajorMark+,
+    Vanilla-Marking's segments). With ``pool_keys`` (B, 2), the salts are messages and the op
+    turns each into its pool index at the context (Vanilla-Marking, ``kernels.shard_bias.pool_salts``).
+    Either way the parameters stay constant for a whole generation."""
 
     keys: torch.Tensor
     salts: torch.Tensor
@@ -60,12 +62,16 @@ class StepParams(NamedTuple):
     preferred: torch.Tensor
     deltas: torch.Tensor
     position_keys: torch.Tensor | None = None
+    pool_keys: torch.Tensor | None = None
+    pool_bits: int = 0
+    """k: the pool has 2**k partitions (with ``pool_keys``)."""
 
     def resolved(self, contexts: torch.Tensor) -> StepParams:
-        """The same step with each row's table column already chosen for ``contexts`` (B, h):
-        salts and preferred (B,), no position keys."""
-        salts, preferred = select_positions(self.position_keys, contexts, self.salts, self.preferred)
-        return self._replace(salts=salts, preferred=preferred, position_keys=None)
+        """The same step with each row's table column and pool index already chosen for
+        ``contexts`` (B, h): salts and preferred (B,), no position or pool keys."""
+        salts, preferred = select_positions(self.position_keys, contexts, self.salts, self.preferred, self.pool_keys,
+                                            self.pool_bits)
+        return self._replace(salts=salts, preferred=preferred, position_keys=None, pool_keys=None, pool_bits=0)
 
 
 class Watermarker(abc.ABC):
@@ -76,9 +82,6 @@ class Watermarker(abc.ABC):
     skips_repeated_contexts: ClassVar[bool] = True
     """Whether generation leaves a step plain when its context already occurred in the row
     (``kernels.repeated_context``); the detector of such a scheme scores first occurrences."""
-    constant_rows: ClassVar[bool] = True
-    """Whether ``step_params`` is the same at every step of a generation (it may then be built
-    once per generation); False for a scheme whose rows depend on the context."""
     shard_rule: ClassVar[bool] = True
     """Whether ``bias`` is the shard rule of ``step_params`` (so a fused sampler may apply the
     bias itself from the step parameters); False for a scheme that overrides ``bias``."""
@@ -129,9 +132,12 @@ class Watermarker(abc.ABC):
             deltas=params.deltas if params.deltas.device == scores.device else params.deltas.to(scores.device),
             skip=skip,
             position_keys=params.position_keys,
+            pool_keys=params.pool_keys,
+            pool_bits=params.pool_bits,
         )
 
     @abc.abstractmethod
     def step_params(self, contexts: torch.Tensor, payloads: list | None) -> StepParams:
         """Parameters of each row for one step, given contexts int64 (B, h) and the row payloads
-        (position tables where the scheme lets the context pick a payload position)."""
+        (position tables and pool keys where the context picks the payload position or the
+        salt). They are the same at every step of a generation, so it may build them once."""

@@ -11,8 +11,8 @@ warpers (``generate`` does): Balance-Marking reads the model's distribution from
 ``model.generate``: the model with its key/value cache, then one step of a
 ``kernels.FusedSampler`` (built once per call, its state on the model's device) that adds the
 watermark bias, applies the temperature and draws the token by keyed Gumbel-max (one Triton
-launch on a GPU; Balance-Marking biases first, then samples; Vanilla-Marking's rows depend on the
-context and are built at each step).
+launch on a GPU, Vanilla-Marking's pool index included; Balance-Marking biases first, then
+samples).
 """
 
 from __future__ import annotations
@@ -141,11 +141,11 @@ class WatermarkLogitsProcessor(LogitsProcessor):
 
     def sampler(self, prompt_ids: torch.Tensor, **settings) -> FusedSampler:
         """A ``kernels.FusedSampler`` for a generation from ``prompt_ids`` under this key, with
-        the watermark's parameters built once when they do not depend on the context.
+        a shard scheme's parameters built once (they do not change during a generation).
         ``settings`` are the sampler's (steps, temperature, noise_key, stop_ids, pad_id, min_new)."""
         watermarker = self.watermarker
         params = None
-        if watermarker.shard_rule and watermarker.constant_rows:
+        if watermarker.shard_rule:
             width = watermarker.context_width
             params = watermarker.step_params(prompt_ids.new_zeros((prompt_ids.shape[0], width)), self.payloads)
         self._sampler_params = params
@@ -155,16 +155,14 @@ class WatermarkLogitsProcessor(LogitsProcessor):
 
     def sample(self, sampler: FusedSampler, logits: torch.Tensor) -> torch.Tensor:
         """One step of ``sampler`` (made by ``sampler()``) under the watermark: shard schemes
-        hand their step parameters to the fused kernel, others bias ``logits`` first (the
-        scheme's own rule) and sample the result. Returns the (B,) ids."""
+        gave their step parameters to the sampler, whose kernel applies them; others bias
+        ``logits`` first (the scheme's own rule) and sample the result. Returns the (B,) ids."""
         watermarker = self.watermarker
         if self._sampler_params is not None:
             return sampler.step(logits)
         if sampler.column < watermarker.context_width:
             return sampler.step(logits, watermarked=False)
         contexts = sampler.contexts()
-        if watermarker.shard_rule:
-            return sampler.step(logits, watermarker.step_params(contexts, self.payloads).resolved(contexts))
         # in float32, as the bias was always added (the shard kernels upcast as they load instead)
         biased = watermarker.bias(sampler.generated(), logits.float(), contexts, self.payloads, None, sampler.prompt_length)
         return sampler.step(biased, watermarked=False)
