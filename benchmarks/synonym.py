@@ -13,8 +13,10 @@ Language Reference prose), cuts every text to its first 400 words and:
 - **Detection by length**: the watermarked text's first 50/100/200/400 words, at alpha 1e-3.
 - **Attacks** (``provmark.attacks``) on the 400-word watermarked texts: deleting 10% of the words
   at random; replacing 10% of the content words by a random WordNet synonym (no key, no LM:
-  another strategy than the embedder's); with ``--paraphrase``, paraphrasing a random third of
-  the sentences with the embedded LM (sampled at temperature 0.7; slow).
+  another strategy than the embedder's); replacing 10% of the content words by the WordNet
+  synonym the embedded LM likes best in the sentence (``lm_synonyms``, the suite's LM synonym
+  attack); with ``--paraphrase``, paraphrasing a random third of the sentences with the
+  embedded LM (sampled at temperature 0.7; slow).
 - **Throughput**: words per second of embedding and of detection, on this CPU
   (``--threads`` torch threads).
 
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from provmark.attacks import delete_words, paraphrase_batch, wordnet_synonyms
+from provmark.attacks import delete_words, lm_synonyms, paraphrase_batch, wordnet_synonyms
 from provmark.detector import create_detector
 from provmark.watermark.keys import create_key
 from provmark.watermark.models import load_model, load_sentence_encoder
@@ -167,6 +169,7 @@ def main(argv=None) -> int:
     attacked = {
         "delete10": [delete_words(t, 0.10, rng) for t in marked],
         "synonym10": [wordnet_synonyms(t, 0.10, rng) for t in marked],
+        "lm_synonym10": [lm_synonyms(t, 0.10, rng, loaded.model, loaded.tokenizer) for t in marked],
     }
     if args.paraphrase:
         attacked["paraphrase33"] = paraphrase_batch(marked, 1 / 3, rng, loaded.model, loaded.tokenizer)

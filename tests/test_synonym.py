@@ -369,6 +369,29 @@ def test_the_substitution_search_finds_the_most_one_bits_that_any_choice_reaches
     assert all(s.replacement in [f for f, _ in options[s.index]] for s in result.substitutions)
 
 
+def test_the_development_diagnosis_gives_each_scored_word_the_first_reason_that_holds():
+    # Model-free: slots, fits and (slot, candidate) rows made by hand in the shapes the embedder
+    # gives them. fishermen has no inflected WordNet synonym; gather and prepare have synonyms
+    # but no slot (as when none is one LM token).
+    from benchmarks.synonym_dev import REASONS, diagnose
+    from provmark.watermark.synonym import _Plan, _Slot
+
+    text = "The river runs quietly through the old town, and the fishermen gather along its banks to prepare their boats."
+    tw = analyse(text)
+    plan = _Plan(text, tw, scored_words(tw, 2), [])
+    at = {w.text: i for i, w in enumerate(tw.words)}
+    assert [w.text for w, s in zip(tw.words, plan.scored) if s] == ["runs", "quietly", "old", "fishermen", "gather", "prepare"]
+    for word, form in (("runs", "flees"), ("quietly", "softly"), ("old", "former")):
+        plan.slots.append(_Slot(at[word], 0, 0, (form,), (0,)))
+        plan.fits[at[word]] = (-1.0, [(form, -2.0)])
+    rows = [(0, at["runs"], "flees", 1.0, 0.99), (0, at["quietly"], "softly", 2.0, 0.5), (0, at["old"], "former", 10.0, 0.99)]
+    rank = [0, 0, 0]
+    tight = diagnose([plan], rows, rank, 6.0, 4, 0.92, 2)
+    assert [tight[r] for r in REASONS] == [1, 2, 1, 1, 1]
+    loose = diagnose([plan], rows, rank, 14.0, 4, 0.4, 2)
+    assert [loose[r] for r in REASONS] == [1, 2, 0, 0, 3]
+
+
 # -- round trips through the real models (slow) ------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -115,7 +115,10 @@ class SynonymConfig(SchemeConfig):
     """Read by the first embedder only (look-ahead tokens in its fit, 0 to 32); embedder v2
     scores the slot alone. Kept so that key files that record it still load."""
     max_fit_drop: float = 6.0
-    """Most the fit (LM log-likelihood, nats) may fall from the original word's to the synonym's, in (0, 50]."""
+    """Most the fit (LM log-likelihood, nats) may fall from the original word's to the synonym's, in (0, 50].
+    This gate, not the lexicon, is what leaves most scored words without a substitute at 6
+    (``benchmarks.synonym_dev --diagnose``); 14, with ``similarity_threshold`` 0.95 and
+    ``max_candidates`` 16, is the setting of ``benchmarks/results/synonym_summary.txt``."""
     version: int = 1
     """Which words detection scores (``words.scored_words``): 1 every eligible word, 2 only the
     carriers (eligible words with a common one-word synonym); 1 for key files that predate it."""
