@@ -53,6 +53,7 @@ __all__ = [
     "score_records",
     "match_records",
     "match_records_batch",
+    "match_tables",
 ]
 
 _CHUNK_BITS = 8
@@ -130,7 +131,7 @@ def candidate_payloads(candidates, capacity: int) -> np.ndarray:
             raise ParameterError(f"candidate payloads must be integers, got an array of {candidates.dtype}")
         if candidates.dtype.kind == "i" and candidates.size and int(candidates.min()) < 0:
             raise ParameterError("candidate payloads must be non-negative")
-        values = candidates.astype(np.uint64).ravel()
+        values = candidates.astype(np.uint64, copy=False).ravel()
     else:
         candidates = list(candidates)
         bad = [c for c in candidates if isinstance(c, bool) or not isinstance(c, (int, np.integer))]
@@ -144,8 +145,10 @@ def candidate_payloads(candidates, capacity: int) -> np.ndarray:
         raise ParameterError("no candidate payloads; give at least one")
     if capacity < 1 << 64 and int(values.max()) >= capacity:
         raise ParameterError(f"candidate payload {int(values.max())} does not fit the key's capacity [0, {capacity})")
+    if np.all(values[1:] > values[:-1]):  # a registry's numbers (``Registry.issued_numbers``): ascending, no sort
+        return values
     ordered = np.sort(values)
-    if not np.any(ordered[1:] == ordered[:-1]):  # the usual case (a registry's payloads): one sort
+    if not np.any(ordered[1:] == ordered[:-1]):  # distinct: one sort
         return values
     _, first = np.unique(values, return_index=True)
     return values[np.sort(first)]
@@ -261,8 +264,9 @@ def poisson_binomial_tails(hits: np.ndarray, trials: np.ndarray, shares: np.ndar
 def score_records(detector, token_ids, candidates, *, prompt_ids=None) -> RecordScores:
     """Every candidate payload's hits and exact tail on one text of token ids under the
     detector's key (``create_detector``); see the module docstring for each scheme's law."""
-    return _scores(detector, detector.record_tables([token_ids], prompt_ids=None if prompt_ids is None else [prompt_ids])[0],
-                   candidate_payloads(candidates, _capacity(detector)))
+    payloads = candidate_payloads(candidates, _capacity(detector))
+    table = detector.record_tables([token_ids], prompt_ids=None if prompt_ids is None else [prompt_ids])[0]
+    return _scores(table, payloads, codeword_values(detector.key, payloads))
 
 
 def match_records(detector, token_ids, candidates, *, prompt_ids=None) -> RecordMatch:
@@ -284,8 +288,18 @@ def match_records_batch(detector, sequences: Sequence, candidates, *, prompt_ids
     """``match_records`` of many texts against the same candidates (count tables built in one
     vectorised pass)."""
     payloads = candidate_payloads(candidates, _capacity(detector))
-    tables = detector.record_tables(sequences, prompt_ids=prompt_ids)
-    return [_match(detector, _scores(detector, table, payloads)) for table in tables]
+    return _match_tables(detector, detector.record_tables(sequences, prompt_ids=prompt_ids), payloads)
+
+
+def match_tables(detector, tables: Sequence[RecordTable], candidates) -> list[RecordMatch]:
+    """``match_records`` of texts whose count tables are built already (``Detector.record_tables``
+    or ``Detector.detect_with_tables``, which shares the PRF work with the presence test)."""
+    return _match_tables(detector, tables, candidate_payloads(candidates, _capacity(detector)))
+
+
+def _match_tables(detector, tables: Sequence[RecordTable], payloads: np.ndarray) -> list[RecordMatch]:
+    values = codeword_values(detector.key, payloads)
+    return [_match(detector, _scores(table, payloads, values)) for table in tables]
 
 
 def _capacity(detector) -> int:
@@ -295,8 +309,8 @@ def _capacity(detector) -> int:
     return config.capacity
 
 
-def _scores(detector, table: RecordTable, payloads: np.ndarray) -> RecordScores:
-    hits, log_p = table.score(codeword_values(detector.key, payloads))
+def _scores(table: RecordTable, payloads: np.ndarray, values: np.ndarray) -> RecordScores:
+    hits, log_p = table.score(values)
     return RecordScores(payloads=payloads, hits=hits, log_p=log_p, num_scored_tokens=table.num_scored_tokens)
 
 
