@@ -47,7 +47,7 @@ from scipy.stats import binom
 
 from provmark.detector.base import Evidence, PairDetector
 from provmark.detector.check import checked_payloads
-from provmark.detector.records import binomial_tails, digit_sums, poisson_binomial_tails
+from provmark.detector.records import binomial_tails, digit_sums, mixed_digit_sums, poisson_binomial_tails
 from provmark.detector.split_null_table import stored_cells
 from provmark.detector.stats import LN10, binomial_log_sf_array, binomial_pmf, p_value_from_log, sum_log_sf_rows
 from provmark.errors import ParameterError
@@ -315,19 +315,11 @@ class MajorMarkPlusRecordTable:
         self.share_of = np.array([majority(bits)[1] - (s + 1) // 2 for bits in values])  # index into shares
 
     def score(self, payloads):
-        config = self.config
-        r, base = config.num_blocks, np.uint64(config.block_values)
-        hits = np.zeros(payloads.shape[0], dtype=np.int64)
-        trials = np.zeros((payloads.shape[0], self.shares.size), dtype=np.int64)
-        rest = payloads.copy()
-        for j in reversed(range(r)):  # the last block holds the least significant digit
-            digit = (rest % base).astype(np.int64)
-            rest //= base
-            hits += self.block_hits[j, digit]
-            share = self.share_of[digit]
-            for q in range(self.shares.size):
-                trials[:, q] += self.tokens_at[j] * (share == q)
-        return hits, poisson_binomial_tails(hits, trials, self.shares)
+        # Per block j and digit d: the hits, and the tokens at each preferred share q; summed over
+        # the blocks by chunked look-ups (``mixed_digit_sums``), the payload's digits in base 2**s - 2.
+        at_share = (self.share_of[None, None, :] == np.arange(self.shares.size)[:, None, None]) * self.tokens_at[None, :, None]
+        sums = mixed_digit_sums(payloads, np.concatenate([self.block_hits[None], at_share]), self.config.block_values)
+        return sums[0], poisson_binomial_tails(sums[0], sums[1:].T, self.shares)
 
 
 def two_means_splits(counts: np.ndarray, sizes: range) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ text separates the two.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -48,6 +49,7 @@ __all__ = [
     "candidate_payloads",
     "parse_candidates",
     "digit_sums",
+    "mixed_digit_sums",
     "binomial_tails",
     "poisson_binomial_tails",
     "score_records",
@@ -195,6 +197,45 @@ def digit_sums(words: np.ndarray, table: np.ndarray, width: int) -> np.ndarray:
     return total
 
 
+def mixed_digit_sums(values: np.ndarray, tables: np.ndarray, base: int) -> np.ndarray:
+    """``sum_j tables[:, j, digit_j(value)]`` for every value, where value is L digits in ``base``,
+    digit 0 the most significant (tables int64 (K, L, base): K sums at once; returns int64 (K, M)).
+
+    ``digit_sums`` for a base that is not a power of two: the digits are read a chunk at a time, as
+    many whole digits as keep ``base ** k`` at most 2**10, each chunk through one look-up table per
+    sum (outer sums of the chunk's digit tables), so M values cost one division and K look-ups per
+    chunk instead of L of each."""
+    tables = np.asarray(tables, dtype=np.int64)
+    sums, length = tables.shape[0], tables.shape[1]
+    per_chunk = 1
+    while base ** (per_chunk + 1) <= 1 << 10:
+        per_chunk += 1
+    total = np.zeros((sums, values.shape[0]), dtype=np.int64)
+    rest = values.astype(np.uint64, copy=True)
+    end = length
+    while end > 0:  # the last digits are the least significant
+        start = max(0, end - per_chunk)
+        size = np.uint64(base ** (end - start))
+        chunk = (rest % size).astype(np.intp)
+        rest //= size
+        lookup = tables[:, start]
+        for j in range(start + 1, end):  # most significant digit first: the flat index is the chunk's value
+            lookup = (lookup[:, :, None] + tables[:, j, None, :]).reshape(sums, -1)
+        for k in range(sums):
+            total[k] += lookup[k].take(chunk)
+        end = start
+    return total
+
+
+@functools.lru_cache(maxsize=64)
+def _binomial_grid(size: int, share: float) -> np.ndarray:
+    """float64 (size, size): Binomial(t, share) pmf at [t, k] (zero past k = t), shared read-only."""
+    support = np.arange(size)
+    grid = binom.pmf(support[None, :], support[:, None], share)
+    grid.flags.writeable = False
+    return grid
+
+
 def _distinct(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(distinct values ascending, inverse) of non-negative int64 keys below ``size``: a
     presence table instead of a sort when the range is small."""
@@ -239,8 +280,7 @@ def poisson_binomial_tails(hits: np.ndarray, trials: np.ndarray, shares: np.ndar
     width = int(trials.sum(axis=1).max(initial=0)) + 2
     table = np.zeros((profiles.shape[0], width))  # natural-log tail of each profile at 0..width-1
     # Every binomial pmf the profiles need, one scipy call per share (rows: trials 0..max).
-    support = np.arange(radix)
-    grids = [binom.pmf(support[None, :], support[:, None], share) for share in shares.tolist()]
+    grids = [_binomial_grid(radix, share) for share in shares.tolist()]
     pmfs_of = []
     for u, profile in enumerate(profiles.tolist()):
         pmfs = [grid[t, : t + 1] for t, grid in zip(profile, grids) if t]
