@@ -455,9 +455,13 @@ class Registry:
         return found[0] if found else None
 
     def record_by_text(self, key_id: str, text_sha256: str) -> Record | None:
-        """The earliest record of the key whose text has this hash."""
-        found = self._records("records.key_id = ? AND records.text_sha256 = ?", [key_id, text_sha256], " ORDER BY records.number LIMIT 1")
-        return found[0] if found else None
+        """The earliest record of the key whose text has this hash.
+
+        The smallest number is chosen here, not by ``ORDER BY number LIMIT 1``: with that clause
+        SQLite walks the key's (key_id, number) index and reads every record of the key (460 ms at
+        100,000 records, on every verify) instead of looking the hash up in (key_id, text_sha256)."""
+        found = self._records("records.key_id = ? AND records.text_sha256 = ?", [key_id, text_sha256])
+        return min(found, key=lambda record: record.number, default=None)
 
     def record_numbers(self, key_id: str) -> list[int]:
         """Every number issued under a key, read from the database."""
