@@ -11,7 +11,8 @@ For each code tree (``--code LABEL=DIR``; DIR goes first on PYTHONPATH of every 
    phase, in that process: reading the key's issued numbers, the scored pairs and per-pair
    evidence (the PRF work), the presence test, the count tables and the record test, and the
    whole key as verify runs it (warm: each text once before, so no first-use cost is counted;
-   the first detection of each text is reported apart as "cold");
+   the first detection of each text is reported apart as "cold"); then a whole verification
+   (``Provenance.verify``, one text, all keys: registry look-ups, tokenising and detection, no HTTP);
 2. ``provmark serve`` over that registry, default workers, with ``SERVE_ARGS``: no rate limit, and
    the heavy lane admitting every client's request (the benchmark's clients share one API token;
    a 200-token text under a majormark+ key is a heavy verification by ``limits.work_bound``, and
@@ -162,12 +163,28 @@ def setup(texts: dict, folder: str, records: int, master_key_b64: str, seed: int
         rows.update({name: statistics.median(values) for name, values in per_text.items()})
         rows["first detection of a text (cold, median; max)"] = (statistics.median(cold), max(cold))
         phases[label] = rows
+    from provmark.api.provenance import Provenance
+
+    provenance, refs = Provenance(registry, models), registry.key_refs(tenant.id)
+    flat = [text for spec in texts.values() for text in spec["texts"]]
+    for text in flat:  # warm: each key's issued numbers loaded, each text's first use paid
+        provenance.verify([text], refs, tenant_id=tenant.id)
+    whole = [_cpu(lambda: provenance.verify([text], refs, tenant_id=tenant.id))[0] for text in flat]
     registry.close()
+    import provmark
+
     return {"db": db, "token": token, "key_ids": key_ids, "fill_s": fill_s, "phases": phases,
-            "numpy": np.__version__}
+            "verify_cpu": (statistics.median(whole), max(whole)), "provmark": provmark.__file__}
 
 
 # -- the server (the driver) ------------------------------------------------------------------------
+
+def _code_env(code: str) -> dict:
+    """The environment that makes a process import ``provmark`` from ``code``: first on PYTHONPATH,
+    and PYTHONSAFEPATH, so that neither the working folder (``python -m``) nor the script's folder
+    comes before it."""
+    return {"PYTHONPATH": code, "PYTHONSAFEPATH": "1"}
+
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -181,7 +198,7 @@ def measure(code: str, state: dict, texts: list[str], clients: list[int], rounds
 
     server = object.__new__(ServerFixture)  # over the registry setup made, not a fresh one
     server.folder, server.db = Path(state["db"]).parent, state["db"]
-    server.env = {**os.environ, "PYTHONPATH": code, "PROVMARK_MASTER_KEY": state["master_key"]}
+    server.env = {**os.environ, **_code_env(code), "PROVMARK_MASTER_KEY": state["master_key"]}
     server.token, server.key_ids = state["token"], list(state["key_ids"].values())
     server.port = free_port()
     server.url = f"http://127.0.0.1:{server.port}"
@@ -200,6 +217,8 @@ def measure(code: str, state: dict, texts: list[str], clients: list[int], rounds
 
         answers = []
         with httpx.Client() as client:
+            health = client.get(server.url + "/healthz").json()
+            lines.append(f"  server's registry schema version {health['schema_version']} (which code serves)")
             first = [verify(client, text) for text in texts]
         summary = [_answer(body) for body in answers]
         named = sum(any(record is not None for _, _, record, _, _ in row) for row in summary)
@@ -266,7 +285,7 @@ def main(argv=None) -> int:
         master = base64.b64encode(secrets.token_bytes(32)).decode()
         request = {"texts": texts, "folder": folder, "records": args.records, "master_key": master, "seed": args.seed}
         (Path(folder) / "setup.json").write_text(json.dumps(request))
-        env = {**os.environ, "PYTHONPATH": code, "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, **_code_env(code), "OMP_NUM_THREADS": "1"}
         done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--setup", str(Path(folder) / "setup.json")],
                               env=env, check=True, capture_output=True, text=True)
         state = {**json.loads(done.stdout.splitlines()[-1]), "master_key": master}
@@ -278,6 +297,9 @@ def main(argv=None) -> int:
                 shown = (f"{1000 * value[0]:.1f} (max {1000 * value[1]:.1f})" if isinstance(value, list)
                          else f"{1000 * value:.1f}")
                 lines.append(f"    {name}: {shown}")
+        lines.append(f"whole verification in-process (Provenance.verify, one text, all keys, warm): CPU median "
+                     f"{1000 * state['verify_cpu'][0]:.1f} ms, max {1000 * state['verify_cpu'][1]:.1f} ms "
+                     f"(provmark from {state['provmark']})")
         print("\n".join(lines), file=sys.stderr, flush=True)
         lines.append("verify through provmark serve:")
         measured, answers[label] = measure(code, state, flat, args.clients, args.rounds,
