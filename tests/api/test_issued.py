@@ -91,3 +91,22 @@ def test_a_record_issued_by_another_registry_is_a_candidate_on_the_next_verify(d
     other.delete_record(late.id)  # withdrawn elsewhere: no longer a candidate
     (gone,) = provenance.verify([watermarked_text(key, late.payload, seed=4)], refs, tenant_id=tenant.id)
     assert gone.results[0].record_test.num_candidates == 1 and gone.results[0].record is None
+
+
+def test_a_text_hash_is_looked_up_in_its_index_and_names_the_earliest_record(db_target, registries):
+    serving, other, tenant = _open_two(db_target, registries)
+    key = serving.create_key(tenant.id, "mpac", {"bits": 32, "radix": 4})
+    made = [serving.new_record(key.key_id, tenant_id=tenant.id, model="m", text_sha256="ab" * 32) for _ in range(3)]
+    serving.new_record(key.key_id, tenant_id=tenant.id, model="m", text_sha256="cd" * 32)
+    assert serving.record_by_text(key.key_id, "ab" * 32).id == min(made, key=lambda r: r.number).id
+    assert serving.record_by_text(key.key_id, "ef" * 32) is None
+    if serving.store.dialect != "sqlite":
+        return
+    seen = []
+    query = serving.store.query
+    serving.store.query = lambda sql, args=(): seen.append((sql, args)) or query(sql, args)
+    serving.record_by_text(key.key_id, "ab" * 32)
+    (sql, args), = seen
+    plan = " ".join(row[3] for row in query("EXPLAIN QUERY PLAN " + sql, args))
+    # not the (key_id, number) index, which reads every record of the key (460 ms at 100,000)
+    assert "idx_records_key_id_text_sha256" in plan, plan
