@@ -90,7 +90,11 @@ def test_a_record_issued_by_another_registry_is_a_candidate_on_the_next_verify(d
 
     other.delete_record(late.id)  # withdrawn elsewhere: no longer a candidate
     (gone,) = provenance.verify([watermarked_text(key, late.payload, seed=4)], refs, tenant_id=tenant.id)
-    assert gone.results[0].record_test.num_candidates == 1 and gone.results[0].record is None
+    test = gone.results[0].record_test
+    # the one candidate left is the first record (which the text may still match: a text marked with
+    # another payload shares about a quarter of its digits, and the record test's null is unmarked text)
+    assert (test.num_candidates, test.payload) == (1, first.payload)
+    assert gone.results[0].record is None or gone.results[0].record.id == first.id
 
 
 def test_a_text_hash_is_looked_up_in_its_index_and_names_the_earliest_record(db_target, registries):
