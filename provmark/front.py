@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from provmark.detector import DEFAULT_ALPHA, DetectionResult, Detector, create_detector
 from provmark.detector.explain import Explanation
 from provmark.detector.explain import explain_text as _explain_text
-from provmark.detector.records import RecordMatch, match_records_batch
+from provmark.detector.records import RecordMatch, match_records_batch, match_tables
 from provmark.errors import InvalidTextError, ParameterError
 from provmark.watermark.keys import WatermarkKey
 from provmark.watermark.models import Models
@@ -209,6 +209,22 @@ class Watermark:
             raise ParameterError(f"{self.key.scheme} keys carry no payload: there are no records to attribute")
         ids = token_ids if token_ids is not None else self.token_ids([require_text(t) for t in texts])
         return match_records_batch(self.detector(alpha), ids, candidates)
+
+    def detect_and_attribute(self, texts: Sequence[str], candidates, *, alpha: float = DEFAULT_ALPHA,
+                             token_ids: Sequence | None = None) -> tuple[list[DetectionResult], list[RecordMatch | None]]:
+        """``detect`` and ``attribute`` of the same texts at the same ``alpha``, the scored pairs and
+        their per-pair evidence computed once for both (``Detector.detect_with_tables``): what verify
+        asks of a key. With no candidates (None or empty: a zero-bit key, or no record issued) the
+        record tests are None."""
+        if candidates is None or len(candidates) == 0:
+            return self.detect(texts, alpha=alpha, token_ids=token_ids), [None] * len(texts)
+        if not self.scheme.supports_payload or self.scheme.reads_text:
+            return self.detect(texts, alpha=alpha, token_ids=token_ids), self.attribute(texts, candidates, alpha=alpha,
+                                                                                       token_ids=token_ids)
+        detector = self.detector(alpha)
+        ids = token_ids if token_ids is not None else self.token_ids([require_text(t) for t in texts])
+        results, tables = detector.detect_with_tables(ids)
+        return results, match_tables(detector, tables, candidates)
 
     def explain(self, text: str, *, alpha: float = DEFAULT_ALPHA, min_tokens: int | None = None) -> Explanation:
         """``detect`` of one text, with the evidence of every token (word, for the synonym scheme)."""

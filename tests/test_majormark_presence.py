@@ -239,3 +239,36 @@ def test_key_files_without_a_version_keep_version_1_and_new_keys_get_version_2(s
 def test_a_bad_version_fails_cleanly(scheme, version):
     with pytest.raises(ParameterError, match="version must be one of 1, 2"):
         create_key(scheme, {"version": version})
+
+
+@pytest.mark.parametrize("trials", [1, 2, 173, 256])
+def test_the_shipped_split_null_is_the_simulation_itself(trials):
+    from provmark.detector.majormark import _NULL_SEED, simulate_split_cells
+    from provmark.detector.split_null_table import STORED_TRIALS, stored_cells
+
+    assert trials <= STORED_TRIALS
+    stored = stored_cells(trials, 32, NULL_DRAWS, _NULL_SEED)
+    simulated = simulate_split_cells(trials, 32)
+    assert stored.keys() == simulated.keys() == set(salt_sizes(32))
+    for lam in stored:
+        for a, b in zip(stored[lam], simulated[lam]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_default_width_needs_no_simulation_up_to_the_stored_counts(monkeypatch):
+    from provmark.detector import majormark
+    from provmark.detector.split_null_table import STORED_TRIALS, stored_cells
+
+    def refuse(trials, bits):
+        raise AssertionError(f"simulated the null at {trials} tokens, {bits} shards")
+
+    monkeypatch.setattr(majormark, "simulate_split_cells", refuse)
+    majormark.split_null.cache_clear()
+    try:
+        for trials in (1, 57, 199, STORED_TRIALS):
+            assert split_null(trials, 32)[0][1][-1] == NULL_DRAWS
+        assert stored_cells(STORED_TRIALS + 1, 32, NULL_DRAWS, majormark._NULL_SEED) is None
+        assert stored_cells(100, 16, NULL_DRAWS, majormark._NULL_SEED) is None  # other widths: simulated
+        assert stored_cells(100, 32, NULL_DRAWS + 1, majormark._NULL_SEED) is None  # other draws: never the table
+    finally:
+        majormark.split_null.cache_clear()

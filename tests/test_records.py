@@ -10,7 +10,8 @@ import torch
 
 from benchmarks.calibration import SyntheticProxy
 from provmark.detector import create_detector
-from provmark.detector.records import candidate_payloads, digit_sums, match_records, match_records_batch, score_records
+from provmark.detector.records import (candidate_payloads, digit_sums, match_records, match_records_batch, mixed_digit_sums,
+                                       score_records)
 from provmark.detector.stats import binomial_log_sf, log_pmf_of_sum, log_upper_tail
 from provmark.errors import ParameterError
 from provmark.watermark.balance import segments_of
@@ -235,3 +236,39 @@ def test_a_candidates_file_is_read_line_by_line_with_the_bad_line_named():
         parse_candidates(["0x100"], 256)
     with pytest.raises(ParameterError, match="no candidate payloads"):
         parse_candidates(["# nothing"], 256)
+
+
+@pytest.mark.parametrize("scheme,params", [s for s in SCHEMES if s[0] != "vanilla"] + [("kgw", {})])
+def test_detect_and_attribute_in_one_pass_answers_as_detect_and_attribute_apart(scheme, params):
+    from provmark.front import Watermark
+
+    key = create_key(scheme, params, secret=SECRET)
+    watermark = Watermark(key)
+    sequences = _zipf_sequences(6, 120, seed=5)
+    if not key.config.supports_payload:
+        results, tests = watermark.detect_and_attribute([""] * 6, None, token_ids=sequences)
+        assert results == watermark.detect([""] * 6, token_ids=sequences) and tests == [None] * 6
+        return
+    candidates = np.sort(_random_payloads(key.config.capacity, 5000, seed=1))
+    results, tests = watermark.detect_and_attribute([""] * 6, candidates, alpha=1e-2, token_ids=sequences)
+    assert results == watermark.detect([""] * 6, alpha=1e-2, token_ids=sequences)
+    assert tests == watermark.attribute([""] * 6, candidates.tolist(), alpha=1e-2, token_ids=sequences)
+    assert watermark.detect_and_attribute([""] * 6, candidates[:0], token_ids=sequences)[1] == [None] * 6
+
+
+def test_ascending_candidates_are_taken_as_they_are_and_others_still_lose_their_duplicates():
+    ascending = np.array([1, 5, 9, 1 << 40], dtype=np.uint64)
+    taken = candidate_payloads(ascending, 1 << 41)
+    assert np.shares_memory(taken, ascending) and taken.tolist() == ascending.tolist()  # no copy, no sort
+    assert candidate_payloads(np.array([9, 5, 9, 1], dtype=np.uint64), 16).tolist() == [9, 5, 1]
+
+
+@pytest.mark.parametrize("base,length", [(14, 8), (6, 4), (14, 16), (3, 5), (30, 3)])
+def test_mixed_digit_sums_read_digits_most_significant_first(base, length):
+    rng = np.random.default_rng(base * length)
+    tables = rng.integers(-50, 50, (3, length, base))
+    digits = rng.integers(0, base, (2000, length))
+    digits[0] = base - 1  # the largest value
+    values = np.array([int("".join(np.base_repr(d, base) for d in row), base) for row in digits], dtype=np.uint64)
+    expected = np.stack([tables[k, np.arange(length), digits].sum(axis=1) for k in range(3)])
+    np.testing.assert_array_equal(mixed_digit_sums(values, tables, base), expected)

@@ -93,12 +93,11 @@ class Cancellation:
             raise VerificationCancelled(reason)
 
 
-def detect_key(watermark, texts, token_ids, alpha: float, issued: list[int]):
+def detect_key(watermark, texts, token_ids, alpha: float, issued):
     """(presence results, record tests or Nones) of ``texts`` under one key: the detection step of
-    ``Provenance.verify``, run in the verify thread or, for the heavy lane, in its process."""
-    results = watermark.detect(texts, alpha=alpha, token_ids=token_ids)
-    tests = watermark.attribute(texts, issued, alpha=alpha, token_ids=token_ids) if issued else [None] * len(texts)
-    return results, tests
+    ``Provenance.verify``, run in the verify thread or, for the heavy lane, in its process.
+    ``issued``: the key's issued numbers (uint64 array, ``Registry.issued_numbers``; empty: no record test)."""
+    return watermark.detect_and_attribute(texts, issued, alpha=alpha, token_ids=token_ids)
 
 
 _CHILD: dict = {}
@@ -123,7 +122,7 @@ def _start_child(model_path: str | None) -> None:
     _CHILD["watermarks"] = {}
 
 
-def _detect_in_child(key, texts, token_ids, alpha: float, issued: list[int]):
+def _detect_in_child(key, texts, token_ids, alpha: float, issued):
     from provmark.front import Watermark
 
     watermarks = _CHILD["watermarks"]
@@ -186,7 +185,7 @@ class Admission:
             pool = self._processes()
             try:
                 return pool.submit(_detect_in_child, watermark.key, list(texts), None if token_ids is None
-                                   else [list(row) for row in token_ids], alpha, list(issued)).result()
+                                   else [list(row) for row in token_ids], alpha, issued).result()
             except BrokenProcessPool:
                 # The process died (killed, out of memory, a signal to the server's group): this request
                 # fails whole (the next key would start a process only to stop at shutdown); the next

@@ -45,10 +45,13 @@ class Migration:
 
     name: str
     statements: tuple[str, ...]
+    per_dialect: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Statements one dialect runs after ``statements``, where the dialects cannot share one spelling
+    (("sqlite", (...)), ("postgresql", (...)))."""
 
     def sql(self, dialect: str) -> list[str]:
         """The statements in ``dialect`` ("sqlite" or "postgresql")."""
-        return [statement.format(**_TYPES[dialect]) for statement in self.statements]
+        return [statement.format(**_TYPES[dialect]) for statement in (*self.statements, *dict(self.per_dialect).get(dialect, ()))]
 
 
 REGISTRY_MIGRATIONS: tuple[Migration, ...] = (
@@ -80,6 +83,28 @@ REGISTRY_MIGRATIONS: tuple[Migration, ...] = (
     # that verify's zero-shot attribution scores the text in the context it was generated in.
     Migration("m003_record_context", (
         'ALTER TABLE "records" ADD COLUMN "context" TEXT',
+    )),
+    # Verify's cache of each key's issued numbers (``api.issued``) reads only what changed since its
+    # last look: records carry "seq", increasing in commit order within a key (every write holds the
+    # registry's write lock), and a key counts its withdrawn records ("records_removed"), which
+    # makes a cache reload. Both are filled by the database itself, so rows inserted by any writer
+    # (an older node, a bulk fill) get them too: PostgreSQL from a sequence (which numbers the
+    # existing rows as the column is added), SQLite from a trigger (existing rows take their rowid).
+    Migration("m004_record_seq", (
+        'ALTER TABLE "keys" ADD COLUMN "records_removed" {int} NOT NULL DEFAULT 0',
+    ), per_dialect=(
+        ("sqlite", (
+            'ALTER TABLE "records" ADD COLUMN "seq" INTEGER',
+            'UPDATE "records" SET "seq" = rowid',
+            'CREATE INDEX "idx_records_key_id_seq" ON "records" ("key_id", "seq")',
+            'CREATE TRIGGER "records_seq" AFTER INSERT ON "records" FOR EACH ROW WHEN NEW."seq" IS NULL BEGIN'
+            ' UPDATE "records" SET "seq" = (SELECT coalesce(max("seq"), 0) + 1 FROM "records" WHERE "key_id" = NEW."key_id")'
+            ' WHERE rowid = NEW.rowid; END',
+        )),
+        ("postgresql", (
+            'ALTER TABLE "records" ADD COLUMN "seq" BIGSERIAL',
+            'CREATE INDEX "idx_records_key_id_seq" ON "records" ("key_id", "seq")',
+        )),
     )),
 )
 

@@ -148,11 +148,11 @@ class TextVerification:
 def nearest_records(registry: Registry, key, result: DetectionResult, limit: int) -> list[NearRecord]:
     """The ``limit`` records of ``key`` nearest to the decoded payload (see the module docstring).
 
-    Reads every number issued under the key and builds each one's codeword in Python: linear in
-    the key's records, and run only when a watermarked payload matched no record."""
+    Builds the codeword of every number issued under the key in Python: linear in the key's
+    records, and run only when a watermarked payload matched no record."""
     if result.bit_confidences is None or limit == 0:  # a decoder without per-bit confidences
         return []
-    numbers = registry.record_numbers(key.key_id)
+    numbers = registry.issued_numbers(key.key_id).tolist()
     if not numbers:
         return []
     config = key.config
@@ -313,8 +313,9 @@ class Provenance:
                     cancel.progress = (done, len(keys))
                     cancel.check()
                 watermark = self.watermark(info.key_id)
-                issued = self.registry.record_numbers(info.key_id) if watermark.scheme.supports_payload else []
-                key_alpha = per_key_alpha / 2 if issued else per_key_alpha  # presence and record test
+                issued = (self.registry.issued_numbers(info.key_id) if watermark.scheme.supports_payload
+                          else np.empty(0, dtype=np.uint64))
+                key_alpha = per_key_alpha / 2 if issued.size else per_key_alpha  # presence and record test
                 # A capped scheme costs the most per text (issue 16): one text at a time, so a
                 # cancellation waits for one text under one key at most.
                 step = 1 if _capped(watermark.scheme) else len(texts)

@@ -150,6 +150,12 @@ class Detector(abc.ABC):
         multi-bit schemes override this, the others carry no payload and raise ``ParameterError``."""
         raise ParameterError(f"{self.key.scheme} keys carry no payload: there are no records to score")
 
+    def detect_with_tables(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> tuple[list[DetectionResult], list]:
+        """(``detect_batch``, ``record_tables``) of the same sequences: what verify asks of a
+        multi-bit key (the presence test and the record test). Detectors whose two passes share
+        their work override this to do it once."""
+        return self.detect_batch(sequences, prompt_ids=prompt_ids), self.record_tables(sequences, prompt_ids=prompt_ids)
+
     def _result(self, evidence: Evidence, num_scored: int) -> DetectionResult:
         score, log_p = evidence.score, evidence.log_p
         payload = evidence.payload
@@ -227,12 +233,28 @@ class PairDetector(Detector):
 
     def detect_batch(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> list[DetectionResult]:
         """Detect the watermark in many sequences at once (vectorised over all their tokens)."""
+        token_scores, seq_index = self._token_scores(sequences, prompt_ids)
+        return self._results(token_scores, seq_index, len(sequences))
+
+    def detect_with_tables(self, sequences: Sequence, *, prompt_ids: Sequence | None = None) -> tuple[list[DetectionResult], list]:
+        """(``detect_batch``, ``record_tables``) from one pass over the scored pairs: the PRF work
+        (pairs, dedup, per-pair evidence) is done once for both tests."""
+        if not self.key.config.supports_payload:
+            return super().detect_with_tables(sequences, prompt_ids=prompt_ids)
+        token_scores, seq_index = self._token_scores(sequences, prompt_ids)
+        return (self._results(token_scores, seq_index, len(sequences)),
+                self._record_tables(token_scores, seq_index, len(sequences)))
+
+    def _token_scores(self, sequences: Sequence, prompt_ids: Sequence | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``_score_tokens`` of the scored pairs, sequence index int64 (N,)) of every sequence."""
         if prompt_ids is not None and len(prompt_ids) != len(sequences):
             raise ParameterError(f"got {len(prompt_ids)} prompts for {len(sequences)} sequences")
         pairs, seq_index = self.scored_pairs(sequences, prompt_ids)
-        token_scores = self._score_tokens(pairs[:, :-1], pairs[:, -1])
-        counts = torch.bincount(seq_index, minlength=len(sequences)).tolist()
-        evidence = self._aggregate_scores(token_scores, seq_index, len(sequences))
+        return self._score_tokens(pairs[:, :-1], pairs[:, -1]), seq_index
+
+    def _results(self, token_scores: torch.Tensor, seq_index: torch.Tensor, num_sequences: int) -> list[DetectionResult]:
+        counts = torch.bincount(seq_index, minlength=num_sequences).tolist()
+        evidence = self._aggregate_scores(token_scores, seq_index, num_sequences)
         return [self._result(e, n) for e, n in zip(evidence, counts)]
 
     def token_evidence(self, token_ids, payload, prompt_ids=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -265,8 +287,7 @@ class PairDetector(Detector):
             raise ParameterError(f"got {len(prompt_ids)} prompts for {len(sequences)} sequences")
         if not self.key.config.supports_payload:
             return super().record_tables(sequences, prompt_ids=prompt_ids)
-        pairs, seq_index = self.scored_pairs(sequences, prompt_ids)
-        return self._record_tables(self._score_tokens(pairs[:, :-1], pairs[:, -1]), seq_index, len(sequences))
+        return self._record_tables(*self._token_scores(sequences, prompt_ids), len(sequences))
 
     def _record_tables(self, token_scores: torch.Tensor, seq_index: torch.Tensor, num_sequences: int) -> list:
         """The record tables of every sequence from ``_score_tokens``'s output (multi-bit schemes)."""

@@ -47,7 +47,8 @@ from scipy.stats import binom
 
 from provmark.detector.base import Evidence, PairDetector
 from provmark.detector.check import checked_payloads
-from provmark.detector.records import binomial_tails, digit_sums, poisson_binomial_tails
+from provmark.detector.records import binomial_tails, digit_sums, mixed_digit_sums, poisson_binomial_tails
+from provmark.detector.split_null_table import stored_cells
 from provmark.detector.stats import LN10, binomial_log_sf_array, binomial_pmf, p_value_from_log, sum_log_sf_rows
 from provmark.errors import ParameterError
 from provmark.kernels.prf import split_key
@@ -64,6 +65,7 @@ __all__ = [
     "Presence",
     "NULL_DRAWS",
     "salt_sizes",
+    "simulate_split_cells",
     "split_null",
     "split_null_log_p",
     "block_excess_pmf",
@@ -139,6 +141,23 @@ def _split_tails(trials: int, bits: int) -> np.ndarray:
     return table
 
 
+def simulate_split_cells(trials: int, bits: int) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The simulation behind ``split_null``: NULL_DRAWS count vectors of ``trials`` tokens in
+    ``bits`` equally likely shards (fixed seed), split by the decoder's rule under each salt lambda
+    (``salt_sizes``). Returns per salt (size, total, draws) int64 (C,): the distinct (high-group size,
+    high-group total) cells, ascending, and how many draws fell in each."""
+    rng = np.random.default_rng([_NULL_SEED, bits, trials])
+    counts = rng.multinomial(trials, np.full(bits, 1.0 / bits), size=NULL_DRAWS)
+    values = -np.sort(-counts, axis=1).astype(np.float64)
+    out = {}
+    for lam, sizes in salt_sizes(bits).items():
+        size, prefix = _split_sizes(values, sizes)
+        green = prefix[np.arange(NULL_DRAWS), size].astype(np.int64)
+        cell, how_many = np.unique(size * (trials + 1) + green, return_counts=True)
+        out[lam] = (cell // (trials + 1), cell % (trials + 1), how_many.astype(np.int64))
+    return out
+
+
 @functools.lru_cache(maxsize=1024)
 def split_null(trials: int, bits: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The simulated null of MajorMark's split statistic with ``trials`` tokens in ``bits``
@@ -147,17 +166,17 @@ def split_null(trials: int, bits: int) -> dict[int, tuple[np.ndarray, np.ndarray
     salt is the natural-log binomial tail of the decoder's split (``two_means_splits`` within
     ``salt_sizes``): the tail of the high group's total at its preferred share k/b. Both salts'
     laws come from the same draws (only each one's marginal law is used). Deterministic (fixed
-    seed) and cached; the distinct values are few (one per (k, total)), so an entry is small."""
-    rng = np.random.default_rng([_NULL_SEED, bits, trials])
-    counts = rng.multinomial(trials, np.full(bits, 1.0 / bits), size=NULL_DRAWS)
-    values = -np.sort(-counts, axis=1).astype(np.float64)
+    seed) and cached; the distinct values are few (one per (k, total)), so an entry is small.
+
+    The draws' cells come from ``split_null_table`` where shipped (the default 32 shards, up to
+    ``STORED_TRIALS`` tokens: no cold start), else from ``simulate_split_cells`` (0.5 to 1 s of CPU
+    on first use); both give the same cells, so the same p-values."""
+    cells = stored_cells(trials, bits, NULL_DRAWS, _NULL_SEED) or simulate_split_cells(trials, bits)
     tails = _split_tails(trials, bits)
     out = {}
-    for lam, sizes in salt_sizes(bits).items():
-        size, prefix = _split_sizes(values, sizes)
-        green = prefix[np.arange(NULL_DRAWS), size].astype(np.int64)
-        distinct, how_many = np.unique(tails[size, green], return_counts=True)
-        out[lam] = (distinct, np.cumsum(how_many))
+    for lam, (size, green, how_many) in cells.items():
+        distinct, inverse = np.unique(tails[size, green], return_inverse=True)
+        out[lam] = (distinct, np.cumsum(np.bincount(inverse.ravel(), weights=how_many).astype(np.int64)))
     return out
 
 
@@ -296,19 +315,11 @@ class MajorMarkPlusRecordTable:
         self.share_of = np.array([majority(bits)[1] - (s + 1) // 2 for bits in values])  # index into shares
 
     def score(self, payloads):
-        config = self.config
-        r, base = config.num_blocks, np.uint64(config.block_values)
-        hits = np.zeros(payloads.shape[0], dtype=np.int64)
-        trials = np.zeros((payloads.shape[0], self.shares.size), dtype=np.int64)
-        rest = payloads.copy()
-        for j in reversed(range(r)):  # the last block holds the least significant digit
-            digit = (rest % base).astype(np.int64)
-            rest //= base
-            hits += self.block_hits[j, digit]
-            share = self.share_of[digit]
-            for q in range(self.shares.size):
-                trials[:, q] += self.tokens_at[j] * (share == q)
-        return hits, poisson_binomial_tails(hits, trials, self.shares)
+        # Per block j and digit d: the hits, and the tokens at each preferred share q; summed over
+        # the blocks by chunked look-ups (``mixed_digit_sums``), the payload's digits in base 2**s - 2.
+        at_share = (self.share_of[None, None, :] == np.arange(self.shares.size)[:, None, None]) * self.tokens_at[None, :, None]
+        sums = mixed_digit_sums(payloads, np.concatenate([self.block_hits[None], at_share]), self.config.block_values)
+        return sums[0], poisson_binomial_tails(sums[0], sums[1:].T, self.shares)
 
 
 def two_means_splits(counts: np.ndarray, sizes: range) -> tuple[np.ndarray, np.ndarray]:

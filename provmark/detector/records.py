@@ -28,6 +28,7 @@ text separates the two.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -48,11 +49,13 @@ __all__ = [
     "candidate_payloads",
     "parse_candidates",
     "digit_sums",
+    "mixed_digit_sums",
     "binomial_tails",
     "poisson_binomial_tails",
     "score_records",
     "match_records",
     "match_records_batch",
+    "match_tables",
 ]
 
 _CHUNK_BITS = 8
@@ -130,7 +133,7 @@ def candidate_payloads(candidates, capacity: int) -> np.ndarray:
             raise ParameterError(f"candidate payloads must be integers, got an array of {candidates.dtype}")
         if candidates.dtype.kind == "i" and candidates.size and int(candidates.min()) < 0:
             raise ParameterError("candidate payloads must be non-negative")
-        values = candidates.astype(np.uint64).ravel()
+        values = candidates.astype(np.uint64, copy=False).ravel()
     else:
         candidates = list(candidates)
         bad = [c for c in candidates if isinstance(c, bool) or not isinstance(c, (int, np.integer))]
@@ -144,8 +147,10 @@ def candidate_payloads(candidates, capacity: int) -> np.ndarray:
         raise ParameterError("no candidate payloads; give at least one")
     if capacity < 1 << 64 and int(values.max()) >= capacity:
         raise ParameterError(f"candidate payload {int(values.max())} does not fit the key's capacity [0, {capacity})")
+    if np.all(values[1:] > values[:-1]):  # a registry's numbers (``Registry.issued_numbers``): ascending, no sort
+        return values
     ordered = np.sort(values)
-    if not np.any(ordered[1:] == ordered[:-1]):  # the usual case (a registry's payloads): one sort
+    if not np.any(ordered[1:] == ordered[:-1]):  # distinct: one sort
         return values
     _, first = np.unique(values, return_index=True)
     return values[np.sort(first)]
@@ -192,6 +197,45 @@ def digit_sums(words: np.ndarray, table: np.ndarray, width: int) -> np.ndarray:
     return total
 
 
+def mixed_digit_sums(values: np.ndarray, tables: np.ndarray, base: int) -> np.ndarray:
+    """``sum_j tables[:, j, digit_j(value)]`` for every value, where value is L digits in ``base``,
+    digit 0 the most significant (tables int64 (K, L, base): K sums at once; returns int64 (K, M)).
+
+    ``digit_sums`` for a base that is not a power of two: the digits are read a chunk at a time, as
+    many whole digits as keep ``base ** k`` at most 2**10, each chunk through one look-up table per
+    sum (outer sums of the chunk's digit tables), so M values cost one division and K look-ups per
+    chunk instead of L of each."""
+    tables = np.asarray(tables, dtype=np.int64)
+    sums, length = tables.shape[0], tables.shape[1]
+    per_chunk = 1
+    while base ** (per_chunk + 1) <= 1 << 10:
+        per_chunk += 1
+    total = np.zeros((sums, values.shape[0]), dtype=np.int64)
+    rest = values.astype(np.uint64, copy=True)
+    end = length
+    while end > 0:  # the last digits are the least significant
+        start = max(0, end - per_chunk)
+        size = np.uint64(base ** (end - start))
+        chunk = (rest % size).astype(np.intp)
+        rest //= size
+        lookup = tables[:, start]
+        for j in range(start + 1, end):  # most significant digit first: the flat index is the chunk's value
+            lookup = (lookup[:, :, None] + tables[:, j, None, :]).reshape(sums, -1)
+        for k in range(sums):
+            total[k] += lookup[k].take(chunk)
+        end = start
+    return total
+
+
+@functools.lru_cache(maxsize=64)
+def _binomial_grid(size: int, share: float) -> np.ndarray:
+    """float64 (size, size): Binomial(t, share) pmf at [t, k] (zero past k = t), shared read-only."""
+    support = np.arange(size)
+    grid = binom.pmf(support[None, :], support[:, None], share)
+    grid.flags.writeable = False
+    return grid
+
+
 def _distinct(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(distinct values ascending, inverse) of non-negative int64 keys below ``size``: a
     presence table instead of a sort when the range is small."""
@@ -236,8 +280,7 @@ def poisson_binomial_tails(hits: np.ndarray, trials: np.ndarray, shares: np.ndar
     width = int(trials.sum(axis=1).max(initial=0)) + 2
     table = np.zeros((profiles.shape[0], width))  # natural-log tail of each profile at 0..width-1
     # Every binomial pmf the profiles need, one scipy call per share (rows: trials 0..max).
-    support = np.arange(radix)
-    grids = [binom.pmf(support[None, :], support[:, None], share) for share in shares.tolist()]
+    grids = [_binomial_grid(radix, share) for share in shares.tolist()]
     pmfs_of = []
     for u, profile in enumerate(profiles.tolist()):
         pmfs = [grid[t, : t + 1] for t, grid in zip(profile, grids) if t]
@@ -261,8 +304,9 @@ def poisson_binomial_tails(hits: np.ndarray, trials: np.ndarray, shares: np.ndar
 def score_records(detector, token_ids, candidates, *, prompt_ids=None) -> RecordScores:
     """Every candidate payload's hits and exact tail on one text of token ids under the
     detector's key (``create_detector``); see the module docstring for each scheme's law."""
-    return _scores(detector, detector.record_tables([token_ids], prompt_ids=None if prompt_ids is None else [prompt_ids])[0],
-                   candidate_payloads(candidates, _capacity(detector)))
+    payloads = candidate_payloads(candidates, _capacity(detector))
+    table = detector.record_tables([token_ids], prompt_ids=None if prompt_ids is None else [prompt_ids])[0]
+    return _scores(table, payloads, codeword_values(detector.key, payloads))
 
 
 def match_records(detector, token_ids, candidates, *, prompt_ids=None) -> RecordMatch:
@@ -284,8 +328,18 @@ def match_records_batch(detector, sequences: Sequence, candidates, *, prompt_ids
     """``match_records`` of many texts against the same candidates (count tables built in one
     vectorised pass)."""
     payloads = candidate_payloads(candidates, _capacity(detector))
-    tables = detector.record_tables(sequences, prompt_ids=prompt_ids)
-    return [_match(detector, _scores(detector, table, payloads)) for table in tables]
+    return _match_tables(detector, detector.record_tables(sequences, prompt_ids=prompt_ids), payloads)
+
+
+def match_tables(detector, tables: Sequence[RecordTable], candidates) -> list[RecordMatch]:
+    """``match_records`` of texts whose count tables are built already (``Detector.record_tables``
+    or ``Detector.detect_with_tables``, which shares the PRF work with the presence test)."""
+    return _match_tables(detector, tables, candidate_payloads(candidates, _capacity(detector)))
+
+
+def _match_tables(detector, tables: Sequence[RecordTable], payloads: np.ndarray) -> list[RecordMatch]:
+    values = codeword_values(detector.key, payloads)
+    return [_match(detector, _scores(table, payloads, values)) for table in tables]
 
 
 def _capacity(detector) -> int:
@@ -295,8 +349,8 @@ def _capacity(detector) -> int:
     return config.capacity
 
 
-def _scores(detector, table: RecordTable, payloads: np.ndarray) -> RecordScores:
-    hits, log_p = table.score(codeword_values(detector.key, payloads))
+def _scores(table: RecordTable, payloads: np.ndarray, values: np.ndarray) -> RecordScores:
+    hits, log_p = table.score(values)
     return RecordScores(payloads=payloads, hits=hits, log_p=log_p, num_scored_tokens=table.num_scored_tokens)
 
 

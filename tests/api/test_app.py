@@ -19,7 +19,7 @@ def _key(client, tenant, scheme="mpac", **params):
 # -- service ------------------------------------------------------------------------------------
 
 def test_healthz_needs_no_token(client):
-    assert client.get("/healthz").json() == {"ok": True, "schema_version": 3, "version": "0.1.0"}
+    assert client.get("/healthz").json() == {"ok": True, "schema_version": 4, "version": "0.1.0"}
 
 
 def test_the_openapi_schema_documents_every_route_and_the_error_shape(client):

@@ -165,7 +165,7 @@ def test_serve_runs_the_app_factory_on_the_given_address(runner, db_target, monk
     app = app_from_environment()  # what uvicorn calls in each worker
     assert calls[1:] == [("threads", 1)] and app.title == "provmark"
     registries.append(Registry.open(db_target))
-    assert registries[-1].schema_version() == 3  # serve migrated the file before any worker opened it
+    assert registries[-1].schema_version() == 4  # serve migrated the file before any worker opened it
 
 
 def test_serve_workers_split_the_rate_limit(runner, db_target, monkeypatch, tokenizer, registries):

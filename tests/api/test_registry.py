@@ -34,7 +34,7 @@ def test_migrations_apply_once_and_reopening_keeps_the_data(db_target, registrie
     first.create_tenant("acme")
     again = Registry.open(db_target, MASTER_KEY)
     registries.append(again)
-    assert again.schema_version() == first.schema_version() == 3
+    assert again.schema_version() == first.schema_version() == 4
     assert [t.name for t in again.tenants()] == ["acme"]
 
 
