@@ -42,16 +42,16 @@ against 1.85 us a kgw token (``verify_cost.txt``, run 2), rounded."""
 TOKENS_PER_REQUEST = 2_000
 """The rate limiter charges one request per this much work: tokens scored, each weighted by its scheme's
 ``SCHEME_WORK_WEIGHTS`` (2,000 kgw tokens, 4 to 11 ms of one core in ``verify_cost.txt``)."""
-SCHEME_WORK_WEIGHTS = {"kgw": 1.0, "mpac": 1.7, "majormark": 1.5, "majormark+": 78.0, "vanilla": 18.0,
+SCHEME_WORK_WEIGHTS = {"kgw": 1.0, "mpac": 1.7, "majormark": 1.5, "majormark+": 3.1, "vanilla": 18.0,
                        "synonym": 13.0, "balance": 2_300.0}
 """Verification cost of one scored token (word, for synonym) of each scheme, in kgw tokens: measured by
 ``benchmarks.verify_cost`` (``benchmarks/results/verify_cost.txt``, natural text at serve's caps, one
 core, run 1: 5.4 us per kgw token including the tokenizer, 70 us per synonym word (WordNet and
 morphology), 12.6 ms per balance token (a proxy LM pass each)), rounded; a quieter run 2 gave ratios
 within about 25% of these. A multi-bit key was measured with 100
-records issued (the record test scores each); majormark+'s record test grows faster than linearly in
-the text's length (4,000 tokens: 78 here, 500 tokens: about 12), so its weight is the long text's.
-A scheme not listed weighs 1."""
+records issued (the record test scores each). majormark+'s weight is run 3's (3.1, down from 78,
+after its record test's tables and pmf grids were cached); run 3's other ratios are within 35% of
+these. A scheme not listed weighs 1."""
 HEAVY_WORK = 10 * TOKENS_PER_REQUEST
 """Verifications whose work may exceed this (``work_bound``) run in the heavy lane (``api.admission``)."""
 DEFAULT_HEAVY_PER_CLIENT = 1
