@@ -39,6 +39,7 @@ from benchmarks.api_server import ServerFixture
 from provmark.api.crypto import load_master_key
 from provmark.api.registry import Registry
 from provmark.attacks import apply
+from provmark.attacks.base import words_of
 from provmark.evaluation.human import human_texts
 from provmark.evaluation.prompts import generate_batched, load_prompts
 from provmark.front import Watermark
@@ -170,9 +171,10 @@ def main(argv=None) -> int:
                                                   load_prompts()[: args.negatives], tokens=args.tokens,
                                                   seed=args.seed + 1, batch=10)]
         def host(text: str, index: int) -> str:
-            """Other unwatermarked texts joined until they are three times as long as ``text``."""
+            """Other unwatermarked texts joined until they are three times as long as ``text``, in
+            the words the copy-paste attack counts."""
             parts, k = [], 0
-            while len(" ".join(parts).split()) < 3 * len(text.split()) + 10:
+            while len(words_of(" ".join(parts))) < 3 * len(words_of(text)) + 10:
                 k += 1
                 parts.append(plain[(index + k) % len(plain)])
             return " ".join(parts)
