@@ -41,7 +41,7 @@ from provmark.detector import create_detector
 from provmark.watermark.keys import create_key
 from provmark.watermark.models import load_model, load_sentence_encoder
 from provmark.watermark.synonym import SynonymEmbedder, candidate_forms, substitution_cost, usual_parts_of_speech
-from provmark.watermark.words import match_case, scored_words, substitute_is_eligible
+from provmark.watermark.words import match_case, substitute_is_eligible
 
 THRESHOLDS = (0.90, 0.92, 0.94, 0.95, 0.96, 0.98)
 CANDIDATES = (4, 16)

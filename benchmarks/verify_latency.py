@@ -95,8 +95,6 @@ def setup(texts: dict, folder: str, records: int, master_key_b64: str, seed: int
     """Registry, tenant, keys, R records per key; then the phase costs (module docstring)."""
     import base64
 
-    import numpy as np
-
     from provmark.api.crypto import MasterKey
     from provmark.api.registry import Registry
     from provmark.front import Watermark

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from benchmarks.calibration import SyntheticProxy
 from provmark.detector import create_detector
