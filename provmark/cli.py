@@ -586,6 +586,10 @@ def _attribute(watermark, text, candidates, *, alpha, min_tokens, as_json):
         line = (f"matches none of the candidates: the best, {match.payload_hex}, has record-level p "
                 f"{match.corrected_p_value:.3g}")
     click.echo(f"{line} (corrected for {match.num_candidates} candidates, alpha {match.alpha:g})")
+    if match.is_match and match.exclusion_log10_p_value is not None:
+        verdict = "exclusive" if match.is_exclusive else "not exclusive"
+        click.echo(f"{verdict}: the hardest other candidate, {match.competitor_hex}, has weighted exclusion log10 p "
+                   f"{match.exclusion_log10_p_value:.2f}")
     if match.runner_up is not None:
         click.echo(f"runner-up: {match.runner_up_hex}  log10 p: {match.runner_up_log10_p_value:.2f}")
 

@@ -448,11 +448,15 @@ class Provenance:
         if record_test is not None and record_test.is_match:
             record = self.registry.record_by_number(key.key_id, record_test.payload)
             if record is not None:
-                note = None
+                notes = []
                 if result.payload is not None and result.payload != record_test.payload:
-                    note = (f"the open-set decode reads {result.payload_hex}, not this record's payload: the record "
-                            "test names the issued record that explains the text best")
-                return found("record", record, note=note)
+                    notes.append(f"the open-set decode reads {result.payload_hex}, not this record's payload: the record "
+                                 "test names the issued record that explains the text best")
+                if not record_test.is_exclusive:
+                    notes.append(f"not exclusive: record {key.key_id}.{record_test.competitor} is not excluded (weighted "
+                                 f"exclusion p {10 ** record_test.exclusion_log10_p_value:.3g} > alpha "
+                                 f"{record_test.alpha:g}), so this is the likeliest record, not a proven one")
+                return found("record", record, note="; ".join(notes) or None)
         if not (result.is_watermarked or (record_test is not None and record_test.is_match)):
             return found(None, None)
         if result.payload is None and not key.config.supports_payload:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from fractions import Fraction
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -47,7 +48,19 @@ from scipy.stats import binom
 
 from provmark.detector.base import Evidence, PairDetector
 from provmark.detector.check import checked_payloads
-from provmark.detector.records import binomial_tails, digit_sums, mixed_digit_sums, poisson_binomial_tails
+from provmark.detector.records import (
+    binomial_tails,
+    digit_sums,
+    hypergeometric_low_bound,
+    hypergeometric_low_tails,
+    mixed_digit_sums,
+    poisson_binomial_bound,
+    poisson_binomial_tails,
+    product_log_sf,
+    refined,
+    split_bounds,
+    split_tails,
+)
 from provmark.detector.split_null_table import stored_cells
 from provmark.detector.stats import LN10, binomial_log_sf_array, binomial_pmf, p_value_from_log, sum_log_sf_rows
 from provmark.errors import ParameterError
@@ -281,6 +294,7 @@ class MajorMarkRecordTable:
         self.counts = counts  # int64 (2, b): tokens in shard i under salt lambda
         self.num_scored_tokens = num_scored_tokens
         self.bits = bits
+        self.num_levels = bits + 1  # Hamming distance 1..b with the same majority bit, b + 1 across
 
     def score(self, payloads):
         b = self.bits
@@ -293,6 +307,49 @@ class MajorMarkRecordTable:
         hits = np.where(lam_one, hits_one, hits_zero)
         preferred = np.where(lam_one, ones, b - ones)
         return hits, binomial_tails(hits, self.num_scored_tokens, preferred, b)
+
+    def exclusion(self, winner, values):
+        """Under "C is the record" with the winner's majority bit lambda, C's preferred shards
+        share its boosted tokens uniformly and its other shards its unboosted ones: the winner's
+        hits among C's preferred tokens and among C's other tokens are two independent binomial
+        tails given C's counts, combined by ``product_log_sf``. With the other majority bit the
+        winner's salt is unused by C, so its hits are null: its own exact tail."""
+        b, total = self.bits, self.num_scored_tokens
+        own = [((int(winner) + 1) >> (b - 1 - i)) & 1 for i in range(b)]
+        lam = int(2 * sum(own) >= b)
+        mine = np.array([bit == lam for bit in own], dtype=np.int64)  # the winner's preferred shards
+        counts = self.counts[lam]
+        theirs = np.zeros((b, 2), dtype=np.int64)  # shard i preferred by C, by C's bit i
+        theirs[:, lam] = 1
+        rest = 1 - theirs
+        tables = [theirs, theirs * counts[:, None], theirs * mine[:, None], theirs * (mine * counts)[:, None],
+                  rest * mine[:, None], rest * (mine * counts)[:, None],
+                  (np.arange(2)[None, :] != np.array(own)[:, None]).astype(np.int64),
+                  np.stack([np.zeros(b, dtype=np.int64), np.ones(b, dtype=np.int64)], axis=1)]
+        size, held, shared, shared_hits, outside, outside_hits, level, ones = (
+            digit_sums(values + np.uint64(1), table, 1) for table in tables)
+        same = (2 * ones >= b) == bool(lam)
+        factors = ((shared > 0) & (shared < size)).astype(np.int64) + ((outside > 0) & (outside < b - size))
+
+        def tails(at, exact):
+            split = split_tails if exact else split_bounds
+            inside = split(shared_hits[at], held[at], shared[at], size[at])
+            beyond = split(outside_hits[at], total - held[at], outside[at], b - size[at])
+            return product_log_sf(inside + beyond, factors[at])
+
+        own_tail = float(self.score(np.array([winner], dtype=np.uint64))[1][0])
+        log_p = np.where(same, refined(tails, values.shape[0]), own_tail)
+        return log_p, np.where(same, level, b + 1)
+
+    def levels_from(self, values):
+        b = self.bits
+        codewords = values + np.uint64(1)
+        lam = 2 * np.bitwise_count(codewords).astype(np.int64) >= b
+
+        def levels(i: int) -> np.ndarray:
+            return np.where(lam == lam[i], np.bitwise_count(codewords ^ codewords[i]).astype(np.int64), b + 1)
+
+        return levels
 
 
 class MajorMarkPlusRecordTable:
@@ -310,6 +367,8 @@ class MajorMarkPlusRecordTable:
         values = [to_bits(value, s) for value in range(1, config.block_values + 1)]  # digit d holds value d + 1
         chosen = [candidates.index(majority(bits)) for bits in values]
         preferred = np.array([[bit == majority(bits)[0] for bit in bits] for bits in values], dtype=np.int64)
+        self.counts, self.chosen, self.preferred = counts, chosen, preferred
+        self.num_levels = config.num_blocks
         self.block_hits = (counts[:, chosen, :] * preferred[None]).sum(axis=2)  # (r, 2**s - 2)
         self.shares = np.arange((s + 1) // 2, s) / s  # the preferred shares n/s a block can have
         self.share_of = np.array([majority(bits)[1] - (s + 1) // 2 for bits in values])  # index into shares
@@ -320,6 +379,80 @@ class MajorMarkPlusRecordTable:
         at_share = (self.share_of[None, None, :] == np.arange(self.shares.size)[:, None, None]) * self.tokens_at[None, :, None]
         sums = mixed_digit_sums(payloads, np.concatenate([self.block_hits[None], at_share]), self.config.block_values)
         return sums[0], poisson_binomial_tails(sums[0], sums[1:].T, self.shares)
+
+    def exclusion(self, winner, values):
+        """Under "C is the record", in each block j where C's digit differs from the winner's, the
+        winner's hits have a known law given C's counts: under another salt (lambda, n) than C's
+        they are null, ``Binomial(T_j, n_w/s)``; under the same salt C's boosted tokens fall
+        uniformly in its n preferred shards and its other tokens in the rest, so they are
+        ``Binomial(H_j, a/n) + Binomial(T_j - H_j, c/(s - n))`` (H_j C's hits, a and c the winner's
+        shards among C's preferred and other ones). The winner's hits over those blocks are the
+        sum, an exact Poisson-binomial tail (one test; agreeing blocks carry nothing).
+
+        Homogeneity: blocks where C prefers the same share n/s are exchangeable under C (the block
+        PRF), so C's hits in the blocks where it differs are a hypergeometric draw of its hits
+        over all its blocks of that share; too few of them is evidence against C. The tests are
+        independent given C's counts and combine by ``product_log_sf``."""
+        config = self.config
+        r, s, base = config.num_blocks, config.block_size, config.block_values
+        own = _digits(np.array([winner], dtype=np.uint64), base, r)[0].tolist()
+        pieces = []  # (block, digit, trials, share) of every binomial in the winner's hits' law
+        for j, w in enumerate(own):
+            mine, trials = self.preferred[w], int(self.tokens_at[j])
+            for v in range(base):
+                if v == w:
+                    continue
+                if self.chosen[v] != self.chosen[w]:
+                    pieces.append((j, v, trials, Fraction(int(mine.sum()), s)))
+                    continue
+                theirs, counts = self.preferred[v], self.counts[j, self.chosen[w]]
+                held = int(counts @ theirs)
+                pieces.append((j, v, held, Fraction(int(theirs @ mine), int(theirs.sum()))))
+                pieces.append((j, v, trials - held, Fraction(int((1 - theirs) @ mine), s - int(theirs.sum()))))
+        shares = sorted({share for *_, share in pieces if share > 0})
+        differs = np.ones((r, base), dtype=np.int64)
+        differs[np.arange(r), own] = 0
+        tables = [differs * self.block_hits[np.arange(r), own][:, None], differs]
+        at_share = np.zeros((len(shares), r, base), dtype=np.int64)
+        for j, v, trials, share in pieces:
+            if share > 0:
+                at_share[shares.index(share), j, v] += trials
+        digit_of = np.array([int(bits.sum()) for bits in self.preferred])  # n of each digit
+        for n in np.unique(digit_of).tolist():
+            alike = (digit_of == n)[None, :]
+            tokens = alike * self.tokens_at[:, None]
+            tables += [tokens, alike * self.block_hits, differs * tokens, differs * alike * self.block_hits]
+        sums = mixed_digit_sums(values, np.concatenate([np.stack(tables), at_share]), base)
+        hits, level, homogeneity = sums[0], sums[1], sums[2 : len(tables)].reshape(-1, 4, values.shape[0])
+        trials, share_values = sums[len(tables) :].T, np.array([float(q) for q in shares])
+        factors = 1 + (homogeneity[:, 2] > 0).sum(axis=0)
+
+        def tails(at, exact):
+            excess = (poisson_binomial_tails if exact else poisson_binomial_bound)(hits[at], trials[at], share_values)
+            low = hypergeometric_low_tails if exact else hypergeometric_low_bound
+            deficit = sum(low(held_there[at], population[at], held[at], there[at])
+                          for population, held, there, held_there in homogeneity)
+            return product_log_sf(excess + deficit, factors[at])
+
+        return refined(tails, values.shape[0]), level
+
+    def levels_from(self, values):
+        digits = _digits(values, self.config.block_values, self.config.num_blocks)
+
+        def levels(i: int) -> np.ndarray:
+            return np.count_nonzero(digits != digits[i], axis=1).astype(np.int64)
+
+        return levels
+
+
+def _digits(values: np.ndarray, base: int, length: int) -> np.ndarray:
+    """int64 (M, length): the digits of each value in ``base``, most significant first."""
+    out = np.empty((values.shape[0], length), dtype=np.int64)
+    rest = values.astype(np.uint64, copy=True)
+    for j in reversed(range(length)):
+        out[:, j] = (rest % np.uint64(base)).astype(np.int64)
+        rest //= np.uint64(base)
+    return out
 
 
 def two_means_splits(counts: np.ndarray, sizes: range) -> tuple[np.ndarray, np.ndarray]:

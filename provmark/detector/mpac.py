@@ -25,7 +25,17 @@ import torch
 
 from provmark.detector.base import Evidence, PairDetector
 from provmark.detector.check import checked_payloads
-from provmark.detector.records import binomial_tails, digit_sums
+from provmark.detector.records import (
+    binomial_tails,
+    digit_levels_from,
+    digit_sums,
+    hypergeometric_low_bound,
+    hypergeometric_low_tails,
+    product_log_sf,
+    refined,
+    split_bounds,
+    split_tails,
+)
 from provmark.detector.stats import max_count_pmf, max_count_tail, sum_log_sf_rows
 from provmark.kernels.prf import split_key
 from provmark.watermark import subkeys
@@ -43,14 +53,43 @@ class MPACRecordTable:
     the null every scored token's shard is uniform over the S shards whatever its position, so
     for every payload the hits are ``Binomial(N, 1/S)`` (N scored tokens, all positions)."""
 
-    def __init__(self, counts: np.ndarray, num_scored_tokens: int, config: MPACConfig):
+    def __init__(self, counts: np.ndarray, position_totals: np.ndarray, config: MPACConfig):
         self.counts = counts  # int64 (L, r): tokens at position p in colour list c
-        self.num_scored_tokens = num_scored_tokens
+        self.position_totals = position_totals  # int64 (L,): tokens at position p, every shard
+        self.num_scored_tokens = int(position_totals.sum())
         self.config = config
+        self.num_levels = config.num_positions
 
     def score(self, payloads):
         hits = digit_sums(payloads, self.counts, self.config.bits_per_digit)
         return hits, binomial_tails(hits, self.num_scored_tokens, np.ones_like(hits), self.config.shard_count)
+
+    def exclusion(self, winner, values):
+        """Under "C is the record", a token at a position p where C's digit differs from the
+        winner's and not in C's colour list is uniform over the other S - 1 shards, so the
+        winner's hits at those positions are ``Binomial(U, 1/(S-1))`` (U such tokens)."""
+        config = self.config
+        width, length = config.bits_per_digit, config.num_positions
+        own = [(int(winner) >> (width * (length - 1 - p))) & ((1 << width) - 1) for p in range(length)]
+        differ = np.ones_like(self.counts)
+        differ[np.arange(length), own] = 0
+        hits = digit_sums(values, differ * self.counts[np.arange(length), own][:, None], width)
+        others = digit_sums(values, differ * (self.position_totals[:, None] - self.counts), width)
+        level = digit_sums(values, differ, width)
+        held = digit_sums(values, self.counts, width)  # C's hits, all positions
+        held_there = digit_sums(values, differ * self.counts, width)  # C's hits where the digits differ
+        there = digit_sums(values, differ * self.position_totals[:, None], width)
+        total, others_share = self.num_scored_tokens, config.shard_count - 1
+
+        def tails(at, exact):
+            excess = (split_tails if exact else split_bounds)(hits[at], others[at], 1, others_share)
+            low = hypergeometric_low_tails if exact else hypergeometric_low_bound
+            return product_log_sf(excess + low(held_there[at], total, held[at], there[at]), 1 + (there[at] > 0))
+
+        return refined(tails, values.shape[0]), level
+
+    def levels_from(self, values):
+        return digit_levels_from(values, self.config.bits_per_digit, self.config.num_positions)
 
 
 class MPACDetector(PairDetector):
@@ -72,8 +111,8 @@ class MPACDetector(PairDetector):
         length, radix, shards = config.num_positions, config.radix, config.shard_count
         cell = (seq_index * length + token_scores // shards) * shards + token_scores % shards
         counts = torch.bincount(cell, minlength=num_sequences * length * shards).view(num_sequences, length, shards)
-        totals = torch.bincount(seq_index, minlength=num_sequences).tolist()
-        return [MPACRecordTable(counts[i, :, :radix].numpy(), totals[i], config) for i in range(num_sequences)]
+        return [MPACRecordTable(counts[i, :, :radix].numpy(), counts[i].sum(dim=1).numpy(), config)
+                for i in range(num_sequences)]
 
     def _aggregate_scores(self, token_scores, seq_index, num_sequences):
         config = self.config

@@ -24,18 +24,37 @@ and its p-value is corrected for the number of distinct candidates scored (Bonfe
 whatever the dependence between candidates; three_bricks' argmin-and-correct, research note
 section 8 of STYLE.md). The runner-up's p-value comes with it, so a caller sees how clearly the
 text separates the two.
+
+**Exclusion: no wrong record by construction.** The corrected p-value bounds the chance that a
+text written without the key is attributed; it says nothing of a watermarked text that another
+issued payload explains better (a MajorMark candidate whose majority shards are nearly a subset
+of the true payload's gets almost the same hits under a smaller preferred share). So a record is
+named only if every other candidate C is *excluded*: tested as the text's record and rejected.
+Under "C is the record", which of C's preferred shards a boosted token fell in, and which of its
+other shards an unboosted token fell in, are uniform (the shard PRF), and colourings under salts
+C does not use are null; the winner W's hits beyond what C explains then have an exact law given
+C's own counts (each scheme's ``RecordTable.exclusion``). C's p-value is taken at a weighted
+Bonferroni level ``alpha / (D * n)``: D levels of distance from C (differing digits, bits or
+blocks), n the candidates at W's level from C, so the weights over all W != C sum to at most 1.
+If the text's true record T is a candidate, a wrong record needs T excluded, which happens with
+probability at most alpha whatever W the data pick: **an exclusive record is wrong at most as
+an alpha event**, while near candidates (few) keep a level far larger than alpha / M. A match
+that is not exclusive (``is_exclusive`` False) still names the candidate that explains the text
+best, without that guarantee. Vanilla and Balance keys have no exclusion test yet
+(``exclusion_log10_p_value`` None).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import numpy as np
-from scipy.stats import binom
+from scipy.special import gammaln, rel_entr
+from scipy.stats import binom, hypergeom
 
 from provmark.detector.stats import LN10, binomial_log_sf_array, log_pmf_of_sum, p_value_from_log
 from provmark.errors import ParameterError
@@ -56,10 +75,23 @@ __all__ = [
     "match_records",
     "match_records_batch",
     "match_tables",
+    "product_log_sf",
+    "split_tails",
+    "digit_levels_from",
+    "hypergeometric_low_tails",
+    "binomial_log_sf_bound",
+    "split_bounds",
+    "hypergeometric_low_bound",
+    "poisson_binomial_bound",
+    "refined",
 ]
 
 _CHUNK_BITS = 8
 """Digits are looked up a byte (or the whole digits that fit in one) at a time."""
+_REFINED = 32
+"""Competitors whose level count is counted exactly (the rest take the bound n <= M - 1)."""
+_EXACT = 256
+"""Competitors whose exclusion tail is computed exactly per text (the rest keep a Chernoff bound)."""
 
 
 class RecordTable(Protocol):
@@ -71,6 +103,21 @@ class RecordTable(Protocol):
         """(hits int64 (M,), natural-log exact tail float64 (M,)) of the codeword values uint64
         (M,) of payloads already checked to lie in the key's capacity (``watermark.check``: the
         payloads themselves without check bits)."""
+
+
+class ExclusionTable(RecordTable, Protocol):
+    """A record table that can also exclude candidates (module docstring, "Exclusion")."""
+
+    num_levels: int
+    """D: the distance levels between two codewords (1..D)."""
+
+    def exclusion(self, winner: np.uint64, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(natural-log p float64 (M,), level int64 (M,)) for each candidate C of codeword values
+        (M,): the exact tail of the winner's evidence under "C is the text's record" (0 where C
+        is the winner), and C's distance level from the winner (0 for the winner itself)."""
+
+    def levels_from(self, values: np.ndarray) -> Callable[[int], np.ndarray]:
+        """A function of i giving int64 (M,): every candidate's level from candidate i (0 for i)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,10 +155,24 @@ class RecordMatch:
     runner_up_hex: str | None
     runner_up_log10_p_value: float | None
     """The runner-up's uncorrected log10 tail."""
+    competitor: int | None
+    """The other candidate hardest to exclude (None with a single candidate or no exclusion test)."""
+    competitor_hex: str | None
+    exclusion_log10_p_value: float | None
+    """log10 of the largest weighted exclusion p-value over the other candidates (the competitor's;
+    module docstring, "Exclusion"): at most log10 ``alpha`` when every other candidate is
+    excluded. None when the text names no record, for a single candidate, or for a scheme without
+    an exclusion test (vanilla, balance)."""
     num_candidates: int
     alpha: float
     is_match: bool
-    """Whether the corrected p-value is at most ``alpha``: the text is attributed to ``payload``."""
+    """Whether the corrected p-value is at most ``alpha``: the text carries a record of this key,
+    and ``payload`` is the candidate that explains it best."""
+    is_exclusive: bool
+    """Whether, besides, every other candidate is excluded at ``alpha``: then a wrong ``payload``
+    is at most an ``alpha`` event for a text whose record is among the candidates. A match that
+    is not exclusive names the most likely record without that guarantee (a vanilla or balance
+    match is exclusive by default: no exclusion test yet)."""
 
     def to_dict(self) -> dict:
         """JSON-ready dict of every field."""
@@ -199,18 +260,20 @@ def digit_sums(words: np.ndarray, table: np.ndarray, width: int) -> np.ndarray:
 
 def mixed_digit_sums(values: np.ndarray, tables: np.ndarray, base: int) -> np.ndarray:
     """``sum_j tables[:, j, digit_j(value)]`` for every value, where value is L digits in ``base``,
-    digit 0 the most significant (tables int64 (K, L, base): K sums at once; returns int64 (K, M)).
+    digit 0 the most significant (tables int64 or float64 (K, L, base): K sums at once; returns
+    (K, M) of the tables' kind).
 
     ``digit_sums`` for a base that is not a power of two: the digits are read a chunk at a time, as
     many whole digits as keep ``base ** k`` at most 2**10, each chunk through one look-up table per
     sum (outer sums of the chunk's digit tables), so M values cost one division and K look-ups per
     chunk instead of L of each."""
-    tables = np.asarray(tables, dtype=np.int64)
+    tables = np.asarray(tables)
+    tables = tables.astype(np.float64 if tables.dtype.kind == "f" else np.int64, copy=False)
     sums, length = tables.shape[0], tables.shape[1]
     per_chunk = 1
     while base ** (per_chunk + 1) <= 1 << 10:
         per_chunk += 1
-    total = np.zeros((sums, values.shape[0]), dtype=np.int64)
+    total = np.zeros((sums, values.shape[0]), dtype=tables.dtype)
     rest = values.astype(np.uint64, copy=True)
     end = length
     while end > 0:  # the last digits are the least significant
@@ -225,6 +288,21 @@ def mixed_digit_sums(values: np.ndarray, tables: np.ndarray, base: int) -> np.nd
             total[k] += lookup[k].take(chunk)
         end = start
     return total
+
+
+def digit_levels_from(values: np.ndarray, width: int, length: int) -> Callable[[int], np.ndarray]:
+    """``ExclusionTable.levels_from`` for codewords of ``length`` digits of ``width`` bits: the
+    number of digits in which each value differs from value i."""
+    low = np.uint64(sum(1 << (width * p) for p in range(length)))  # the lowest bit of every digit
+
+    def levels(i: int) -> np.ndarray:
+        x = values ^ values[i]
+        folded = x
+        for shift in range(1, width):
+            folded = folded | (x >> np.uint64(shift))
+        return np.bitwise_count(folded & low).astype(np.int64)
+
+    return levels
 
 
 @functools.lru_cache(maxsize=64)
@@ -328,18 +406,15 @@ def match_records_batch(detector, sequences: Sequence, candidates, *, prompt_ids
     """``match_records`` of many texts against the same candidates (count tables built in one
     vectorised pass)."""
     payloads = candidate_payloads(candidates, _capacity(detector))
-    return _match_tables(detector, detector.record_tables(sequences, prompt_ids=prompt_ids), payloads)
+    return match_tables(detector, detector.record_tables(sequences, prompt_ids=prompt_ids), payloads)
 
 
 def match_tables(detector, tables: Sequence[RecordTable], candidates) -> list[RecordMatch]:
     """``match_records`` of texts whose count tables are built already (``Detector.record_tables``
     or ``Detector.detect_with_tables``, which shares the PRF work with the presence test)."""
-    return _match_tables(detector, tables, candidate_payloads(candidates, _capacity(detector)))
-
-
-def _match_tables(detector, tables: Sequence[RecordTable], payloads: np.ndarray) -> list[RecordMatch]:
+    payloads = candidate_payloads(candidates, _capacity(detector))
     values = codeword_values(detector.key, payloads)
-    return [_match(detector, _scores(table, payloads, values)) for table in tables]
+    return [_match(detector, table, values, _scores(table, payloads, values)) for table in tables]
 
 
 def _capacity(detector) -> int:
@@ -354,7 +429,138 @@ def _scores(table: RecordTable, payloads: np.ndarray, values: np.ndarray) -> Rec
     return RecordScores(payloads=payloads, hits=hits, log_p=log_p, num_scored_tokens=table.num_scored_tokens)
 
 
-def _match(detector, scores: RecordScores) -> RecordMatch:
+def product_log_sf(log_t: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Natural-log ``P(U_1 * ... * U_K <= t)`` for K = ``factors`` independent uniforms, elementwise:
+    ``t * sum_{i<K} (-ln t)**i / i!`` (Fisher's combination, exact; for super-uniform p-values,
+    such as exact discrete tails, a valid upper bound). 0 where K = 0."""
+    log_t = np.minimum(np.asarray(log_t, dtype=np.float64), 0.0)
+    factors = np.asarray(factors, dtype=np.int64)
+    x = -log_t
+    total = np.zeros_like(log_t)  # log of the sum's term i = 0
+    with np.errstate(divide="ignore"):
+        log_x = np.log(x)
+    for i in range(1, int(factors.max(initial=0))):
+        term = i * log_x - gammaln(i + 1)
+        total = np.where(i < factors, np.logaddexp(total, term), total)
+    return np.where(factors > 0, np.minimum(0.0, log_t + total), 0.0)
+
+
+def split_tails(hits: np.ndarray, trials: np.ndarray, preferred: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Natural-log ``P(Binomial(trials, preferred / size) >= hits)`` elementwise (int arrays that
+    broadcast to one shape; 0 where ``preferred`` is 0 or there are no trials), once per distinct quadruple: the
+    within-group tests of an exclusion (a group of ``size`` shards, ``preferred`` of them the
+    winner's)."""
+    columns = np.stack([a.ravel() for a in np.broadcast_arrays(*(np.asarray(a, dtype=np.int64)
+                                                                  for a in (hits, trials, preferred, size)))], axis=1)
+    radix = np.maximum(columns.max(axis=0, initial=0) + 1, 1)
+    if math.prod(radix.tolist()) < 1 << 62:  # one int64 per row: a 1-D look-up, much faster than rows
+        places = np.concatenate([[1], np.cumprod(radix[:-1])])
+        distinct, inverse = _distinct(columns @ places, math.prod(radix.tolist()))
+        rows = (distinct[:, None] // places) % radix
+    else:
+        rows, inverse = np.unique(columns, axis=0, return_inverse=True)
+    live = (rows[:, 2] > 0) & (rows[:, 1] > 0)
+    out = np.zeros(rows.shape[0])
+    if live.any():
+        r = rows[live]
+        out[live] = binomial_log_sf_array(r[:, 0], r[:, 1], np.minimum(r[:, 2] / np.maximum(r[:, 3], 1), 1.0))
+    return out[inverse.ravel()]
+
+
+def _kl(x: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Bernoulli relative entropy KL(x || p) elementwise (0 log 0 = 0)."""
+    return rel_entr(x, p) + rel_entr(1.0 - x, 1.0 - p)
+
+
+def binomial_log_sf_bound(successes, trials, p) -> np.ndarray:
+    """Chernoff bound on natural-log ``P(Binomial(trials, p) >= successes)`` elementwise:
+    ``-trials * KL(successes/trials || p)`` above the mean, 0 at or below it (never below the
+    exact tail)."""
+    successes, trials, p = np.broadcast_arrays(np.asarray(successes, dtype=np.float64),
+                                               np.asarray(trials, dtype=np.float64), np.asarray(p, dtype=np.float64))
+    x = successes / np.maximum(trials, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = -trials * _kl(x, p)
+    return np.where((trials > 0) & (x > p), np.minimum(0.0, bound), 0.0)
+
+
+def split_bounds(hits, trials, preferred, size) -> np.ndarray:
+    """``split_tails``' Chernoff bounds (``binomial_log_sf_bound``), never below them."""
+    preferred, size = np.asarray(preferred, dtype=np.float64), np.asarray(size, dtype=np.float64)
+    return np.where(preferred > 0, binomial_log_sf_bound(hits, trials, np.minimum(preferred / np.maximum(size, 1.0), 1.0)), 0.0)
+
+
+def hypergeometric_low_bound(successes, population, marked, drawn) -> np.ndarray:
+    """Bound on ``hypergeometric_low_tails``: ``-drawn * KL(successes/drawn || marked/population)``
+    below the mean, 0 above it (Hoeffding: sampling without replacement obeys the binomial
+    Chernoff bound)."""
+    successes, population, marked, drawn = (np.asarray(a, dtype=np.float64) for a in (successes, population, marked, drawn))
+    x = successes / np.maximum(drawn, 1.0)
+    p = marked / np.maximum(population, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = -drawn * _kl(x, p)
+    return np.where((drawn > 0) & (x < p), np.minimum(0.0, bound), 0.0)
+
+
+def poisson_binomial_bound(hits: np.ndarray, trials: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Chernoff bound on ``poisson_binomial_tails``: the least over a grid of theta > 0 of
+    ``-theta * hits + sum_q T_q log(1 - s_q + s_q e**theta)`` (valid at every theta)."""
+    theta = np.geomspace(0.05, 6.0, 12)
+    cumulant = np.log1p(shares[:, None] * np.expm1(theta)[None, :])  # (Q, G)
+    return np.minimum(0.0, (trials @ cumulant - hits[:, None] * theta[None, :]).min(axis=1))
+
+
+def refined(tails: Callable[[np.ndarray, bool], np.ndarray], size: int, count: int = _EXACT) -> np.ndarray:
+    """``tails(index, exact)`` (natural-log p-values of the candidates at ``index``, exact or an
+    upper bound) for all ``size`` candidates: bounds everywhere, exact for the ``count`` largest
+    bounds, the only ones an exclusion's maximum can hinge on when the rest are far below."""
+    out = tails(np.arange(size), False)
+    top = np.argpartition(-out, count)[:count] if size > count else np.arange(size)
+    out[top] = tails(top, True)
+    return out
+
+
+def hypergeometric_low_tails(successes, population, marked, drawn) -> np.ndarray:
+    """Natural-log ``P(Hypergeometric(population, marked, drawn) <= successes)`` elementwise (int
+    arrays of one shape, or scalars), once per distinct quadruple: how few of ``drawn``
+    exchangeable tokens carry a mark that ``marked`` of ``population`` carry (the homogeneity part
+    of an exclusion). 0 where nothing is drawn."""
+    columns = np.stack(np.broadcast_arrays(*(np.asarray(a, dtype=np.int64).ravel()
+                                             for a in (successes, population, marked, drawn))), axis=1)
+    rows, inverse = np.unique(columns, axis=0, return_inverse=True)
+    with np.errstate(divide="ignore"):
+        tails = np.log(hypergeom.cdf(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]))
+    small = tails <= math.log(1e-290)  # recomputed in log space, so tails below float64's range keep their value
+    if small.any():
+        tails[small] = hypergeom.logcdf(rows[small, 0], rows[small, 1], rows[small, 2], rows[small, 3])
+    tails = np.minimum(0.0, tails)
+    return np.where(rows[:, 3] > 0, tails, 0.0)[inverse.ravel()]
+
+
+def _exclusion(table: ExclusionTable, values: np.ndarray, best: int, alpha: float) -> tuple[int, float]:
+    """(competitor index, natural-log weighted exclusion p-value) for the winner ``best``: the other
+    candidate with the largest ``p_C * D * n_C`` (module docstring, "Exclusion"), capped at 0.
+
+    Every competitor first takes the bound n_C <= M - 1; those above ``alpha`` with it are counted
+    exactly, hardest first (at most ``_REFINED``), until one stays above ``alpha`` (the text is then
+    not exclusive, and the rest keep the bound). The value returned errs only upwards."""
+    log_p, level = table.exclusion(values[best], values)
+    log_p = np.where(np.arange(values.size) == best, -np.inf, log_p)
+    weight = math.log(table.num_levels)
+    adjusted = log_p + weight + math.log(values.size - 1)
+    hardest = np.argpartition(-adjusted, _REFINED)[:_REFINED] if adjusted.size > _REFINED else np.arange(adjusted.size)
+    hardest = hardest[np.argsort(-adjusted[hardest], kind="stable")]
+    levels_from = table.levels_from(values)
+    for i in hardest[adjusted[hardest] > math.log(alpha)].tolist():
+        count = int(np.count_nonzero(levels_from(i) == level[i]))
+        adjusted[i] = log_p[i] + weight + math.log(count)
+        if adjusted[i] > math.log(alpha):
+            break
+    worst = int(np.argmax(adjusted))
+    return worst, min(0.0, float(adjusted[worst]))
+
+
+def _match(detector, table: RecordTable, values: np.ndarray, scores: RecordScores) -> RecordMatch:
     key, alpha = detector.key, detector.alpha
     bits, count = key.config.bits, scores.payloads.size
     base = {"scheme": key.scheme, "key_id": key.key_id, "num_candidates": count, "alpha": alpha,
@@ -362,7 +568,8 @@ def _match(detector, scores: RecordScores) -> RecordMatch:
     if scores.num_scored_tokens == 0:
         return RecordMatch(**base, payload=None, payload_hex=None, hits=0, p_value=1.0, log10_p_value=0.0,
                            corrected_p_value=1.0, corrected_log10_p_value=0.0, runner_up=None, runner_up_hex=None,
-                           runner_up_log10_p_value=None, is_match=False)
+                           runner_up_log10_p_value=None, competitor=None, competitor_hex=None,
+                           exclusion_log10_p_value=None, is_match=False, is_exclusive=False)
     best = int(np.argmin(scores.log_p))  # ties go to the candidate given first
     log_p = float(scores.log_p[best])
     corrected = min(0.0, log_p + math.log(count))
@@ -372,6 +579,11 @@ def _match(detector, scores: RecordScores) -> RecordMatch:
         rest[best] = np.inf
         second = int(np.argmin(rest))
         runner_up, runner_log_p = int(scores.payloads[second]), float(rest[second])
+    significant = math.exp(corrected) <= alpha
+    competitor = exclusion = None
+    if significant and count > 1 and hasattr(table, "exclusion"):  # a text naming no record needs no exclusion
+        index, exclusion = _exclusion(table, values, best, alpha)
+        competitor = int(scores.payloads[index])
     payload = int(scores.payloads[best])
     return RecordMatch(
         **base,
@@ -385,5 +597,9 @@ def _match(detector, scores: RecordScores) -> RecordMatch:
         runner_up=runner_up,
         runner_up_hex=None if runner_up is None else payload_hex(runner_up, bits),
         runner_up_log10_p_value=None if runner_log_p is None else runner_log_p / LN10,
-        is_match=math.exp(corrected) <= alpha,
+        competitor=competitor,
+        competitor_hex=None if competitor is None else payload_hex(competitor, bits),
+        exclusion_log10_p_value=None if exclusion is None else exclusion / LN10,
+        is_match=significant,
+        is_exclusive=significant and (exclusion is None or math.exp(exclusion) <= alpha),
     )
