@@ -1,7 +1,7 @@
 """Synonym payload benchmark: a multi-bit synonym key on texts of about 400 words.
 
 Reads the committed corpus (``benchmarks.synonym_corpus``), takes the texts of at least
-``--words`` words (alternating the two sources), cuts each to its first ``--words`` words and
+``--words`` words (alternating the two sources while both last), cuts each to its first ``--words`` words and
 watermarks it with one fixed key (``--params``, JSON, with ``payload_bits``) carrying a random
 payload (seeded). For every watermarked text it records:
 
