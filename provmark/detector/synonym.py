@@ -123,7 +123,8 @@ class SynonymDetector(Detector):
             n = len(scored)
             if not self._payload_bits:
                 ones = sum(b for _, _, b, _ in scored)
-                evidence = Evidence((2 * ones - n) / math.sqrt(n), binomial_log_sf(ones, n, 0.5)) if n else Evidence(0.0, 0.0)
+                evidence = (Evidence((2 * ones - n) / math.sqrt(n), binomial_log_sf(ones, n, 0.5)) if n
+                            else Evidence(0.0, 0.0))
             else:
                 table = self._table(scored)
                 evidence = self._payload_evidence(table.counts) if n else Evidence(0.0, 0.0)
@@ -151,7 +152,8 @@ class SynonymDetector(Detector):
         largest = counts.max(axis=1)
         pmfs = [max_count_pmf(n, 2, 0.5) for n in range(int(words_at.max()) + 1)]
         tails = [max_count_tail(n, 2, 0.5) for n in range(len(pmfs))]
-        confidence = tuple(min(max(float(1.0 - tails[n][m]), 0.0), 1.0) if n else 0.0 for n, m in zip(words_at.tolist(), largest.tolist()))
+        confidence = tuple(min(max(float(1.0 - tails[n][m]), 0.0), 1.0) if n else 0.0
+                           for n, m in zip(words_at.tolist(), largest.tolist()))
         observed = int(largest.sum())
         log_p, mean, sd = (float(v[0]) for v in sum_log_sf_rows(pmfs, words_at[None, :], np.array([observed])))
         digits = (counts[:, 1] > counts[:, 0]).astype(np.int64)  # ties and empty positions read 0
