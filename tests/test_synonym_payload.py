@@ -122,7 +122,8 @@ def test_positions_read_back_from_a_substituted_text_are_those_the_embedder_comp
             if scored[i] and pair not in seen:
                 seen.add(pair)
                 planned.append(word_bit_position(subkey, context, forms[i], 16))
-        read = [(bit, position) for _, _, bit, position in detector._scored(replace_words(text, tw.words, chosen))]
+        substituted = replace_words(text, tw.words, chosen)
+        read = [(bit, position) for _, _, bit, position in detector.word_bits_and_positions(substituted)]
         assert read == planned
         changed += len(chosen)
     assert changed > 300
@@ -227,6 +228,14 @@ def test_record_tables_and_detection_share_one_reading_of_the_text():
     assert table.counts.sum() == result.num_scored_tokens and len(result.bit_confidences) == 16
     hits, _ = table.score(np.array([result.payload], dtype=np.uint64))
     assert hits[0] == table.counts.max(axis=1).sum()  # the decoded payload takes each position's majority
+
+
+def test_explain_marks_a_word_a_hit_when_its_bit_is_the_decoded_payloads_at_its_position():
+    text = _texts("synonym_corpus.jsonl", 400)[0]
+    explanation = Watermark(PAYLOAD_KEY).explain(text)
+    (_, ), (table,) = create_detector(PAYLOAD_KEY).detect_with_tables([text])
+    scored = [t for t in explanation.tokens if t.hit is not None]
+    assert len(scored) == table.num_scored_tokens and sum(t.hit for t in scored) == table.counts.max(axis=1).sum()
 
 
 # -- front ends ---------------------------------------------------------------------------------

@@ -76,9 +76,9 @@ class SynonymDetector(Detector):
     def word_bits(self, text: str | TextWords) -> list[tuple[int, int, int]]:
         """(start, end, bit) of every scored word of ``text`` (or of its ``words.analyse``), in
         text order: the scored words, each distinct (context, word) pair once."""
-        return [(start, end, bit) for start, end, bit, _ in self._scored(text)]
+        return [(start, end, bit) for start, end, bit, _ in self.word_bits_and_positions(text)]
 
-    def _scored(self, text: str | TextWords) -> list[tuple[int, int, int, int]]:
+    def word_bits_and_positions(self, text: str | TextWords) -> list[tuple[int, int, int, int]]:
         """(start, end, bit, payload position) of every scored word (``word_bits``); the position
         is 0 for a zero-bit key."""
         if not isinstance(text, (str, TextWords)):
@@ -108,7 +108,7 @@ class SynonymDetector(Detector):
         if not self._payload_bits:
             return super().record_tables(sequences, prompt_ids=prompt_ids)
         self._check(prompt_ids)
-        return [self._table(self._scored(text)) for text in sequences]
+        return [self._table(self.word_bits_and_positions(text)) for text in sequences]
 
     def detect_with_tables(self, sequences: Sequence[str | TextWords], *, prompt_ids=None,
                            tables: bool = True) -> tuple[list[DetectionResult], list]:
@@ -119,7 +119,7 @@ class SynonymDetector(Detector):
             super().record_tables(sequences)  # raises: a zero-bit key has no records
         results, out = [], []
         for text in sequences:
-            scored = self._scored(text)
+            scored = self.word_bits_and_positions(text)
             n = len(scored)
             if not self._payload_bits:
                 ones = sum(b for _, _, b, _ in scored)
