@@ -71,6 +71,9 @@ def summary(rows: list[dict], key, args, cpu: float) -> str:
                      f"{share('right_record', group)}; attributed (right record, corrected p <= alpha) "
                      f"{sum(r['right_record'] and r['record_match'] for r in group)}/{len(group)}; "
                      f"presence p <= alpha {sum(r['log10_p_presence'] <= -3 for r in group)}/{len(group)}")
+    wrong = [r for r in rows if r["record_match"] and not r["right_record"]]
+    lines.append(f"wrong record attributed (corrected p <= alpha, not the true record): {len(wrong)}/{n}"
+                 + (f" ({', '.join(r['id'] for r in wrong)})" if wrong else ""))
     lines.append(f"bit errors per text: median {statistics.median(r['bit_errors'] for r in rows):g}, "
                  f"mean {statistics.mean(r['bit_errors'] for r in rows):.2f}, max {max(r['bit_errors'] for r in rows)}")
     lines.append(f"scored words: median {statistics.median(r['scored'] for r in rows):g}; substitutions: median "
@@ -97,6 +100,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synonym_payload.csv"))
     parser.add_argument("--summary", type=Path, default=Path("benchmarks/results/synonym_payload.txt"))
+    parser.add_argument("--from-csv", action="store_true",
+                        help="rewrite --summary from the rows already in --out (embedding CPU time summed from its "
+                             "rounded per-text column) and stop")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
@@ -104,6 +110,13 @@ def main(argv=None) -> int:
     bits = key.config.payload_bits
     if not bits:
         parser.error("--params must give payload_bits > 0")
+    if args.from_csv:
+        with args.out.open() as handle:
+            rows = [{k: v if k in ("id", "source") else float(v) if "." in v else int(v) for k, v in r.items()}
+                    for r in csv.DictReader(handle)]
+        args.summary.write_text(summary(rows, key, args, sum(r["embed_cpu_s"] for r in rows)))
+        print(args.summary.read_text(), end="")
+        return 0
     rows = [json.loads(line) for line in args.corpus.read_text().splitlines() if line.strip()]
     sources = sorted({r["source"] for r in rows})
     by_source = [[r for r in rows if r["source"] == s and len(WORD_PATTERN.findall(r["text"])) >= args.words]
