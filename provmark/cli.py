@@ -437,7 +437,8 @@ def embed(key_path, prompt, text_file, payload, max_new_tokens, temperature, see
     inputs = {"prompts": None if prompt is None else [prompt],
               "texts": None if text_file is None else [_read_text(text_file)]}
     try:
-        check_embed_inputs(watermark.scheme, **inputs, payloads=None if payload is None else [payload])
+        check_embed_inputs(watermark.scheme, **inputs, payloads=None if payload is None else [payload],
+                           supports_payload=key.config.supports_payload)
     except EmbedInputError as exc:
         raise ParameterError(_EMBED_INPUT_ERRORS[exc.reason].format(scheme=exc.scheme)) from None
     payloads = None if payload is None else [parse_payload(payload, key.config.capacity)]
@@ -456,6 +457,7 @@ def embed(key_path, prompt, text_file, payload, max_new_tokens, temperature, see
             "num_words": embedded.num_words,
             "num_eligible": embedded.num_eligible,
             "substitutions": [[s.start, s.end, s.original, s.replacement] for s in embedded.substitutions],
+            **({} if payloads is None else {"payload_hex": payload_hex(payloads[0], key.config.bits)}),
         }, indent=2))
         return
     if as_json:

@@ -72,11 +72,15 @@ def locate_schemes() -> str:
     return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
 
 
-def check_embed_inputs(scheme: Scheme, *, prompts=None, texts=None, payloads=None) -> None:
+def check_embed_inputs(scheme: Scheme, *, prompts=None, texts=None, payloads=None,
+                       supports_payload: bool | None = None) -> None:
     """Refuse inputs the scheme does not take (``EmbedInputError``): a generation-time scheme takes
-    prompts, a finished-text scheme texts; a multi-bit scheme takes one payload per input, a zero-bit
-    one none. Needs no model, so callers can check before they issue a record or load weights."""
+    prompts, a finished-text scheme texts; a multi-bit key takes one payload per input, a zero-bit
+    one none. ``supports_payload`` is the key's (``key.config.supports_payload``; default the
+    scheme's, which a synonym key overrides with ``payload_bits``). Needs no model, so callers can
+    check before they issue a record or load weights."""
     name = scheme.name
+    multi_bit = scheme.supports_payload if supports_payload is None else supports_payload
     if not scheme.generation_time:
         if prompts is not None or texts is None:
             raise EmbedInputError("wants_text", name, f"{name} keys watermark finished text: give texts, not prompts")
@@ -84,7 +88,7 @@ def check_embed_inputs(scheme: Scheme, *, prompts=None, texts=None, payloads=Non
         raise EmbedInputError("wants_prompt", name, f"{name} watermarks while a model generates: give prompts, not texts")
     elif prompts is None:
         raise EmbedInputError("no_prompt", name, "give the prompts to continue")
-    if not scheme.supports_payload and payloads is not None:
+    if not multi_bit and payloads is not None:
         raise EmbedInputError("no_payload", name, f"{name} is a zero-bit scheme and carries no payload")
     inputs = prompts if prompts is not None else texts
     for item in inputs:
@@ -92,7 +96,7 @@ def check_embed_inputs(scheme: Scheme, *, prompts=None, texts=None, payloads=Non
             require_text(item, "prompt", "give some text to continue")
         else:
             require_text(item, "text", "give the text to watermark")
-    if scheme.supports_payload and (payloads is None or any(p is None for p in payloads)):
+    if multi_bit and (payloads is None or any(p is None for p in payloads)):
         raise EmbedInputError("needs_payload", name, f"{name} keys carry a payload: give one per input")
     if payloads is not None and len(payloads) != len(inputs):
         raise ParameterError(f"got {len(payloads)} payloads for {len(inputs)} inputs; give one per input")
@@ -128,12 +132,15 @@ class Watermark:
         """Watermark each input: ``hook.Generation`` per prompt for a generation-time key
         (``generation`` goes to ``hook.generate``: max_new_tokens, temperature, ...), or the
         scheme embedder's result per text for a finished-text key (``SynonymEmbedding``)."""
-        check_embed_inputs(self.scheme, prompts=prompts, texts=texts, payloads=payloads)
+        check_embed_inputs(self.scheme, prompts=prompts, texts=texts, payloads=payloads,
+                           supports_payload=self.key.config.supports_payload)
         if not self.scheme.generation_time:
             loaded = self.models.loaded()
             embedder = self.scheme.embedder(self.key, model=loaded.model, tokenizer=loaded.tokenizer,
                                             encoder=self.models.encoder())
-            return embedder.embed_batch(list(texts))
+            if payloads is None:
+                return embedder.embed_batch(list(texts))
+            return embedder.embed_batch(list(texts), list(payloads))
         from provmark.watermark.hook import generate
 
         loaded = self.models.loaded()
@@ -205,8 +212,10 @@ class Watermark:
         """Which of ``candidates`` (payloads: for a registry, every one it issued under the key) each
         text carries: every candidate scored by its exact tail, the best corrected for the number
         of candidates (``detector.records``), a match when that is at most ``alpha``."""
-        if not self.scheme.supports_payload:
+        if not self.key.config.supports_payload:
             raise ParameterError(f"{self.key.scheme} keys carry no payload: there are no records to attribute")
+        if self.scheme.reads_text:  # the synonym detector reads the words, not token ids
+            return match_records_batch(self.detector(alpha), [require_text(t) for t in texts], candidates)
         ids = token_ids if token_ids is not None else self.token_ids([require_text(t) for t in texts])
         return match_records_batch(self.detector(alpha), ids, candidates)
 
@@ -218,10 +227,13 @@ class Watermark:
         record tests are None."""
         if candidates is None or len(candidates) == 0:
             return self.detect(texts, alpha=alpha, token_ids=token_ids), [None] * len(texts)
-        if not self.scheme.supports_payload or self.scheme.reads_text:
+        if not self.key.config.supports_payload:
             return self.detect(texts, alpha=alpha, token_ids=token_ids), self.attribute(texts, candidates, alpha=alpha,
                                                                                        token_ids=token_ids)
         detector = self.detector(alpha)
+        if self.scheme.reads_text:  # words are cut and hashed once for both tests
+            results, tables = detector.detect_with_tables(list(texts))
+            return results, match_tables(detector, tables, candidates)
         ids = token_ids if token_ids is not None else self.token_ids([require_text(t) for t in texts])
         results, tables = detector.detect_with_tables(ids)
         return results, match_tables(detector, tables, candidates)

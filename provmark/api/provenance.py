@@ -216,7 +216,9 @@ class Provenance:
     ) -> tuple[SynonymEmbedding, Record]:
         """Issue a record under a key that watermarks finished text (synonym), watermark ``text``
         with it, store the watermarked text's hash on the record (zero-bit: verification finds the
-        record by that hash). Failures withdraw the record, as ``generate`` does."""
+        record by that hash; a key with ``payload_bits`` also embeds the record's number as its
+        payload, so the record test can name the record of an edited text). Failures withdraw
+        the record, as ``generate`` does."""
         self._require_inputs(key_id, tenant_id, texts=[text])
         record = self.registry.new_record(key_id, tenant_id=tenant_id, model=self.models.name, metadata=metadata)
         try:
@@ -224,7 +226,7 @@ class Provenance:
             self.models.loaded()  # load outside the lock, as generate does
             self.models.encoder()
             with self.models.generate_lock:
-                (embedding,) = watermark.embed(texts=[text])
+                (embedding,) = watermark.embed(texts=[text], payloads=None if record.payload is None else [record.payload])
         except BaseException:
             self.registry.delete_record(record.id)
             raise
@@ -235,8 +237,10 @@ class Provenance:
         (``/v1/generate``) or into finished text (``/v1/embed``). The payload is the record's
         number, issued afterwards, so it is checked as present whenever the scheme carries one."""
         scheme = get_scheme(self.registry.key(key_id, tenant_id=tenant_id).scheme)
+        multi_bit = self.watermark(key_id).key.config.supports_payload  # a synonym key decides per key
         try:
-            check_embed_inputs(scheme, prompts=prompts, texts=texts, payloads=[0] if scheme.supports_payload else None)
+            check_embed_inputs(scheme, prompts=prompts, texts=texts, payloads=[0] if multi_bit else None,
+                               supports_payload=multi_bit)
         except EmbedInputError as exc:
             if exc.reason == "wants_text":
                 message = f"key {key_id} is a {scheme.name} key, which watermarks finished text: use /v1/embed"
@@ -313,7 +317,7 @@ class Provenance:
                     cancel.progress = (done, len(keys))
                     cancel.check()
                 watermark = self.watermark(info.key_id)
-                issued = (self.registry.issued_numbers(info.key_id) if watermark.scheme.supports_payload
+                issued = (self.registry.issued_numbers(info.key_id) if watermark.key.config.supports_payload
                           else np.empty(0, dtype=np.uint64))
                 key_alpha = per_key_alpha / 2 if issued.size else per_key_alpha  # presence and record test
                 # A capped scheme costs the most per text (issue 16): one text at a time, so a

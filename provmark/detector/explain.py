@@ -113,12 +113,16 @@ def explain_text(detector: Detector, text: str, tokenizer=None) -> Explanation:
 
 
 def _explain_words(detector, text: str) -> Explanation:
-    """Every word of ``text``: scored words are hits when their keyed bit is 1 (expected 1/2)."""
+    """Every word of ``text``: scored words are hits when their keyed bit is 1, or for a payload
+    key the decoded payload's bit at the word's position (expected 1/2 either way)."""
     from provmark.watermark.words import analyse
 
     words = analyse(text)
     (result,) = detector.detect_batch([words])
     bits = {start: bit for start, _, bit in result.word_bits}
+    if result.payload is not None:
+        wanted = detector.key.config.codeword_bits(result.payload)
+        bits = {start: int(bit == wanted[position]) for start, _, bit, position in detector.word_bits_and_positions(words)}
     tokens = tuple(
         TokenEvidence(i, None, bool(bits[w.start]), 0.5, w.start, w.end) if w.start in bits
         else TokenEvidence(i, None, None, None, w.start, w.end)

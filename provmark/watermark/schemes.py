@@ -5,7 +5,8 @@ Front ends (the CLI, the API, the evaluation runner) and the library's front doo
 
 - ``generation_time``: whether the scheme embeds while a model generates (it has a watermarker)
   or rewrites finished text (it has a finished-text embedder);
-- ``supports_payload``: whether keys carry a payload (declared by the config);
+- ``supports_payload``: whether keys carry a payload (declared by the config; a synonym key
+  decides it per key, so code with a key reads ``key.config.supports_payload``);
 - ``uses_proxy``: whether embedding and detection read a proxy LM (declared by the watermarker);
 - ``supports_locate``: whether the detector can find a watermarked span inside longer text, and
   ``reads_text``: whether it reads words rather than token ids (both declared by the detector).
@@ -67,7 +68,8 @@ class Scheme:
 
     @property
     def supports_payload(self) -> bool:
-        """Whether a key carries a payload (multi-bit)."""
+        """Whether a key carries a payload (multi-bit). False for the synonym scheme, whose keys
+        choose (``payload_bits``): where a key is at hand, ask ``key.config.supports_payload``."""
         return self.config.supports_payload
 
     @property

@@ -17,6 +17,7 @@ POOL = "pool"
 ORDER = "order"
 """Balance: the keyed permutation of the proxy's head ids."""
 WORD_BIT = "word-bit"
-"""Synonym: the keyed bit of a (context, word) pair."""
+"""Synonym: the keyed bit of a (context, word) pair, and its payload position for a key with a
+payload (``words.word_bit_position``: other bytes of the same HMAC)."""
 CHECK = "check"
 """MPAC, MajorMark, MajorMark+ with check bits: the keyed checksum of a payload (``watermark.check``)."""

@@ -31,6 +31,12 @@ more for fit and similarity lost): it may also replace a 1-bit word when that tu
 word's bit to 1.
 Versions 1 and 2 of the key are embedded alike; each counts only its own scored words.
 
+**Payload** (``payload_bits`` L > 0): every scored word also has a keyed position in [0, L)
+(``words.word_bit_position``, from the same HMAC as its bit: the word as it stands and its
+context), as MPAC assigns each token to a digit. The search then counts a scored word when its
+bit equals the payload's bit at the word's own position, so a candidate is judged where it would
+stand; detection (``detector.synonym``) recomputes positions from the text alone.
+
 Departures from the paper, each for a pitfall it has: keyed bits on normalised whole words (not
 unkeyed SHA-256 of BERT word pieces); WordNet candidates ranked by a causal LM instead of BERT's
 masked-LM proposals (no masked LM ships offline); MiniLM cosine of the words around the slot
@@ -55,6 +61,7 @@ from provmark.errors import InvalidTextError, ParameterError
 from provmark.watermark import lexicon, subkeys
 from provmark.watermark.base import SchemeConfig
 from provmark.watermark.kgw import validate_context_width
+from provmark.watermark.payload import parse_payload, to_bits
 from provmark.watermark.words import (
     analyse,
     match_case,
@@ -64,6 +71,7 @@ from provmark.watermark.words import (
     sentences,
     substitute_is_eligible,
     word_bit,
+    word_bit_position,
 )
 
 __all__ = ["SynonymConfig", "Substitution", "SynonymEmbedding", "SynonymEmbedder", "LMScorer", "candidate_forms",
@@ -75,6 +83,7 @@ depend on it: any substitutions of eligible words by eligible words detect the s
 VERSIONS = (1, 2)
 """Detection rules (``words.scored_words``): 1 scores every eligible word, 2 only carriers."""
 MAX_CANDIDATES = 64
+MAX_PAYLOAD_BITS = 32
 POS_SHARE = 0.25
 """A part of speech of a word counts as usual when used at least this share as often as its most used one."""
 LM_WINDOW = 1024
@@ -96,6 +105,14 @@ BEAM_WIDTH = 64
 """Contexts (last h word forms) the substitution search keeps per word."""
 _UPOS = {"n": "NOUN", "v": "VERB", "a": "ADJ", "r": "ADV"}
 _BASE_TAG = {"n": "NN", "v": "VB", "a": "JJ", "r": "RB"}
+
+
+class _PayloadFlag:
+    """``SynonymConfig.supports_payload``: False for the scheme (``schemes.Scheme.supports_payload``:
+    a synonym key is zero-bit unless it asks for a payload), ``payload_bits > 0`` for a key's config."""
+
+    def __get__(self, config, owner=None) -> bool:
+        return config is not None and config.payload_bits > 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +139,14 @@ class SynonymConfig(SchemeConfig):
     version: int = 1
     """Which words detection scores (``words.scored_words``): 1 every eligible word, 2 only the
     carriers (eligible words with a common one-word synonym); 1 for key files that predate it."""
+    payload_bits: int = 0
+    """Payload length L in bits, 0 to 32: 0 (the default) is the zero-bit watermark (every scored
+    word's keyed bit pushed to 1); L > 0 makes a multi-bit key whose scored words each carry payload
+    bit ``words.word_bit_position`` assigns them, embedded by pushing the word's bit to that
+    payload bit. At 400 words 16 bits decode exactly for about a third of texts; to name records
+    through a registry 32 bits do better (``benchmarks/results/synonym_payload*.txt``)."""
+
+    supports_payload = _PayloadFlag()
 
     def __post_init__(self):
         validate_context_width(self.context_width)
@@ -140,6 +165,33 @@ class SynonymConfig(SchemeConfig):
         if self.version not in VERSIONS or isinstance(self.version, bool):
             raise ParameterError(f"version must be one of {', '.join(map(str, VERSIONS))}, got {self.version!r}; "
                                  "2 is the recommended")
+        b = self.payload_bits
+        if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b <= MAX_PAYLOAD_BITS:
+            raise ParameterError(f"payload_bits must be an integer in [0, {MAX_PAYLOAD_BITS}], got {b!r}; 0 (no payload) "
+                                 "is the default, 16 suits texts of about 400 words")
+
+    @property
+    def bits(self) -> int:
+        """Payload bits (a multi-bit key's; 0 for a zero-bit key)."""
+        return self.payload_bits
+
+    @property
+    def capacity(self) -> int:
+        """Number of distinct payloads, 2**payload_bits (a multi-bit key's)."""
+        return 1 << self.payload_bits
+
+    def codeword_bits(self, value) -> list[int]:
+        """The bits a text carries for a payload (no check bits), most significant first: bit p is
+        what the scored words at position p carry."""
+        return to_bits(parse_payload(value, self.capacity), self.payload_bits)
+
+    def to_params(self) -> dict:
+        """The fields as a JSON-ready dict; a zero-bit key leaves ``payload_bits`` out, so its key
+        file (and the golden vectors) read as before the option existed."""
+        params = super().to_params()
+        if not self.payload_bits:
+            del params["payload_bits"]
+        return params
 
 
 @functools.lru_cache(maxsize=200_000)
@@ -336,22 +388,43 @@ class SynonymEmbedder:
         ids = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
         return ids[0] if len(ids) == 1 else None
 
-    def embed(self, text: str) -> SynonymEmbedding:
-        """The watermarked version of ``text`` (see the module doc)."""
-        return self.embed_batch([text])[0]
+    def embed(self, text: str, payload: int | None = None) -> SynonymEmbedding:
+        """The watermarked version of ``text`` (see the module doc), carrying ``payload`` (an int
+        in [0, 2**payload_bits)) when the key has a payload."""
+        return self.embed_batch([text], None if payload is None else [payload])[0]
 
-    def embed_batch(self, texts: Sequence[str]) -> list[SynonymEmbedding]:
-        """The watermarked version of each text; the LM and the sentence encoder read all the
+    def embed_batch(self, texts: Sequence[str], payloads: Sequence[int] | None = None) -> list[SynonymEmbedding]:
+        """The watermarked version of each text, carrying its payload (one per text, for a key with
+        ``payload_bits``; None for a zero-bit key); the LM and the sentence encoder read all the
         texts' slots together, in a few batched forward passes."""
         for text in texts:
             if not isinstance(text, str) or not text.strip():
                 raise InvalidTextError("text is empty; give the text to watermark")
+        targets = self._targets(payloads, len(texts))
         plans = [self._plan(text) for text in texts]
         self._score_slots(plans)
         for p, index, form, drop, similarity in self._similarities(plans):
             if similarity >= self.config.similarity_threshold:
                 plans[p].options.setdefault(index, []).append((form, substitution_cost(drop, similarity)))
-        return [self._choose(plan) for plan in plans]
+        return [self._choose(plan, target) for plan, target in zip(plans, targets)]
+
+    def _targets(self, payloads: Sequence[int] | None, count: int) -> list[tuple[int, ...] | None]:
+        """Each text's payload as its L bits, most significant first (bit p is what the words at
+        position p should carry), or None per text for a zero-bit key; raises ``ParameterError``
+        for a payload missing, extra or out of range."""
+        bits = self.config.payload_bits
+        if not bits:
+            if payloads is not None:
+                raise ParameterError("this synonym key is zero-bit (payload_bits 0) and carries no payload; drop it")
+            return [None] * count
+        if payloads is None or len(payloads) != count:
+            raise ParameterError(f"this synonym key carries a {bits}-bit payload: give one payload per text")
+        out = []
+        for payload in payloads:
+            if isinstance(payload, bool) or not isinstance(payload, int) or not 0 <= payload < 1 << bits:
+                raise ParameterError(f"payload must be an integer in [0, {1 << bits}), got {payload!r}")
+            out.append(tuple(self.config.codeword_bits(payload)))
+        return out
 
     def _plan(self, text: str) -> _Plan:
         """Cut the text into words and LM tokens; find each eligible word's one-token candidates."""
@@ -495,9 +568,18 @@ class SynonymEmbedder:
                 out[k] = e
         return torch.stack(out)
 
-    def _choose(self, plan: _Plan) -> SynonymEmbedding:
-        """Pick the substitutions that give the most scored words bit 1 (a beam search over the
-        words, since each bit hashes the words before it), fewest and fittest first."""
+    def _gain(self, context: tuple[str, ...], form: str, target: tuple[int, ...] | None) -> int:
+        """1 when the scored word ``form`` after ``context`` carries the bit wanted of it: 1 for a
+        zero-bit key, else the payload bit at the word's own position (``words.word_bit_position``)."""
+        if target is None:
+            return word_bit(self._subkey, context, form)
+        bit, position = word_bit_position(self._subkey, context, form, len(target))
+        return int(bit == target[position])
+
+    def _choose(self, plan: _Plan, target: tuple[int, ...] | None = None) -> SynonymEmbedding:
+        """Pick the substitutions that give the most scored words the bit wanted of them (``_gain``:
+        a beam search over the words, since each bit hashes the words before it), fewest and
+        fittest first."""
         tw, h = plan.tw, self.config.context_width
         forms = [w.text for w in tw.words]
         # state: last h forms -> (value, chain of (index, form) substitutions)
@@ -507,7 +589,7 @@ class SynonymEmbedder:
             nxt: dict[tuple[str, ...], tuple[float, tuple]] = {}
             for context, (value, chain) in beam.items():
                 for k, (form, cost) in enumerate(options):
-                    gain = word_bit(self._subkey, context, form) if plan.scored[i] else 0
+                    gain = self._gain(context, form, target) if plan.scored[i] else 0
                     state = (*context[1:], normalise(form)) if h else context
                     candidate = (value + gain - cost, ((i, form), chain) if k else chain)
                     if state not in nxt or candidate[0] > nxt[state][0]:

@@ -50,6 +50,14 @@ are NFC-normalised and case-folded, US is the separator ``\\x1f`` (so ``"ab"+"c"
 ``"a"+"bc"``), tag is ``WORD_BIT_VERSION`` and a NUL byte, and k is the key's 64-bit
 ``"word-bit"`` sub-key. Without the key the bits are fair coins independent of the text. The
 paper hashes unkeyed SHA-256 of two BERT word pieces, which anyone can forge or strip.
+
+**The payload position** of word i under a key with an L-bit payload (``WORD_POSITION_VERSION``)
+is read from the same HMAC digest: ``floor(u * L / 2**64)`` where u is the digest's first 8 bytes
+as a big-endian integer (fastrange), as MPAC draws a token's position from its context. It is a
+function of the word as it stands and its context, like the bit, so a detector computes it from
+the text alone, and the embedder knows each candidate's position at the candidate's own slot.
+The first and the last bytes of one HMAC output are independent draws, so the position says
+nothing about the bit.
 """
 
 from __future__ import annotations
@@ -63,13 +71,15 @@ from typing import NamedTuple
 
 from provmark.watermark import lexicon
 
-__all__ = ["WORD_BIT_VERSION", "WORD_PATTERN", "STOPWORDS", "Word", "TextWords", "analyse", "word_bit", "normalise",
-           "replace_words", "form_is_eligible", "match_case", "sentences", "is_carrier", "scored_words",
-           "substitute_is_eligible"]
+__all__ = ["WORD_BIT_VERSION", "WORD_POSITION_VERSION", "WORD_PATTERN", "STOPWORDS", "Word", "TextWords", "analyse",
+           "word_bit", "word_bit_position", "normalise", "replace_words", "form_is_eligible", "match_case", "sentences",
+           "is_carrier", "scored_words", "substitute_is_eligible"]
 
 WORD_BIT_VERSION = "word-bit-v1"
 """Version of the bit derivation; a change to it, the normalisation or the eligibility rule is a
 new version (STYLE 4)."""
+WORD_POSITION_VERSION = "word-position-v1"
+"""Version of the payload-position derivation (``word_bit_position``)."""
 
 WORD_PATTERN = re.compile(r"\w+(?:['’]\w+)*")
 _ASCII_WORD = re.compile(r"[A-Za-z]+")
@@ -133,11 +143,21 @@ def normalise(word: str) -> str:
     return unicodedata.normalize("NFC", word).casefold()
 
 
+def _word_digest(subkey: bytes, context: Sequence[str], word: str) -> bytes:
+    message = "\x1f".join([*(normalise(c) for c in context), normalise(word)])
+    return hmac.new(subkey, WORD_BIT_VERSION.encode() + b"\x00" + message.encode("utf-8"), hashlib.sha256).digest()
+
+
 def word_bit(subkey: bytes, context: Sequence[str], word: str) -> int:
     """The keyed bit of ``word`` after the context words (oldest first), 0 or 1."""
-    message = "\x1f".join([*(normalise(c) for c in context), normalise(word)])
-    digest = hmac.new(subkey, WORD_BIT_VERSION.encode() + b"\x00" + message.encode("utf-8"), hashlib.sha256).digest()
-    return digest[-1] & 1
+    return _word_digest(subkey, context, word)[-1] & 1
+
+
+def word_bit_position(subkey: bytes, context: Sequence[str], word: str, num_positions: int) -> tuple[int, int]:
+    """(keyed bit, payload position in [0, num_positions)) of ``word`` after the context words,
+    from one HMAC (module doc): the bit is ``word_bit``'s."""
+    digest = _word_digest(subkey, context, word)
+    return digest[-1] & 1, (int.from_bytes(digest[:8], "big") * num_positions) >> 64
 
 
 def match_case(word: str, like: str) -> str:

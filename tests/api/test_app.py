@@ -428,6 +428,46 @@ def test_embed_watermarks_finished_text_under_a_record_that_verify_finds(make_cl
     assert all(body["text"][a:b].strip() and bit in (0, 1) for a, b, bit in result["word_bits"])
 
 
+def test_embed_under_a_synonym_payload_key_embeds_the_record_number_and_verify_runs_the_record_test(
+        make_client, acme, tiny_model, tokenizer):
+    client = make_client(models=EncoderModels(LoadedModel(model=tiny_model, tokenizer=tokenizer, name="tiny-llama")))
+    key = _key(client, acme, "synonym", similarity_threshold=0.8, payload_bits=8)
+    response = client.post("/v1/embed", json={"key_id": key["key_id"], "text": PARAGRAPH}, headers=acme.headers)
+    assert response.status_code == 201, response.text
+    record = response.json()["record"]
+    assert record["payload"] == record["number"] and record["payload_hex"] == f"0x{record['number']:02x}"
+    (result,) = client.post("/v1/verify", json={"text": response.json()["text"], "key_ids": [key["key_id"]]},
+                            headers=acme.headers).json()["results"]
+    assert result["match"] == "text" and result["record"] == record
+    assert result["record_test"]["num_candidates"] == 1 and result["record_test"]["payload"] == record["payload"]
+    assert len(result["bit_confidences"]) == 8 and result["payload_hex"] is not None
+
+
+@pytest.mark.slow
+def test_an_edited_copy_of_text_embedded_under_a_synonym_payload_key_is_attributed_to_its_record(
+        make_client, fresh_db, acme, real_model):
+    import json as _json
+    from pathlib import Path
+
+    from benchmarks.synonym import prefix_words
+
+    client = make_client(models=EncoderModels(real_model))
+    key = _key(client, acme, "synonym", version=2, similarity_threshold=0.95, max_candidates=16, max_fit_drop=14.0,
+               payload_bits=16)
+    for _ in range(300):  # other records of the key, issued before
+        fresh_db.new_record(key["key_id"], tenant_id=acme.id, model=None)
+    corpus = Path(__file__).parent.parent.parent / "benchmarks" / "results" / "synonym_corpus.jsonl"
+    text = prefix_words(_json.loads(corpus.read_text().splitlines()[3])["text"], 400)
+    made = client.post("/v1/embed", json={"key_id": key["key_id"], "text": text}, headers=acme.headers)
+    assert made.status_code == 201, made.text
+    record, marked = made.json()["record"], made.json()["text"]
+    edited = marked[marked.index(". ") + 2:] + " Quoted without its first sentence."
+    (result,) = client.post("/v1/verify", json={"text": edited, "key_ids": [key["key_id"]]},
+                            headers=acme.headers).json()["results"]
+    assert result["match"] == "record" and result["record"] == record and result["record_test"]["is_match"]
+    assert result["record_test"]["num_candidates"] == 301
+
+
 def test_generate_and_embed_refuse_a_key_of_the_other_kind_before_loading_a_model(client, acme):
     synonym, mpac = _key(client, acme, "synonym"), _key(client, acme, "mpac", bits=8)
     refused = client.post("/v1/generate", json={"key_id": synonym["key_id"], "prompt": "hi"}, headers=acme.headers)
