@@ -106,6 +106,16 @@ def _outcome(body: dict, key_id: str, record_id: str | None) -> str:
     return "unattributed" if watermarked else "missed"
 
 
+def _exclusive(body: dict, key_id: str) -> bool:
+    """Whether the text's own key named its record exclusively: by exact text, or by a record test
+    that excluded every other record (``detector.records``, "Exclusion"); a scheme without an
+    exclusion test counts as exclusive."""
+    mine = next((r for r in body["results"] if r["key_id"] == key_id), None)
+    if mine is None or mine["record"] is None:
+        return False
+    return mine["match"] == "text" or bool((mine["record_test"] or {}).get("is_exclusive"))
+
+
 def _load(server: ServerFixture, texts: list[tuple[str, str | None]], clients: int) -> str:
     """p50/p99 of /v1/verify with ``clients`` concurrent clients, each verifying every (text, key) once."""
     def run(offset):
@@ -189,19 +199,23 @@ def main(argv=None) -> int:
                      f"({args.api_texts} through POST /v1/generate), SmolLM2-135M-Instruct, T 1.0; "
                      + ("verify with the text's own key at alpha 1e-3 (negatives: all keys, alpha 1e-3 over them)"
                         if args.own_key else f"verify with all {len(args.schemes)} keys at alpha 1e-3"))
-        header = "| scheme | R | condition | right | wrong | unattributed | missed |"
+        header = "| scheme | R | condition | right | wrong | unattributed | missed | exclusive right | exclusive wrong |"
         for total in args.records:
             for key_id in server.key_ids:
                 _fill(registry, key_id, tenant.id, total, rng)
-            lines += ["", f"## R = {total} records per key", "", header, "|---|---:|---|---:|---:|---:|---:|"]
+            lines += ["", f"## R = {total} records per key", "", header, "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
             latencies = []
             for label, key_id in zip(args.schemes, server.key_ids):
                 for condition in CONDITIONS:
-                    counts = dict.fromkeys(("right", "wrong", "unattributed", "missed"), 0)
+                    counts = dict.fromkeys(("right", "wrong", "unattributed", "missed", "exclusive right",
+                                            "exclusive wrong"), 0)
                     for (record_id, _), text in zip(texts[label], attacked[label][condition]):
                         body, elapsed = _verify(client, server, text, key_id if args.own_key else None)
                         latencies.append(elapsed)
-                        counts[_outcome(body, key_id, record_id)] += 1
+                        outcome = _outcome(body, key_id, record_id)
+                        counts[outcome] += 1
+                        if outcome in ("right", "wrong") and _exclusive(body, key_id):
+                            counts[f"exclusive {outcome}"] += 1
                     n = len(texts[label])
                     lines.append(f"| {label} | {total} | {condition} | " +
                                  " | ".join(f"{counts[k] / n:.2f}" for k in counts) + " |")

@@ -9,7 +9,8 @@ payload (seeded). For every watermarked text it records:
   (exact match), how many bits differ, and the payload-free presence p-value;
 - the record test (``detector.records.match_records``) against ``--records`` random distinct
   issued payloads plus the true one (in random order): whether the best candidate is the true
-  record (right record), and whether its Bonferroni-corrected p-value is at most alpha (a match);
+  record (right record), whether its Bonferroni-corrected p-value is at most alpha (a match), and
+  whether every other record is excluded (exclusive, ``detector.records``, "Exclusion");
 - the same record test on the original (unwatermarked) text: a match there is a false attribution.
 
 Texts are embedded ``--batch`` at a time until ``--texts`` are done or ``--budget`` seconds of
@@ -43,7 +44,7 @@ from provmark.watermark.words import WORD_PATTERN
 ALPHA = 1e-3
 PARAMS = {"version": 2, "similarity_threshold": 0.95, "max_candidates": 16, "max_fit_drop": 14.0, "payload_bits": 16}
 FIELDS = ["id", "source", "words", "scored", "substitutions", "payload", "decoded", "exact", "bit_errors",
-          "log10_p_presence", "record_best", "right_record", "record_match", "record_corrected_log10_p",
+          "log10_p_presence", "record_best", "right_record", "record_match", "record_exclusive", "record_corrected_log10_p",
           "runner_up_log10_p", "original_record_match", "original_log10_p_presence", "embed_cpu_s"]
 
 
@@ -74,6 +75,9 @@ def summary(rows: list[dict], key, args, cpu: float) -> str:
     wrong = [r for r in rows if r["record_match"] and not r["right_record"]]
     lines.append(f"wrong record attributed (corrected p <= alpha, not the true record): {len(wrong)}/{n}"
                  + (f" ({', '.join(r['id'] for r in wrong)})" if wrong else ""))
+    exclusive = [r for r in rows if r["record_exclusive"]]
+    lines.append(f"exclusive attributions (every other record excluded): {len(exclusive)}/{n}, of them wrong "
+                 f"{sum(not r['right_record'] for r in exclusive)}")
     lines.append(f"bit errors per text: median {statistics.median(r['bit_errors'] for r in rows):g}, "
                  f"mean {statistics.mean(r['bit_errors'] for r in rows):.2f}, max {max(r['bit_errors'] for r in rows)}")
     lines.append(f"scored words: median {statistics.median(r['scored'] for r in rows):g}; substitutions: median "
@@ -153,6 +157,7 @@ def main(argv=None) -> int:
                     "exact": int(decoded.payload == payload), "bit_errors": bin(payload ^ (decoded.payload or 0)).count("1"),
                     "log10_p_presence": round(decoded.log10_p_value, 3), "record_best": match.payload,
                     "right_record": int(match.payload == payload), "record_match": int(match.is_match),
+                    "record_exclusive": int(match.is_exclusive),
                     "record_corrected_log10_p": round(match.corrected_log10_p_value, 3),
                     "runner_up_log10_p": round(match.runner_up_log10_p_value, 3),
                     "original_record_match": int(original.is_match),

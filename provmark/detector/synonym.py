@@ -35,7 +35,14 @@ from dataclasses import replace
 import numpy as np
 
 from provmark.detector.base import DEFAULT_ALPHA, Detector, Evidence
-from provmark.detector.records import binomial_tails, digit_sums
+from provmark.detector.records import (
+    binomial_tails,
+    digit_levels_from,
+    digit_sums,
+    hypergeometric_low_bound,
+    hypergeometric_low_tails,
+    refined,
+)
 from provmark.detector.result import DetectionResult
 from provmark.detector.stats import binomial_log_sf, max_count_pmf, max_count_tail, sum_log_sf_rows
 from provmark.errors import InvalidTextError, ParameterError
@@ -54,10 +61,36 @@ class SynonymRecordTable:
     def __init__(self, counts: np.ndarray, num_scored_tokens: int):
         self.counts = counts  # int64 (L, 2): scored words at position p with bit b
         self.num_scored_tokens = num_scored_tokens
+        self.num_levels = counts.shape[0]
 
     def score(self, payloads):
         hits = digit_sums(payloads, self.counts, 1)
         return hits, binomial_tails(hits, self.num_scored_tokens, np.ones_like(hits), 2)
+
+    def exclusion(self, winner, values):
+        """Under "C is the record" the embedder picked words by whether their bit matches C's bit
+        at their own position, and a word's position and bit are independent keyed hashes, so
+        C's hits are spread over the positions at random: its hits at the positions where it
+        differs from the winner are a hypergeometric draw of all its hits (with two bits the
+        winner's hits there are the rest, so this is the whole test)."""
+        length = self.counts.shape[0]
+        own = [(int(winner) >> (length - 1 - p)) & 1 for p in range(length)]
+        differ = np.ones_like(self.counts)
+        differ[np.arange(length), own] = 0
+        held = digit_sums(values, self.counts, 1)
+        held_there = digit_sums(values, differ * self.counts, 1)
+        there = digit_sums(values, differ * self.counts.sum(axis=1)[:, None], 1)
+        level = digit_sums(values, differ, 1)
+        total = self.num_scored_tokens
+
+        def tails(at, exact):
+            low = hypergeometric_low_tails if exact else hypergeometric_low_bound
+            return low(held_there[at], total, held[at], there[at])
+
+        return refined(tails, values.shape[0]), level
+
+    def levels_from(self, values):
+        return digit_levels_from(values, 1, self.counts.shape[0])
 
 
 class SynonymDetector(Detector):
