@@ -109,7 +109,7 @@ def _outcome(body: dict, key_id: str, record_id: str | None) -> str:
 def _exclusive(body: dict, key_id: str) -> bool:
     """Whether the text's own key named its record exclusively: by exact text, or by a record test
     that excluded every other record (``detector.records``, "Exclusion"); a scheme without an
-    exclusion test counts as exclusive."""
+    exclusion test never counts (its match is never exclusive)."""
     mine = next((r for r in body["results"] if r["key_id"] == key_id), None)
     if mine is None or mine["record"] is None:
         return False

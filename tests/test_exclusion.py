@@ -167,3 +167,13 @@ def test_bounds_never_fall_below_the_exact_tails():
     assert np.all(poisson_binomial_bound(hits3, counts, shares) >= exact3 - 1e-9)
     assert exact3[0] == pytest.approx(math.log(sum(binom.pmf(a, 10, 0.5) * binom.pmf(b, 4, 0.75)
                                                     for a in range(11) for b in range(5) if a + b >= 12)))
+
+
+def test_a_lone_candidate_is_exclusive_and_an_impossible_count_stays_impossible():
+    key = create_key("mpac", {"radix": 4, "bits": 32}, secret=SECRET)
+    detector = create_detector(key)
+    truth = key.config.capacity // 3
+    table = _mpac_table(np.random.default_rng(9), key.config, truth, 400, 0.9)
+    (match,) = match_tables(detector, [table], [truth])
+    assert match.is_match and match.is_exclusive and match.competitor is None and match.exclusion_log10_p_value is None
+    assert product_log_sf(np.array([-np.inf, -np.inf]), np.array([1, 3])).tolist() == [-np.inf, -np.inf]

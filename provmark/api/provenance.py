@@ -456,7 +456,7 @@ class Provenance:
                 if result.payload is not None and result.payload != record_test.payload:
                     notes.append(f"the open-set decode reads {result.payload_hex}, not this record's payload: the record "
                                  "test names the issued record that explains the text best")
-                if not record_test.is_exclusive:
+                if record_test.exclusion_log10_p_value is not None and not record_test.is_exclusive:
                     notes.append(f"not exclusive: record {key.key_id}.{record_test.competitor} is not excluded (weighted "
                                  f"exclusion p {10 ** record_test.exclusion_log10_p_value:.3g} > alpha "
                                  f"{record_test.alpha:g}), so this is the likeliest record, not a proven one")

@@ -171,8 +171,8 @@ class RecordMatch:
     is_exclusive: bool
     """Whether, besides, every other candidate is excluded at ``alpha``: then a wrong ``payload``
     is at most an ``alpha`` event for a text whose record is among the candidates. A match that
-    is not exclusive names the most likely record without that guarantee (a vanilla or balance
-    match is exclusive by default: no exclusion test yet)."""
+    is not exclusive names the most likely record without that guarantee; a vanilla or balance
+    match is never exclusive (no exclusion test yet), a match among a single candidate always."""
 
     def to_dict(self) -> dict:
         """JSON-ready dict of every field."""
@@ -442,7 +442,9 @@ def product_log_sf(log_t: np.ndarray, factors: np.ndarray) -> np.ndarray:
     for i in range(1, int(factors.max(initial=0))):
         term = i * log_x - gammaln(i + 1)
         total = np.where(i < factors, np.logaddexp(total, term), total)
-    return np.where(factors > 0, np.minimum(0.0, log_t + total), 0.0)
+    with np.errstate(invalid="ignore"):
+        out = np.where(factors > 0, np.minimum(0.0, log_t + total), 0.0)
+    return np.where((factors > 0) & np.isneginf(log_t), -np.inf, out)  # an impossible count stays impossible
 
 
 def split_tails(hits: np.ndarray, trials: np.ndarray, preferred: np.ndarray, size: np.ndarray) -> np.ndarray:
@@ -581,9 +583,10 @@ def _match(detector, table: RecordTable, values: np.ndarray, scores: RecordScore
         runner_up, runner_log_p = int(scores.payloads[second]), float(rest[second])
     significant = math.exp(corrected) <= alpha
     competitor = exclusion = None
+    exclusive = significant and count == 1  # a lone candidate has no other to exclude
     if significant and count > 1 and hasattr(table, "exclusion"):  # a text naming no record needs no exclusion
         index, exclusion = _exclusion(table, values, best, alpha)
-        competitor = int(scores.payloads[index])
+        competitor, exclusive = int(scores.payloads[index]), math.exp(exclusion) <= alpha
     payload = int(scores.payloads[best])
     return RecordMatch(
         **base,
@@ -601,5 +604,5 @@ def _match(detector, table: RecordTable, values: np.ndarray, scores: RecordScore
         competitor_hex=None if competitor is None else payload_hex(competitor, bits),
         exclusion_log10_p_value=None if exclusion is None else exclusion / LN10,
         is_match=significant,
-        is_exclusive=significant and (exclusion is None or math.exp(exclusion) <= alpha),
+        is_exclusive=exclusive,
     )
