@@ -326,8 +326,8 @@ class MajorMarkRecordTable:
                   rest * mine[:, None], rest * (mine * counts)[:, None],
                   (np.arange(2)[None, :] != np.array(own)[:, None]).astype(np.int64),
                   np.stack([np.zeros(b, dtype=np.int64), np.ones(b, dtype=np.int64)], axis=1)]
-        size, held, shared, shared_hits, outside, outside_hits, level, ones = (
-            digit_sums(values + np.uint64(1), table, 1) for table in tables)
+        size, held, shared, shared_hits, outside, outside_hits, level, ones = digit_sums(
+            values + np.uint64(1), np.stack(tables), 1)
         same = (2 * ones >= b) == bool(lam)
         factors = ((shared > 0) & (shared < size)).astype(np.int64) + ((outside > 0) & (outside < b - size))
 

@@ -73,12 +73,14 @@ class MPACRecordTable:
         own = [(int(winner) >> (width * (length - 1 - p))) & ((1 << width) - 1) for p in range(length)]
         differ = np.ones_like(self.counts)
         differ[np.arange(length), own] = 0
-        hits = digit_sums(values, differ * self.counts[np.arange(length), own][:, None], width)
-        others = digit_sums(values, differ * (self.position_totals[:, None] - self.counts), width)
-        level = digit_sums(values, differ, width)
-        held = digit_sums(values, self.counts, width)  # C's hits, all positions
-        held_there = digit_sums(values, differ * self.counts, width)  # C's hits where the digits differ
-        there = digit_sums(values, differ * self.position_totals[:, None], width)
+        hits, others, level, held, held_there, there = digit_sums(values, np.stack([
+            differ * self.counts[np.arange(length), own][:, None],  # the winner's hits where the digits differ
+            differ * (self.position_totals[:, None] - self.counts),  # tokens outside C's colour there
+            differ,
+            self.counts,  # C's hits, all positions
+            differ * self.counts,  # C's hits where the digits differ
+            differ * self.position_totals[:, None],  # tokens where the digits differ
+        ]), width)
         total, others_share = self.num_scored_tokens, config.shard_count - 1
 
         def tails(at, exact):

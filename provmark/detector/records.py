@@ -235,27 +235,30 @@ def parse_candidates(lines, capacity: int) -> np.ndarray:
 
 def digit_sums(words: np.ndarray, table: np.ndarray, width: int) -> np.ndarray:
     """``sum_p table[p, digit_p(word)]`` for every word, where word is L digits of ``width`` bits,
-    digit 0 the most significant (L = ``table.shape[0]``; ``table`` (L, 2**width) int64).
+    digit 0 the most significant (L = ``table.shape[0]``; ``table`` (L, 2**width) int64). With
+    tables (K, L, 2**width), K such sums at once, int64 (K, M).
 
     The digits are read a chunk at a time (as many whole digits as fit in a byte): one look-up
     table per chunk of 2**chunk_bits entries, built from ``table``, so M words cost M look-ups
-    per chunk instead of M * L."""
+    per chunk instead of M * L (and K sums share the chunks' extraction)."""
     table = np.asarray(table, dtype=np.int64)
-    length = table.shape[0]
+    tables = table if table.ndim == 3 else table[None]
+    sums, length = tables.shape[0], tables.shape[1]
     per_chunk = max(1, _CHUNK_BITS // width)
-    total = np.zeros(words.shape[0], dtype=np.int64)
+    total = np.zeros((sums, words.shape[0]), dtype=np.int64)
     mask = np.uint64((1 << width) - 1)
     for start in range(0, length, per_chunk):
         digits = range(start, min(start + per_chunk, length))
         chunk_bits = width * len(digits)
         shift = np.uint64(width * (length - digits[-1] - 1))  # where the chunk's last digit starts
         values = np.arange(1 << chunk_bits, dtype=np.int64)
-        lookup = np.zeros(1 << chunk_bits, dtype=np.int64)
+        lookup = np.zeros((sums, 1 << chunk_bits), dtype=np.int64)
         for place, p in enumerate(reversed(digits)):  # the chunk's last digit is its lowest bits
-            lookup += table[p, (values >> (width * place)) & int(mask)]
-        chunk = ((words >> shift) & np.uint64((1 << chunk_bits) - 1)).astype(np.int64)
-        total += lookup[chunk]
-    return total
+            lookup += tables[:, p, (values >> (width * place)) & int(mask)]
+        chunk = ((words >> shift) & np.uint64((1 << chunk_bits) - 1)).astype(np.intp)
+        for k in range(sums):
+            total[k] += lookup[k].take(chunk)
+    return total if table.ndim == 3 else total[0]
 
 
 def mixed_digit_sums(values: np.ndarray, tables: np.ndarray, base: int) -> np.ndarray:
@@ -435,6 +438,10 @@ def product_log_sf(log_t: np.ndarray, factors: np.ndarray) -> np.ndarray:
     such as exact discrete tails, a valid upper bound). 0 where K = 0."""
     log_t = np.minimum(np.asarray(log_t, dtype=np.float64), 0.0)
     factors = np.asarray(factors, dtype=np.int64)
+    if int(factors.max(initial=0)) <= 2:  # t, or t (1 - ln t): closed forms
+        with np.errstate(invalid="ignore"):
+            out = log_t + np.where(factors == 2, np.log1p(-log_t), 0.0)
+        return np.where(factors > 0, np.minimum(0.0, np.where(np.isneginf(log_t), -np.inf, out)), 0.0)
     x = -log_t
     total = np.zeros_like(log_t)  # log of the sum's term i = 0
     with np.errstate(divide="ignore"):
@@ -509,7 +516,10 @@ def poisson_binomial_bound(hits: np.ndarray, trials: np.ndarray, shares: np.ndar
     ``-theta * hits + sum_q T_q log(1 - s_q + s_q e**theta)`` (valid at every theta)."""
     theta = np.geomspace(0.05, 6.0, 12)
     cumulant = np.log1p(shares[:, None] * np.expm1(theta)[None, :])  # (Q, G)
-    return np.minimum(0.0, (trials @ cumulant - hits[:, None] * theta[None, :]).min(axis=1))
+    exponent = -theta[:, None] * np.asarray(hits, dtype=np.float64)[None, :]  # (G, M)
+    for q, column in enumerate(np.asarray(trials).T):  # a few shares: rank-one updates beat a thin matmul
+        exponent += cumulant[q][:, None] * column[None, :]
+    return np.minimum(0.0, exponent.min(axis=0))
 
 
 def refined(tails: Callable[[np.ndarray, bool], np.ndarray], size: int, count: int = _EXACT) -> np.ndarray:

@@ -77,10 +77,8 @@ class SynonymRecordTable:
         own = [(int(winner) >> (length - 1 - p)) & 1 for p in range(length)]
         differ = np.ones_like(self.counts)
         differ[np.arange(length), own] = 0
-        held = digit_sums(values, self.counts, 1)
-        held_there = digit_sums(values, differ * self.counts, 1)
-        there = digit_sums(values, differ * self.counts.sum(axis=1)[:, None], 1)
-        level = digit_sums(values, differ, 1)
+        held, held_there, there, level = digit_sums(
+            values, np.stack([self.counts, differ * self.counts, differ * self.counts.sum(axis=1)[:, None], differ]), 1)
         total = self.num_scored_tokens
 
         def tails(at, exact):
