@@ -554,16 +554,20 @@ def _exclusion(table: ExclusionTable, values: np.ndarray, best: int, alpha: floa
     candidate with the largest ``p_C * D * n_C`` (module docstring, "Exclusion"), capped at 0.
 
     Every competitor first takes the bound n_C <= M - 1; those above ``alpha`` with it are counted
-    exactly, hardest first (at most ``_REFINED``), until one stays above ``alpha`` (the text is then
-    not exclusive, and the rest keep the bound). The value returned errs only upwards."""
+    exactly, hardest first (at most ``_REFINED``), until one stays above ``alpha``, or would even
+    alone at its level (the text is then not exclusive, and the rest keep the bound). The value
+    returned errs only upwards."""
     log_p, level = table.exclusion(values[best], values)
     log_p = np.where(np.arange(values.size) == best, -np.inf, log_p)
     weight = math.log(table.num_levels)
     adjusted = log_p + weight + math.log(values.size - 1)
     hardest = np.argpartition(-adjusted, _REFINED)[:_REFINED] if adjusted.size > _REFINED else np.arange(adjusted.size)
     hardest = hardest[np.argsort(-adjusted[hardest], kind="stable")]
-    levels_from = table.levels_from(values)
+    levels_from = None
     for i in hardest[adjusted[hardest] > math.log(alpha)].tolist():
+        if log_p[i] + weight > math.log(alpha):  # not excluded even were it alone at its level
+            break
+        levels_from = levels_from or table.levels_from(values)
         count = int(np.count_nonzero(levels_from(i) == level[i]))
         adjusted[i] = log_p[i] + weight + math.log(count)
         if adjusted[i] > math.log(alpha):
