@@ -337,8 +337,9 @@ class MajorMarkRecordTable:
             beyond = split(outside_hits[at], total - held[at], outside[at], b - size[at])
             return product_log_sf(inside + beyond, factors[at])
 
-        own_tail = float(self.score(np.array([winner], dtype=np.uint64))[1][0])
-        log_p = np.where(same, refined(tails, values.shape[0]), own_tail)
+        log_p = np.full(values.shape[0], float(self.score(np.array([winner], dtype=np.uint64))[1][0]))
+        alike = np.flatnonzero(same)  # only these take the within-salt tests (and their exact tails)
+        log_p[alike] = refined(lambda at, exact: tails(alike[at], exact), alike.size)
         return log_p, np.where(same, level, b + 1)
 
     def levels_from(self, values):
