@@ -65,8 +65,10 @@ def test_payload_bits_outside_0_to_32_are_refused_with_the_range_and_a_hint(bits
 
 def test_a_zero_bit_key_stores_and_reads_as_before_the_option_existed():
     zero = create_key("synonym", {"version": 2}, secret=SECRET)
-    assert "payload_bits" not in zero.config.to_params() and not zero.config.supports_payload
+    assert zero.config.to_params()["payload_bits"] == 0 and not zero.config.supports_payload
     assert stored_config("synonym", zero.config.to_params()) == zero.config
+    before = {k: v for k, v in zero.config.to_params().items() if k != "payload_bits"}  # a key file from before
+    assert stored_config("synonym", before) == zero.config
     assert PAYLOAD_KEY.config.to_params()["payload_bits"] == 16 and PAYLOAD_KEY.config.supports_payload
     assert stored_config("synonym", PAYLOAD_KEY.config.to_params()) == PAYLOAD_KEY.config
     assert (PAYLOAD_KEY.config.bits, PAYLOAD_KEY.config.capacity) == (16, 65536)

@@ -185,14 +185,6 @@ class SynonymConfig(SchemeConfig):
         what the scored words at position p carry."""
         return to_bits(parse_payload(value, self.capacity), self.payload_bits)
 
-    def to_params(self) -> dict:
-        """The fields as a JSON-ready dict; a zero-bit key leaves ``payload_bits`` out, so its key
-        file (and the golden vectors) read as before the option existed."""
-        params = super().to_params()
-        if not self.payload_bits:
-            del params["payload_bits"]
-        return params
-
 
 @functools.lru_cache(maxsize=200_000)
 def candidate_forms(word: str, parts_of_speech: str = "nvar") -> tuple[str, ...]:

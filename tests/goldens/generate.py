@@ -47,7 +47,7 @@ SPLIT_CASES = [  # (order seed, coin seed, pool index, pool size, head) over GOL
     (0, 0, 0, 64, 0), (12345, 678, 5, 64, 8), (0xFFFFFFFF, 0xDEADBEEF, 63, 64, 40), (42, 43, 1, 2, 3),
 ]
 GOLDEN_VOCAB = 40
-SYNONYM_CASES = [{}, {"context_width": 2, "similarity_threshold": 0.95}, {"version": 2}]
+SYNONYM_CASES = [{}, {"context_width": 2, "similarity_threshold": 0.95}, {"version": 2}, {"version": 2, "payload_bits": 8}]
 SYNONYM_TEXT = ("Rapid growth followed. The quick brown fox jumps over the lazy dog, and the quick brown fox jumps "
                 "again! Maria said \"large house\" near https://example.com while the old well-known river runs "
                 "quietly through the town.\n\nChildren watched the boats.")
@@ -79,10 +79,14 @@ def _scheme_case(scheme: str, params: dict) -> dict:
 def _synonym_case(params: dict) -> dict:
     """The synonym detector end to end on SYNONYM_TEXT: each scored word's span and keyed bit."""
     key = create_key("synonym", params, secret=bytes(range(32)))
-    result = create_detector(key).detect(SYNONYM_TEXT)
-    return {"secret": key.secret.hex(), "params": key.config.to_params(), "key_id": key.key_id, "text": SYNONYM_TEXT,
+    detector = create_detector(key)
+    result = detector.detect(SYNONYM_TEXT)
+    case = {"secret": key.secret.hex(), "params": key.config.to_params(), "key_id": key.key_id, "text": SYNONYM_TEXT,
             "word_bits": [list(item) for item in result.word_bits], "num_scored_tokens": result.num_scored_tokens,
             "payload": result.payload, "log10_p_value": result.log10_p_value.hex()}
+    if key.config.payload_bits:  # each scored word's payload position (words.word_bit_position)
+        case["word_positions"] = [position for *_, position in detector.word_bits_and_positions(SYNONYM_TEXT)]
+    return case
 
 
 def golden_probs(positions: int, vocab: int, shift: int = 0) -> torch.Tensor:
