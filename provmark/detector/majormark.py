@@ -68,7 +68,7 @@ from provmark.kernels.prf import split_key
 from provmark.watermark import subkeys
 from provmark.watermark.base import positions
 from provmark.watermark.majormark import MajorMarkConfig, MajorMarkPlusConfig, block_candidates, block_salt, majority
-from provmark.watermark.payload import from_digit_rows, to_bits
+from provmark.watermark.payload import from_digit_rows, to_bits, to_digit_rows
 
 __all__ = [
     "MajorMarkDetector",
@@ -369,6 +369,7 @@ class MajorMarkPlusRecordTable:
         chosen = [candidates.index(majority(bits)) for bits in values]
         preferred = np.array([[bit == majority(bits)[0] for bit in bits] for bits in values], dtype=np.int64)
         self.counts, self.chosen, self.preferred = counts, chosen, preferred
+        self.sizes = preferred.sum(axis=1)  # n of each digit
         self.num_levels = config.num_blocks
         self.block_hits = (counts[:, chosen, :] * preferred[None]).sum(axis=2)  # (r, 2**s - 2)
         self.shares = np.arange((s + 1) // 2, s) / s  # the preferred shares n/s a block can have
@@ -396,7 +397,7 @@ class MajorMarkPlusRecordTable:
         independent given C's counts and combine by ``product_log_sf``."""
         config = self.config
         r, s, base = config.num_blocks, config.block_size, config.block_values
-        own = _digits(np.array([winner], dtype=np.uint64), base, r)[0].tolist()
+        own = to_digit_rows(np.array([winner], dtype=np.uint64), base, r)[0].tolist()
         pieces = []  # (block, digit, trials, share) of every binomial in the winner's hits' law
         for j, w in enumerate(own):
             mine, trials = self.preferred[w], int(self.tokens_at[j])
@@ -418,9 +419,8 @@ class MajorMarkPlusRecordTable:
         for j, v, trials, share in pieces:
             if share > 0:
                 at_share[shares.index(share), j, v] += trials
-        digit_of = np.array([int(bits.sum()) for bits in self.preferred])  # n of each digit
-        for n in np.unique(digit_of).tolist():
-            alike = (digit_of == n)[None, :]
+        for n in np.unique(self.sizes).tolist():
+            alike = (self.sizes == n)[None, :]
             tokens = alike * self.tokens_at[:, None]
             tables += [tokens, alike * self.block_hits, differs * tokens, differs * alike * self.block_hits]
         sums = mixed_digit_sums(values, np.concatenate([np.stack(tables), at_share]), base)
@@ -438,22 +438,13 @@ class MajorMarkPlusRecordTable:
         return refined(tails, values.shape[0]), level
 
     def levels_from(self, values):
-        digits = _digits(values, self.config.block_values, self.config.num_blocks)
+        digits = to_digit_rows(values, self.config.block_values, self.config.num_blocks)
 
         def levels(i: int) -> np.ndarray:
             return np.count_nonzero(digits != digits[i], axis=1).astype(np.int64)
 
         return levels
 
-
-def _digits(values: np.ndarray, base: int, length: int) -> np.ndarray:
-    """int64 (M, length): the digits of each value in ``base``, most significant first."""
-    out = np.empty((values.shape[0], length), dtype=np.int64)
-    rest = values.astype(np.uint64, copy=True)
-    for j in reversed(range(length)):
-        out[:, j] = (rest % np.uint64(base)).astype(np.int64)
-        rest //= np.uint64(base)
-    return out
 
 
 def two_means_splits(counts: np.ndarray, sizes: range) -> tuple[np.ndarray, np.ndarray]:

@@ -330,6 +330,24 @@ def _distinct(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return distinct, inverse.ravel()
 
 
+def _columns(*arrays) -> np.ndarray:
+    """int64 (M, K): the arrays (or scalars) broadcast to one shape, flattened, side by side."""
+    return np.stack([a.ravel() for a in np.broadcast_arrays(*(np.asarray(a, dtype=np.int64) for a in arrays))], axis=1)
+
+
+def _distinct_rows(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct rows, inverse) of a non-negative int64 (M, K) array: each row packed into one int64
+    when the columns' ranges allow (``_distinct``, much faster than comparing rows), else
+    ``np.unique`` over rows. The rows come back in the packing's order."""
+    radix = columns.max(axis=0, initial=0) + 1
+    if math.prod(radix.tolist()) < 1 << 62:
+        places = np.concatenate([[1], np.cumprod(radix[:-1])]).astype(np.int64)
+        distinct, inverse = _distinct(columns @ places, math.prod(radix.tolist()))
+        return (distinct[:, None] // places) % radix, inverse
+    rows, inverse = np.unique(columns, axis=0, return_inverse=True)
+    return rows, inverse.ravel()
+
+
 def binomial_tails(hits: np.ndarray, trials: int, preferred: np.ndarray, shards: int) -> np.ndarray:
     """Natural-log ``P(Binomial(trials, preferred / shards) >= hits)`` elementwise (hits and
     preferred int (M,)), exact (``stats.binomial_log_sf_array``), once per distinct pair."""
@@ -351,13 +369,7 @@ def poisson_binomial_tails(hits: np.ndarray, trials: np.ndarray, shares: np.ndar
     (``stats.log_pmf_of_sum``), so tails below float64's range keep their value."""
     trials = np.asarray(trials, dtype=np.int64)
     radix = int(trials.max(initial=0)) + 1
-    if radix ** trials.shape[1] < 1 << 62:  # one int64 per row: a 1-D look-up, much faster than rows
-        packed = trials @ (radix ** np.arange(trials.shape[1], dtype=np.int64))
-        distinct, inverse = _distinct(packed, radix ** trials.shape[1])
-        profiles = (distinct[:, None] // radix ** np.arange(trials.shape[1])) % radix
-    else:
-        profiles, inverse = np.unique(trials, axis=0, return_inverse=True)
-        inverse = inverse.ravel()
+    profiles, inverse = _distinct_rows(trials)
     width = int(trials.sum(axis=1).max(initial=0)) + 2
     table = np.zeros((profiles.shape[0], width))  # natural-log tail of each profile at 0..width-1
     # Every binomial pmf the profiles need, one scipy call per share (rows: trials 0..max).
@@ -459,21 +471,13 @@ def split_tails(hits: np.ndarray, trials: np.ndarray, preferred: np.ndarray, siz
     broadcast to one shape; 0 where ``preferred`` is 0 or there are no trials), once per distinct quadruple: the
     within-group tests of an exclusion (a group of ``size`` shards, ``preferred`` of them the
     winner's)."""
-    columns = np.stack([a.ravel() for a in np.broadcast_arrays(*(np.asarray(a, dtype=np.int64)
-                                                                  for a in (hits, trials, preferred, size)))], axis=1)
-    radix = np.maximum(columns.max(axis=0, initial=0) + 1, 1)
-    if math.prod(radix.tolist()) < 1 << 62:  # one int64 per row: a 1-D look-up, much faster than rows
-        places = np.concatenate([[1], np.cumprod(radix[:-1])])
-        distinct, inverse = _distinct(columns @ places, math.prod(radix.tolist()))
-        rows = (distinct[:, None] // places) % radix
-    else:
-        rows, inverse = np.unique(columns, axis=0, return_inverse=True)
+    rows, inverse = _distinct_rows(_columns(hits, trials, preferred, size))
     live = (rows[:, 2] > 0) & (rows[:, 1] > 0)
     out = np.zeros(rows.shape[0])
     if live.any():
         r = rows[live]
         out[live] = binomial_log_sf_array(r[:, 0], r[:, 1], np.minimum(r[:, 2] / np.maximum(r[:, 3], 1), 1.0))
-    return out[inverse.ravel()]
+    return out[inverse]
 
 
 def _kl(x: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -537,16 +541,14 @@ def hypergeometric_low_tails(successes, population, marked, drawn) -> np.ndarray
     arrays of one shape, or scalars), once per distinct quadruple: how few of ``drawn``
     exchangeable tokens carry a mark that ``marked`` of ``population`` carry (the homogeneity part
     of an exclusion). 0 where nothing is drawn."""
-    columns = np.stack(np.broadcast_arrays(*(np.asarray(a, dtype=np.int64).ravel()
-                                             for a in (successes, population, marked, drawn))), axis=1)
-    rows, inverse = np.unique(columns, axis=0, return_inverse=True)
+    rows, inverse = _distinct_rows(_columns(successes, population, marked, drawn))
     with np.errstate(divide="ignore"):
         tails = np.log(hypergeom.cdf(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]))
     small = tails <= math.log(1e-290)  # recomputed in log space, so tails below float64's range keep their value
     if small.any():
         tails[small] = hypergeom.logcdf(rows[small, 0], rows[small, 1], rows[small, 2], rows[small, 3])
     tails = np.minimum(0.0, tails)
-    return np.where(rows[:, 3] > 0, tails, 0.0)[inverse.ravel()]
+    return np.where(rows[:, 3] > 0, tails, 0.0)[inverse]
 
 
 def _exclusion(table: ExclusionTable, values: np.ndarray, best: int, alpha: float) -> tuple[int, float]:

@@ -22,6 +22,7 @@ __all__ = [
     "from_bits",
     "to_digits",
     "from_digits",
+    "to_digit_rows",
     "from_digit_rows",
 ]
 
@@ -94,6 +95,16 @@ def from_digits(digits: list[int], radix: int) -> int:
     for digit in digits:
         value = value * radix + digit
     return value
+
+
+def to_digit_rows(values: np.ndarray, radix: int, length: int) -> np.ndarray:
+    """int64 (R, length): ``to_digits`` of every value of a uint64 array, most significant first."""
+    out = np.empty((values.shape[0], length), dtype=np.int64)
+    rest = values.astype(np.uint64, copy=True)
+    for j in reversed(range(length)):
+        out[:, j] = (rest % np.uint64(radix)).astype(np.int64)
+        rest //= np.uint64(radix)
+    return out
 
 
 def from_digit_rows(digits: np.ndarray, radix: int) -> list[int]:
