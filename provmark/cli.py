@@ -507,7 +507,8 @@ def _read_text(source) -> str:
               help="Also write the explanation as a self-contained HTML page (a per-token heat map and the decoded bits).")
 @click.option("--candidates", "candidates_file", type=click.File("rb"), default=None,
               help="Multi-bit keys: a file of known payloads, one a line (decimal or 0x-hex): name the one the text "
-                   "carries with a record-level p-value (each scored directly, the best corrected for how many).")
+                   "carries with a record-level p-value (each scored directly, the best corrected for how many), and "
+                   "whether every other candidate is excluded (an exclusive match).")
 @click.option("--json", "as_json", is_flag=True, help="Print the detection result as JSON.")
 @model_option
 def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, candidates_file, as_json, model_path):
@@ -524,7 +525,8 @@ def detect(key_path, file, alpha, min_tokens, locate, explain, html_path, candid
     green when their keyed bit is 1); --html writes the same as a page. --candidates tests the
     text against known payloads (a registry's records, without the registry): each is scored
     directly and the best one's p-value is corrected for how many were scored; the presence test
-    and this record test then decide at alpha / 2 each.
+    and this record test then decide at alpha / 2 each. A match is exclusive when every other
+    candidate is also excluded: then a wrong payload is at most an alpha event.
 
     Example:
 
